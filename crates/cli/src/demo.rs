@@ -1,0 +1,12 @@
+//! `etho-backup demo` (being written).
+
+use std::process::ExitCode;
+
+/// Flags of `etho-backup demo`.
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+/// Runs the subcommand.
+pub async fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("not implemented yet")
+}

@@ -1,0 +1,343 @@
+//! A device as the node's `GET /devices` reports it, and the rules that decide whether a backup
+//! daemon may touch it.
+//!
+//! Everything in a device entry comes from the device itself (or from the node relaying it), so it
+//! is untrusted: [`DeviceInfo::from_entry`] validates the fields that end up in paths, SQL
+//! identifiers or command lines (`id`, `name`, `ip`) and keeps the whole raw object for the fields
+//! an engine reads later (`databases`, legacy `database_info`, ...).
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Device statuses for which no backup is attempted.
+///
+/// Upstream only skipped `offline` and `not_in_use`, so unreachable devices tied up the workers for
+/// 45 s connect timeouts each (reference bug A13 / §8.18).
+pub const SKIPPED_STATUSES: [&str; 5] =
+    ["offline", "not_in_use", "unreached", "busy", "blacklisted"];
+
+/// The placeholder name a freshly flashed device carries; never backed up.
+pub const PLACEHOLDER_NAME: &str = "ETHOSCOPE_000";
+
+/// True for a 32-character lower-case hexadecimal machine id.
+pub fn is_valid_machine_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// True for a name that is safe as one path component and inside a MariaDB database name:
+/// 1 to 64 characters of `A-Z a-z 0-9 _ -`, not starting with `-`.
+///
+/// Real devices are called `ETHOSCOPE_001`; anything with `/`, `.`, spaces or quotes is refused.
+pub fn is_valid_device_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Why a `/devices` entry could not be used at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceProblem {
+    /// The entry is not a JSON object.
+    NotAnObject,
+    /// `id` is missing, not a string, not 32 lower-case hex characters, or differs from its map key.
+    BadId(String),
+    /// `name` is missing or not a plain name.
+    BadName(String),
+    /// `ip` is missing or not an IP address.
+    BadIp(String),
+}
+
+impl std::fmt::Display for DeviceProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceProblem::NotAnObject => write!(f, "device entry is not a JSON object"),
+            DeviceProblem::BadId(s) => write!(f, "invalid device id {s:?}"),
+            DeviceProblem::BadName(s) => write!(f, "invalid device name {s:?}"),
+            DeviceProblem::BadIp(s) => write!(f, "invalid device ip {s:?}"),
+        }
+    }
+}
+
+impl std::error::Error for DeviceProblem {}
+
+/// A validated device entry from the node's `GET /devices` map.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// 32-hex machine id (validated).
+    pub id: String,
+    /// Device name, e.g. `ETHOSCOPE_001` (validated: a plain name).
+    pub name: String,
+    /// Address of the device (validated IP; upstream's `basename(ip)` quirk is not needed).
+    pub ip: IpAddr,
+    /// Device run status as the node reports it (`running`, `stopped`, `offline`, ...); may be empty.
+    pub status: String,
+    /// The whole entry as received, for engine-specific fields.
+    pub raw: Map<String, Value>,
+}
+
+fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    obj.get(key).and_then(Value::as_str)
+}
+
+/// Display form of a possibly missing or non-string field, for error messages.
+fn shown(v: Option<&Value>) -> String {
+    match v {
+        None => "<missing>".to_string(),
+        Some(Value::String(s)) => s.chars().take(80).collect(),
+        Some(other) => other.to_string().chars().take(80).collect(),
+    }
+}
+
+impl DeviceInfo {
+    /// Validates one entry of the node's `/devices` map. `key` is the map key; when it is not
+    /// empty it must equal the entry's `id`.
+    pub fn from_entry(key: &str, entry: &Value) -> Result<DeviceInfo, DeviceProblem> {
+        let obj = entry.as_object().ok_or(DeviceProblem::NotAnObject)?;
+        let id = str_field(obj, "id").unwrap_or(key);
+        if !is_valid_machine_id(id) || (!key.is_empty() && key != id) {
+            return Err(DeviceProblem::BadId(shown(
+                obj.get("id").or(Some(&Value::String(key.to_string()))),
+            )));
+        }
+        let name = str_field(obj, "name")
+            .filter(|n| is_valid_device_name(n))
+            .ok_or_else(|| DeviceProblem::BadName(shown(obj.get("name"))))?;
+        let ip = str_field(obj, "ip")
+            .and_then(|s| s.trim().parse::<IpAddr>().ok())
+            .ok_or_else(|| DeviceProblem::BadIp(shown(obj.get("ip"))))?;
+        let status = str_field(obj, "status").unwrap_or("").to_string();
+        Ok(DeviceInfo {
+            id: id.to_string(),
+            name: name.to_string(),
+            ip,
+            status,
+            raw: obj.clone(),
+        })
+    }
+
+    /// Whether a backup daemon should attempt this device at all (status and name rules shared by
+    /// both daemons). `Err` carries the reason, for logs and one-shot mode.
+    pub fn backup_eligibility(&self) -> Result<(), String> {
+        if SKIPPED_STATUSES.contains(&self.status.as_str()) {
+            return Err(format!("device status is {}", self.status));
+        }
+        if self.name == PLACEHOLDER_NAME {
+            return Err(format!(
+                "{PLACEHOLDER_NAME} is the unconfigured placeholder name"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The device reports a MariaDB experiment database: `databases.MariaDB` is a non-empty object,
+    /// or (legacy firmware) `database_info.mariadb.exists` is true or `database_info.active_type`
+    /// is `"mariadb"`.
+    pub fn has_mariadb(&self) -> bool {
+        non_empty_object(self.raw.get("databases").and_then(|d| d.get("MariaDB")))
+            || legacy_flag(&self.raw, "mariadb")
+    }
+
+    /// The device reports SQLite result databases: `databases.SQLite` is a non-empty object, or
+    /// (legacy firmware) `database_info.sqlite.exists` / `active_type == "sqlite"`, or a
+    /// `result_writer_type` naming the SQLite writer.
+    pub fn has_sqlite(&self) -> bool {
+        non_empty_object(self.raw.get("databases").and_then(|d| d.get("SQLite")))
+            || legacy_flag(&self.raw, "sqlite")
+            || str_field(&self.raw, "result_writer_type")
+                .is_some_and(|t| t.to_ascii_lowercase().contains("sqlite"))
+    }
+
+    /// The experiment file name the device announces for its MariaDB database, if any:
+    /// the first `databases.MariaDB.*.backup_filename`, else the top-level `backup_filename`.
+    /// Untrusted: callers validate it before use.
+    pub fn announced_mariadb_filename(&self) -> Option<&str> {
+        self.raw
+            .get("databases")
+            .and_then(|d| d.get("MariaDB"))
+            .and_then(Value::as_object)
+            .and_then(|m| m.values().find_map(|e| e.get("backup_filename")?.as_str()))
+            .or_else(|| str_field(&self.raw, "backup_filename"))
+    }
+}
+
+fn non_empty_object(v: Option<&Value>) -> bool {
+    v.and_then(Value::as_object).is_some_and(|m| !m.is_empty())
+}
+
+fn legacy_flag(raw: &Map<String, Value>, kind: &str) -> bool {
+    let Some(info) = raw.get("database_info") else {
+        return false;
+    };
+    info.get(kind)
+        .and_then(|k| k.get("exists"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+        || info.get("active_type").and_then(Value::as_str) == Some(kind)
+}
+
+/// Parses a whole `GET /devices` answer. Returns the valid devices and one problem line per
+/// rejected entry (`"<key>: <problem>"`). A non-object answer, or an object with an `"error"` key
+/// (upstream's traceback answer), is an error.
+pub fn parse_device_map(doc: &Value) -> Result<(Vec<DeviceInfo>, Vec<String>), String> {
+    let map = doc.as_object().ok_or_else(|| {
+        format!(
+            "node answered a JSON {} instead of an object",
+            json_kind(doc)
+        )
+    })?;
+    if let Some(err) = map.get("error") {
+        return Err(format!("node reported an error: {}", shown(Some(err))));
+    }
+    let mut devices = Vec::new();
+    let mut problems = Vec::new();
+    for (key, entry) in map {
+        match DeviceInfo::from_entry(key, entry) {
+            Ok(d) => devices.push(d),
+            Err(p) => problems.push(format!("{}: {p}", shown(Some(&Value::String(key.clone()))))),
+        }
+    }
+    Ok((devices, problems))
+}
+
+/// Short name of a JSON value's type, for error messages.
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    fn entry(name: &str, status: &str) -> Value {
+        json!({"id": ID, "name": name, "ip": "127.0.0.10", "status": status})
+    }
+
+    #[test]
+    fn validates_ids() {
+        assert!(is_valid_machine_id(ID));
+        assert!(!is_valid_machine_id(&ID.to_uppercase()));
+        assert!(!is_valid_machine_id(&ID[..31]));
+        assert!(!is_valid_machine_id("../../etc/passwd0123456789abcdef"));
+    }
+
+    #[test]
+    fn validates_names() {
+        for good in ["ETHOSCOPE_001", "ethoscope-7", "A"] {
+            assert!(is_valid_device_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "a b",
+            ".hidden",
+            "-rf",
+            "x`y",
+            "ETHOSCOPE_001;",
+            &"a".repeat(65),
+        ] {
+            assert!(!is_valid_device_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_good_entry_and_keeps_raw() {
+        let mut e = entry("ETHOSCOPE_001", "running");
+        e["databases"] =
+            json!({"MariaDB": {"ETHOSCOPE_001_db": {"backup_filename": "x"}}, "SQLite": {}});
+        let d = DeviceInfo::from_entry(ID, &e).unwrap();
+        assert_eq!(d.name, "ETHOSCOPE_001");
+        assert_eq!(d.ip.to_string(), "127.0.0.10");
+        assert!(d.has_mariadb());
+        assert!(!d.has_sqlite());
+        assert_eq!(d.announced_mariadb_filename(), Some("x"));
+        assert!(d.backup_eligibility().is_ok());
+    }
+
+    #[test]
+    fn rejects_hostile_entries() {
+        assert_eq!(
+            DeviceInfo::from_entry(ID, &json!([1])),
+            Err(DeviceProblem::NotAnObject)
+        );
+        assert!(matches!(
+            DeviceInfo::from_entry(ID, &entry("../etc", "running")),
+            Err(DeviceProblem::BadName(_))
+        ));
+        let mut e = entry("ETHOSCOPE_001", "running");
+        e["ip"] = json!("10.0.0.1; rm -rf /");
+        assert!(matches!(
+            DeviceInfo::from_entry(ID, &e),
+            Err(DeviceProblem::BadIp(_))
+        ));
+        let other = "ffffffffffffffffffffffffffffffff";
+        assert!(matches!(
+            DeviceInfo::from_entry(other, &entry("ETHOSCOPE_001", "running")),
+            Err(DeviceProblem::BadId(_))
+        ));
+        e = entry("ETHOSCOPE_001", "running");
+        e["name"] = json!(12);
+        assert!(matches!(
+            DeviceInfo::from_entry(ID, &e),
+            Err(DeviceProblem::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn eligibility_rules() {
+        for s in SKIPPED_STATUSES {
+            let d = DeviceInfo::from_entry(ID, &entry("ETHOSCOPE_001", s)).unwrap();
+            assert!(d.backup_eligibility().is_err(), "{s}");
+        }
+        for s in ["running", "stopped", "recording", "", "initialising"] {
+            let d = DeviceInfo::from_entry(ID, &entry("ETHOSCOPE_001", s)).unwrap();
+            assert!(d.backup_eligibility().is_ok(), "{s}");
+        }
+        let d = DeviceInfo::from_entry(ID, &entry(PLACEHOLDER_NAME, "running")).unwrap();
+        assert!(d.backup_eligibility().is_err());
+    }
+
+    #[test]
+    fn legacy_database_fields() {
+        let mut e = entry("ETHOSCOPE_001", "running");
+        e["database_info"] = json!({"mariadb": {"exists": true}});
+        assert!(DeviceInfo::from_entry(ID, &e).unwrap().has_mariadb());
+        e["database_info"] = json!({"active_type": "sqlite"});
+        let d = DeviceInfo::from_entry(ID, &e).unwrap();
+        assert!(d.has_sqlite() && !d.has_mariadb());
+        e["database_info"] = json!(null);
+        e["databases"] = json!(null);
+        let d = DeviceInfo::from_entry(ID, &e).unwrap();
+        assert!(!d.has_sqlite() && !d.has_mariadb());
+    }
+
+    #[test]
+    fn device_map_parsing() {
+        let doc = json!({ID: entry("ETHOSCOPE_001", "running"), "bad": 3});
+        let (devs, problems) = parse_device_map(&doc).unwrap();
+        assert_eq!(devs.len(), 1);
+        assert_eq!(problems.len(), 1);
+        assert!(parse_device_map(&json!({"error": "Traceback ..."}))
+            .unwrap_err()
+            .contains("error"));
+        assert!(parse_device_map(&json!([])).unwrap_err().contains("array"));
+    }
+}

@@ -1,0 +1,3 @@
+//! Per-device rsync pull of results and videos with truthful sizes (port 8093).
+//!
+//! (Being written.)
