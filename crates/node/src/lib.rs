@@ -1,3 +1,110 @@
-//! The node: device discovery and registry, GET /devices, the unified GET /backup/status, the dashboard.
+//! The Ethoscope node's HTTP side of the backup system.
 //!
-//! (Being written.)
+//! A lab's node is the one place users look at: it lists the devices (`GET /devices`, consumed by
+//! both backup daemons), shows the dashboard (`GET /`) and answers the unified backup status
+//! (`GET /backup/status`), which merges the MySQL daemon's and the rsync daemon's own `GET /status`
+//! documents with [`etho_model::merge::unify`].
+//!
+//! - [`NodeConfig`]: everything the node needs, built by the binary from its flags.
+//! - [`AppState`]: the shared, cheaply cloned state every handler receives.
+//! - [`app`]: the complete router, so tests can drive it without a socket; [`serve`] runs it.
+//! - [`backup_status`]: the unified status endpoint (concurrent, bounded daemon fetches, a
+//!   single-flight cache of the serialized reply).
+//!
+//! What it does not do: back anything up. The daemons do that; the node only reads their status.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::{routing::get, Router};
+
+pub mod backup_status;
+pub mod dashboard;
+pub mod devices;
+
+pub use backup_status::DaemonUrl;
+
+/// Configuration of the node, built by the binary from its flags.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Base URL of the MySQL backup daemon; its status is `<url>/status`.
+    pub mysql_backup_url: DaemonUrl,
+    /// Base URL of the rsync backup daemon; its status is `<url>/status`.
+    pub rsync_backup_url: DaemonUrl,
+    /// Bound on each daemon fetch: connecting plus reading the whole body.
+    pub daemon_timeout: Duration,
+    /// Largest daemon `/status` body accepted; a larger one makes that daemon "unavailable".
+    pub daemon_body_limit: usize,
+    /// How long one unified status reply is reused (at most 1 s keeps the view live).
+    pub status_cache_ttl: Duration,
+    /// Directory for the node's own persistent state.
+    pub state_dir: PathBuf,
+}
+
+/// Default `/status` body cap: far above a real daemon's reply, far below memory trouble.
+pub const DEFAULT_DAEMON_BODY_LIMIT: usize = 32 * 1024 * 1024;
+
+impl Default for NodeConfig {
+    /// Upstream's ports on loopback, a 2 s daemon timeout and a 1 s status cache.
+    fn default() -> NodeConfig {
+        NodeConfig {
+            mysql_backup_url: DaemonUrl::parse("http://127.0.0.1:8090")
+                .expect("static URL is valid"),
+            rsync_backup_url: DaemonUrl::parse("http://127.0.0.1:8093")
+                .expect("static URL is valid"),
+            daemon_timeout: Duration::from_secs(2),
+            daemon_body_limit: DEFAULT_DAEMON_BODY_LIMIT,
+            status_cache_ttl: Duration::from_secs(1),
+            state_dir: PathBuf::from("/var/lib/etho-backup/node"),
+        }
+    }
+}
+
+/// State shared by every handler. Cloning is cheap (everything is behind `Arc`).
+#[derive(Clone)]
+pub struct AppState {
+    /// The configuration the node was started with.
+    pub config: Arc<NodeConfig>,
+    /// Fetches, merges and caches the unified backup status.
+    pub backup_status: Arc<backup_status::BackupStatusService>,
+}
+
+impl AppState {
+    /// Builds the state (HTTP client, caches) from a configuration.
+    pub fn new(config: NodeConfig) -> anyhow::Result<AppState> {
+        let config = Arc::new(config);
+        let backup_status = Arc::new(backup_status::BackupStatusService::new(&config)?);
+        Ok(AppState {
+            config,
+            backup_status,
+        })
+    }
+}
+
+/// The node's complete router.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz_get))
+        .merge(backup_status::router())
+        .merge(devices::router())
+        .merge(dashboard::router())
+        .with_state(state)
+}
+
+/// Liveness: answers as long as the server accepts requests, independent of the daemons.
+async fn healthz_get() -> &'static str {
+    "ok\n"
+}
+
+/// Serves [`app`] on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
