@@ -1,3 +1,29 @@
-//! What both backup daemons share: node discovery client, scheduler, status table with persistence, status HTTP server, one-shot mode.
+//! What both backup daemons share: everything except the copy itself.
 //!
-//! (Being written.)
+//! A backup daemon is an [`Engine`] (the MySQL mirror or the rsync pull) driven by a [`Daemon`]:
+//!
+//! - [`discovery`]: asks the node for its device list (`GET http://<server>/devices`) and turns
+//!   the untrusted answer into validated [`etho_model::device::DeviceInfo`]s.
+//! - [`scheduler`]: cycles every `interval` (measured from cycle start), at most `max_jobs` jobs at
+//!   once, never two jobs for one device, and a wall-clock timeout per job that cancels the job's
+//!   token and, after a short grace, aborts it.
+//! - [`status`]: the per-device status table served on `GET /status`, persisted in SQLite under
+//!   the state directory so counts and outcomes survive a restart.
+//! - [`oneshot`]: the `-e/--ethoscope` mode: resolve targets through the node, back each up once.
+//! - [`server`]: serving a daemon's axum router until shutdown.
+//! - [`config`]: reading (never rewriting) upstream's `ethoscope.conf`.
+//!
+//! What it does not do: copy data. Engines do, and they own their `GET /status` document shape.
+
+pub mod config;
+pub mod discovery;
+pub mod engine;
+pub mod oneshot;
+pub mod scheduler;
+pub mod server;
+pub mod status;
+
+pub use engine::{Engine, JobContext, JobOutcome};
+pub use scheduler::{CycleReport, Daemon, DaemonConfig, SchedulerConfig};
+pub use server::serve;
+pub use status::{ServiceInfo, StatusTable};

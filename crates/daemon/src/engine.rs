@@ -1,0 +1,125 @@
+//! The seam between the shared daemon runtime and a copy engine.
+//!
+//! An engine gets one validated device and a [`JobContext`], does its copy, and returns a
+//! [`JobOutcome`]. The runtime owns everything around it: status lifecycle, timeouts,
+//! cancellation, persistence. Engines must honour `ctx.cancel` promptly: check it between chunks
+//! in blocking loops, race awaits against it, and kill child processes, because a timed-out job
+//! that keeps writing is how upstream ended up with two writers on one file.
+
+use std::sync::Arc;
+
+use etho_model::device::DeviceInfo;
+use etho_model::status::{Progress, ProgressStatus};
+use futures::future::BoxFuture;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::status::StatusTable;
+
+/// A copy engine (MySQL mirror, rsync pull).
+pub trait Engine: Send + Sync + 'static {
+    /// Short name for logs, e.g. `"mysql-backup"`.
+    fn name(&self) -> &'static str;
+
+    /// Engine-specific eligibility on top of [`DeviceInfo::backup_eligibility`]; `Err` carries the
+    /// reason. Devices refused here are not attempted and get no status entry.
+    fn accepts(&self, device: &DeviceInfo) -> Result<(), String>;
+
+    /// Top-level fields of a fresh status entry (`{"data_duplication": false}`, `{"metadata": {}}`).
+    fn default_extra(&self) -> Map<String, Value>;
+
+    /// One backup job for one device.
+    fn run(&self, device: DeviceInfo, ctx: JobContext) -> BoxFuture<'static, JobOutcome>;
+}
+
+/// What a running job can see and do besides copying.
+#[derive(Clone)]
+pub struct JobContext {
+    /// Cancelled when the job times out or the daemon shuts down.
+    pub cancel: CancellationToken,
+    device_id: String,
+    status: Arc<StatusTable>,
+}
+
+impl JobContext {
+    pub(crate) fn new(
+        cancel: CancellationToken,
+        device_id: String,
+        status: Arc<StatusTable>,
+    ) -> Self {
+        JobContext {
+            cancel,
+            device_id,
+            status,
+        }
+    }
+
+    /// A context not attached to any daemon, for engine tests: reports go to a private table.
+    pub fn detached(device_id: &str) -> JobContext {
+        JobContext {
+            cancel: CancellationToken::new(),
+            device_id: device_id.to_string(),
+            status: Arc::new(StatusTable::in_memory(Map::new())),
+        }
+    }
+
+    /// Publishes live progress; `progress.status` is forced to `running`.
+    pub fn report(&self, mut progress: Progress) {
+        progress.status = Some(ProgressStatus::Running);
+        self.status.update_progress(&self.device_id, progress);
+    }
+
+    /// Replaces `synced` while the job runs.
+    pub fn set_synced(&self, synced: Value) {
+        self.status.update_synced(&self.device_id, synced);
+    }
+
+    /// The latest progress published for this device (mainly for tests).
+    pub fn current_progress(&self) -> Option<Progress> {
+        self.status.get(&self.device_id).map(|s| s.progress)
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOutcome {
+    /// Final progress: `success`, `warning` or `error`, a message, engine fields.
+    pub progress: Progress,
+    /// `Some` replaces the entry's `synced`; `None` keeps the previous value.
+    pub synced: Option<Value>,
+    /// Top-level fields to set on the entry (`data_duplication`, `metadata`).
+    pub extra: Map<String, Value>,
+}
+
+impl JobOutcome {
+    fn with(status: ProgressStatus, message: impl Into<String>) -> JobOutcome {
+        JobOutcome {
+            progress: Progress::new(status, message),
+            synced: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// A successful job.
+    pub fn success(message: impl Into<String>) -> JobOutcome {
+        Self::with(ProgressStatus::Success, message)
+    }
+
+    /// A job that finished with something to look at.
+    pub fn warning(message: impl Into<String>) -> JobOutcome {
+        Self::with(ProgressStatus::Warning, message)
+    }
+
+    /// A failed job.
+    pub fn error(message: impl Into<String>) -> JobOutcome {
+        Self::with(ProgressStatus::Error, message)
+    }
+
+    /// The outcome word.
+    pub fn status(&self) -> ProgressStatus {
+        self.progress
+            .status
+            .clone()
+            .unwrap_or(ProgressStatus::Error)
+    }
+}

@@ -1,0 +1,445 @@
+//! The status table behind a daemon's `GET /status`, and its persistence.
+//!
+//! Reads (`snapshot`, `get`) take a short lock and clone; nothing slow ever happens under the
+//! lock, so `GET /status` never waits behind a job. Every job start and end is written to
+//! `status.db` (SQLite) in the state directory by one writer thread, in order, so a restart keeps
+//! `count`, the last outcome and `synced`. An entry that was `processing` when the daemon died is
+//! loaded as an error with `ended = -1` (as upstream marks killed jobs): its job did not finish.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard};
+
+use etho_model::device::DeviceInfo;
+use etho_model::now_epoch;
+use etho_model::status::{DeviceStatus, Progress, ProgressStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Message stored for a job the daemon did not see finish.
+pub const INTERRUPTED_MESSAGE: &str =
+    "Backup interrupted: the daemon stopped during this job; it runs again next cycle";
+
+/// Where discovery last got its devices from, and what it saw.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveryInfo {
+    /// `"node"` after a good answer, `"failed"` after a failed one, `"unknown"` before the first.
+    pub source: String,
+    /// The node URL asked.
+    pub node_url: String,
+    /// Epoch seconds of the last attempt.
+    pub last_time: Option<i64>,
+    /// Valid device entries in the last answer.
+    pub total_discovered: usize,
+    /// Devices the last cycle attempted or queued.
+    pub eligible: usize,
+    /// Entries of the last answer that failed validation (`"<key>: <problem>"`).
+    pub rejected: Vec<String>,
+    /// Valid devices not attempted, by id, with the reason.
+    pub skipped: BTreeMap<String, String>,
+    /// The last discovery error, cleared by a good answer.
+    pub last_error: Option<String>,
+}
+
+/// Daemon-wide facts for `GET /`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    /// Epoch seconds when this process started.
+    pub started_at: i64,
+    /// Cycles started by this daemon (persisted).
+    pub cycle_number: u64,
+    /// Epoch seconds of the last cycle start.
+    pub last_cycle_start: Option<i64>,
+    /// Epoch seconds when the last cycle's jobs had all finished.
+    pub last_cycle_end: Option<i64>,
+    /// Local time (`%Y-%m-%d %H:%M:%S`) of the last finished cycle, `""` before the first
+    /// (upstream's `last_backup`).
+    pub last_backup: String,
+    /// Discovery state.
+    pub discovery: DiscoveryInfo,
+}
+
+struct Inner {
+    devices: BTreeMap<String, DeviceStatus>,
+    service: ServiceInfo,
+}
+
+enum Write {
+    Device(String, String),
+    Service(String),
+    Flush(mpsc::Sender<()>),
+}
+
+/// The shared status table.
+pub struct StatusTable {
+    inner: Mutex<Inner>,
+    default_extra: Map<String, Value>,
+    writer: Option<Mutex<mpsc::Sender<Write>>>,
+    path: Option<PathBuf>,
+}
+
+fn open_db(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS device_status (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS service (key TEXT PRIMARY KEY, doc TEXT NOT NULL);",
+    )?;
+    Ok(conn)
+}
+
+fn writer_loop(conn: rusqlite::Connection, rx: mpsc::Receiver<Write>) {
+    for msg in rx {
+        let result = match msg {
+            Write::Device(id, doc) => conn.execute(
+                "INSERT INTO device_status (id, doc) VALUES (?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",
+                (&id, &doc),
+            ),
+            Write::Service(doc) => conn.execute(
+                "INSERT INTO service (key, doc) VALUES ('service', ?1)
+                 ON CONFLICT(key) DO UPDATE SET doc = excluded.doc",
+                [&doc],
+            ),
+            Write::Flush(done) => {
+                let _ = done.send(());
+                Ok(0)
+            }
+        };
+        if let Err(err) = result {
+            tracing::error!("cannot persist backup status: {err}");
+        }
+    }
+}
+
+impl StatusTable {
+    /// A table that is not persisted (tests, one-off contexts).
+    pub fn in_memory(default_extra: Map<String, Value>) -> StatusTable {
+        StatusTable {
+            inner: Mutex::new(Inner {
+                devices: BTreeMap::new(),
+                service: fresh_service(),
+            }),
+            default_extra,
+            writer: None,
+            path: None,
+        }
+    }
+
+    /// Opens (creating) `<state_dir>/status.db`, loads the persisted entries and starts the
+    /// writer thread.
+    pub fn open(
+        state_dir: &Path,
+        default_extra: Map<String, Value>,
+    ) -> anyhow::Result<StatusTable> {
+        use anyhow::Context;
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+        let path = state_dir.join("status.db");
+        let conn = open_db(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut devices = BTreeMap::new();
+        {
+            let mut stmt = conn.prepare("SELECT id, doc FROM device_status")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (id, doc) = row?;
+                match serde_json::from_str::<DeviceStatus>(&doc) {
+                    Ok(mut st) => {
+                        if st.processing {
+                            st.processing = false;
+                            st.ended = -1;
+                            st.progress = Progress::new(ProgressStatus::Error, INTERRUPTED_MESSAGE);
+                        }
+                        devices.insert(id, st);
+                    }
+                    Err(err) => {
+                        tracing::warn!("ignoring unreadable persisted status of {id}: {err}")
+                    }
+                }
+            }
+        }
+        let mut service = fresh_service();
+        let saved: Option<String> = conn
+            .query_row("SELECT doc FROM service WHERE key = 'service'", [], |r| {
+                r.get(0)
+            })
+            .ok();
+        if let Some(saved) = saved.and_then(|s| serde_json::from_str::<ServiceInfo>(&s).ok()) {
+            service.cycle_number = saved.cycle_number;
+            service.last_cycle_start = saved.last_cycle_start;
+            service.last_cycle_end = saved.last_cycle_end;
+            service.last_backup = saved.last_backup;
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("status-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .context("cannot start the status writer thread")?;
+        let table = StatusTable {
+            inner: Mutex::new(Inner { devices, service }),
+            default_extra,
+            writer: Some(Mutex::new(tx)),
+            path: Some(path),
+        };
+        // Persist the interrupted entries' new state right away.
+        let ids: Vec<String> = table.lock().devices.keys().cloned().collect();
+        for id in ids {
+            table.persist_device(&id);
+        }
+        Ok(table)
+    }
+
+    /// Path of the SQLite file, when persisted.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the map half-written (every update is a
+        // single assignment), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, w: Write) {
+        if let Some(writer) = &self.writer {
+            let tx = writer.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = tx.send(w);
+        }
+    }
+
+    fn persist_device(&self, id: &str) {
+        if self.writer.is_none() {
+            return;
+        }
+        let doc = self
+            .lock()
+            .devices
+            .get(id)
+            .and_then(|s| serde_json::to_string(s).ok());
+        if let Some(doc) = doc {
+            self.send(Write::Device(id.to_string(), doc));
+        }
+    }
+
+    fn persist_service(&self) {
+        if self.writer.is_none() {
+            return;
+        }
+        let doc = serde_json::to_string(&self.lock().service).ok();
+        if let Some(doc) = doc {
+            self.send(Write::Service(doc));
+        }
+    }
+
+    /// Waits until every write queued so far is on disk.
+    pub async fn flush(&self) {
+        if self.writer.is_none() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel();
+        self.send(Write::Flush(tx));
+        let _ = tokio::task::spawn_blocking(move || {
+            rx.recv_timeout(std::time::Duration::from_secs(10))
+        })
+        .await;
+    }
+
+    /// All entries, cloned.
+    pub fn snapshot(&self) -> BTreeMap<String, DeviceStatus> {
+        self.lock().devices.clone()
+    }
+
+    /// One entry, cloned.
+    pub fn get(&self, id: &str) -> Option<DeviceStatus> {
+        self.lock().devices.get(id).cloned()
+    }
+
+    /// Daemon-wide facts, cloned.
+    pub fn service(&self) -> ServiceInfo {
+        self.lock().service.clone()
+    }
+
+    /// Number of entries with a job running now.
+    pub fn active_jobs(&self) -> usize {
+        self.lock()
+            .devices
+            .values()
+            .filter(|s| s.processing)
+            .count()
+    }
+
+    /// Entries by outcome: `processing`, `success`, `warning`, `error`, `never` (no job yet) and
+    /// any foreign word as itself.
+    pub fn outcome_counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for key in ["processing", "success", "warning", "error", "never"] {
+            counts.insert(key.to_string(), 0);
+        }
+        for st in self.lock().devices.values() {
+            let key = if st.processing {
+                "processing".to_string()
+            } else {
+                st.progress
+                    .status
+                    .as_ref()
+                    .map_or("never".to_string(), |s| s.as_str().to_string())
+            };
+            *counts.entry(key).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Refreshes `name` and `status` of an existing entry from discovery (upstream froze them).
+    pub fn refresh_device(&self, device: &DeviceInfo) {
+        let changed = {
+            let mut inner = self.lock();
+            match inner.devices.get_mut(&device.id) {
+                Some(st) if st.name != device.name || st.status != device.status => {
+                    st.name = device.name.clone();
+                    st.status = device.status.clone();
+                    true
+                }
+                _ => false,
+            }
+        };
+        if changed {
+            self.persist_device(&device.id);
+        }
+    }
+
+    /// Marks a job as started: creates the entry if needed, `started = now`, `ended = 0`,
+    /// `processing = true`, `count += 1`, progress `running`.
+    pub fn start_job(&self, device: &DeviceInfo) {
+        {
+            let mut inner = self.lock();
+            let st = inner.devices.entry(device.id.clone()).or_insert_with(|| {
+                let mut st = DeviceStatus::new(device.name.clone(), device.status.clone());
+                st.extra = self.default_extra.clone();
+                st
+            });
+            st.name = device.name.clone();
+            st.status = device.status.clone();
+            st.started = now_epoch();
+            st.ended = 0;
+            st.processing = true;
+            st.count += 1;
+            st.progress = Progress::new(ProgressStatus::Running, "Backup started");
+        }
+        self.persist_device(&device.id);
+    }
+
+    /// Records a job's end. `killed` jobs (timeout, shutdown) get `ended = -1`.
+    pub fn finish_job(&self, id: &str, outcome: crate::JobOutcome, killed: bool) {
+        {
+            let mut inner = self.lock();
+            let Some(st) = inner.devices.get_mut(id) else {
+                return;
+            };
+            st.processing = false;
+            st.ended = if killed { -1 } else { now_epoch() };
+            st.progress = outcome.progress;
+            if let Some(synced) = outcome.synced {
+                st.synced = synced;
+            }
+            for (k, v) in outcome.extra {
+                st.extra.insert(k, v);
+            }
+        }
+        self.persist_device(id);
+    }
+
+    pub(crate) fn update_progress(&self, id: &str, progress: Progress) {
+        if let Some(st) = self.lock().devices.get_mut(id) {
+            st.progress = progress;
+        }
+    }
+
+    pub(crate) fn update_synced(&self, id: &str, synced: Value) {
+        if let Some(st) = self.lock().devices.get_mut(id) {
+            st.synced = synced;
+        }
+    }
+
+    /// Applies `f` to the service info and persists it.
+    pub fn update_service(&self, f: impl FnOnce(&mut ServiceInfo)) {
+        f(&mut self.lock().service);
+        self.persist_service();
+    }
+}
+
+fn fresh_service() -> ServiceInfo {
+    ServiceInfo {
+        started_at: now_epoch(),
+        discovery: DiscoveryInfo {
+            source: "unknown".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn device() -> DeviceInfo {
+        DeviceInfo::from_entry(
+            "0123456789abcdef0123456789abcdef",
+            &json!({"id": "0123456789abcdef0123456789abcdef", "name": "ETHOSCOPE_001", "ip": "127.0.0.1", "status": "running"}),
+        )
+        .unwrap()
+    }
+
+    fn extra() -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("data_duplication".into(), json!(false));
+        m
+    }
+
+    #[tokio::test]
+    async fn lifecycle_persists_and_interrupted_jobs_load_as_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = device();
+        {
+            let t = StatusTable::open(dir.path(), extra()).unwrap();
+            t.start_job(&d);
+            t.finish_job(&d.id, crate::JobOutcome::success("ok"), false);
+            t.start_job(&d); // second job "dies" with the daemon
+            t.update_service(|s| s.cycle_number = 7);
+            let st = t.get(&d.id).unwrap();
+            assert!(st.processing);
+            assert_eq!(st.count, 2);
+            assert_eq!(st.extra.get("data_duplication"), Some(&json!(false)));
+            t.flush().await;
+        }
+        let t = StatusTable::open(dir.path(), extra()).unwrap();
+        let st = t.get(&d.id).unwrap();
+        assert!(!st.processing);
+        assert_eq!(st.count, 2);
+        assert_eq!(st.ended, -1);
+        assert_eq!(st.progress.status, Some(ProgressStatus::Error));
+        assert_eq!(st.progress.message.as_deref(), Some(INTERRUPTED_MESSAGE));
+        assert_eq!(t.service().cycle_number, 7);
+        assert_eq!(t.outcome_counts().get("error"), Some(&1));
+    }
+
+    #[test]
+    fn refresh_updates_name_and_status() {
+        let t = StatusTable::in_memory(Map::new());
+        let mut d = device();
+        t.start_job(&d);
+        d.status = "stopped".into();
+        d.name = "ETHOSCOPE_002".into();
+        t.refresh_device(&d);
+        let st = t.get(&d.id).unwrap();
+        assert_eq!(
+            (st.name.as_str(), st.status.as_str()),
+            ("ETHOSCOPE_002", "stopped")
+        );
+    }
+}
