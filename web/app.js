@@ -380,10 +380,14 @@ function render() {
 function selectRow(id) {
   view.selected = view.selected === id ? null : id;
   render();
-  if (view.selected) {
-    const reduced = window.matchMedia('(prefers-reduced-motion: reduce)').matches;
-    $('detail').scrollIntoView({ block: 'nearest', behavior: reduced ? 'auto' : 'smooth' });
-  }
+  if (view.selected) $('detail-close').focus({ preventScroll: true });
+}
+
+function closeDetail() {
+  const id = view.selected;
+  view.selected = null;
+  render();
+  if (id && rowElements.has(id)) rowElements.get(id).focus({ preventScroll: true });
 }
 
 function loadPreferences() {
@@ -437,14 +441,9 @@ function init() {
     event.preventDefault();
     selectRow(tr.dataset.deviceId);
   });
-  $('detail-close').addEventListener('click', () => {
-    const id = view.selected;
-    view.selected = null;
-    render();
-    if (id && rowElements.has(id)) rowElements.get(id).focus();
-  });
+  $('detail-close').addEventListener('click', closeDetail);
   document.addEventListener('keydown', (event) => {
-    if (event.key === 'Escape' && view.selected) $('detail-close').click();
+    if (event.key === 'Escape' && view.selected) closeDetail();
   });
   render();
   poll();

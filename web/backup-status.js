@@ -215,7 +215,7 @@ export function backupShortText(device, state, nowSeconds) {
   } else {
     const last = lastFinished(info);
     const ago = last === null ? '' : formatElapsed(nowSeconds - last);
-    parts.push(ago ? `${ago} ago` : 'never finished');
+    parts.push(ago ? `${ago} ago` : 'no finished backup');
   }
   const size = syncedSize(own(own(own(info, 'rsync_backup'), 'synced'), 'results'));
   if (size) parts.push(size);

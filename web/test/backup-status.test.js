@@ -333,7 +333,7 @@ describe('helpers', () => {
     }), now), '2 min ago · 2.4 MB');
     assert.equal(backupShortText({ id: ID }, stateWith({
       overall_status: 'unknown', mysql_backup: side({ ended: -1 }), rsync_backup: side(),
-    }), now), 'never finished');
+    }), now), 'no finished backup');
     assert.equal(backupShortText({ id: ID }, stateWith({
       overall_status: 'success', mysql_backup: side({ processing: true, ended: 0 }),
       rsync_backup: side({ ended: now - 10, synced: { results: { disk_usage_bytes: 1048576 } } }),
