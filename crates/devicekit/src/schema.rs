@@ -1,0 +1,415 @@
+//! The ethoscope result schema: table layouts with the firmware's exact MariaDB DDL and the
+//! equivalent SQLite DDL.
+//!
+//! Layouts follow the device's `MySQLResultWriter` (and its SQLite twin): keyless `ROI_MAP`,
+//! `VAR_MAP` and `METADATA`; `START_EVENTS`, `ROI_<n>`, `IMG_SNAPSHOTS`, `SENSORS` and
+//! `CSV_DAM_ACTIVITY` keyed by an auto-increment integer `id`. An experiment's file name is
+//! `YYYY-MM-DD_HH-MM-SS_<machine_id>.db` from its start time in UTC, stored in
+//! `METADATA('backup_filename', …)`.
+
+/// One column: name, MariaDB type as written in the firmware's DDL, SQLite type of the SQLite
+/// writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnDef {
+    /// Column name.
+    pub name: String,
+    /// MariaDB type (`SMALLINT`, `CHAR(100)`, `LONGBLOB`, ...).
+    pub mysql_type: String,
+    /// SQLite type (`INTEGER`, `TEXT`, `REAL`, `BLOB`).
+    pub sqlite_type: String,
+}
+
+fn col(name: &str, mysql_type: &str, sqlite_type: &str) -> ColumnDef {
+    ColumnDef {
+        name: name.to_string(),
+        mysql_type: mysql_type.to_string(),
+        sqlite_type: sqlite_type.to_string(),
+    }
+}
+
+/// One table of the result database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableDef {
+    /// Table name.
+    pub name: String,
+    /// True when the table has the firmware's `id INT NOT NULL AUTO_INCREMENT PRIMARY KEY` first
+    /// column (not listed in `columns`).
+    pub has_id: bool,
+    /// Data columns, in order, after `id` when `has_id`.
+    pub columns: Vec<ColumnDef>,
+}
+
+impl TableDef {
+    fn keyless(name: &str, columns: Vec<ColumnDef>) -> TableDef {
+        TableDef {
+            name: name.to_string(),
+            has_id: false,
+            columns,
+        }
+    }
+
+    fn with_id(name: &str, columns: Vec<ColumnDef>) -> TableDef {
+        TableDef {
+            name: name.to_string(),
+            has_id: true,
+            columns,
+        }
+    }
+
+    /// `CREATE TABLE` for MariaDB, as the firmware issues it (InnoDB).
+    pub fn mysql_ddl(&self) -> String {
+        let mut parts = Vec::new();
+        if self.has_id {
+            parts.push("id INT NOT NULL AUTO_INCREMENT PRIMARY KEY".to_string());
+        }
+        parts.extend(
+            self.columns
+                .iter()
+                .map(|c| format!("{} {}", c.name, c.mysql_type)),
+        );
+        format!(
+            "CREATE TABLE {} ({}) ENGINE=InnoDB",
+            self.name,
+            parts.join(", ")
+        )
+    }
+
+    /// `CREATE TABLE` for SQLite (the device's SQLite writer and the backup mirror agree on it).
+    pub fn sqlite_ddl(&self) -> String {
+        let mut parts = Vec::new();
+        if self.has_id {
+            parts.push("id INTEGER PRIMARY KEY".to_string());
+        }
+        parts.extend(
+            self.columns
+                .iter()
+                .map(|c| format!("{} {}", c.name, c.sqlite_type)),
+        );
+        format!("CREATE TABLE {} ({})", self.name, parts.join(", "))
+    }
+
+    /// Data column names (without `id`), comma-separated, for INSERT column lists.
+    pub fn column_list(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// `ROI_MAP (roi_idx, roi_value, x, y, w, h)`.
+pub fn roi_map() -> TableDef {
+    TableDef::keyless(
+        "ROI_MAP",
+        ["roi_idx", "roi_value", "x", "y", "w", "h"]
+            .iter()
+            .map(|n| col(n, "SMALLINT", "INTEGER"))
+            .collect(),
+    )
+}
+
+/// `VAR_MAP (var_name, sql_type, functional_type)`.
+pub fn var_map() -> TableDef {
+    TableDef::keyless(
+        "VAR_MAP",
+        ["var_name", "sql_type", "functional_type"]
+            .iter()
+            .map(|n| col(n, "CHAR(100)", "TEXT"))
+            .collect(),
+    )
+}
+
+/// `METADATA (field, value)`.
+pub fn metadata() -> TableDef {
+    TableDef::keyless(
+        "METADATA",
+        vec![
+            col("field", "CHAR(100)", "TEXT"),
+            col("value", "TEXT", "TEXT"),
+        ],
+    )
+}
+
+/// `START_EVENTS (id, t, event)`.
+pub fn start_events() -> TableDef {
+    TableDef::with_id(
+        "START_EVENTS",
+        vec![
+            col("t", "INT", "INTEGER"),
+            col("event", "CHAR(100)", "TEXT"),
+        ],
+    )
+}
+
+/// The tracking variables of a ROI table after `id` and `t`, with their MariaDB types and the
+/// functional type the firmware records in `VAR_MAP`.
+pub const ROI_VARIABLES: [(&str, &str, &str); 8] = [
+    ("x", "SMALLINT", "distance"),
+    ("y", "SMALLINT", "distance"),
+    ("w", "SMALLINT", "distance"),
+    ("h", "SMALLINT", "distance"),
+    ("phi", "SMALLINT", "angle"),
+    ("xy_dist_log10x1000", "SMALLINT", "relative_distance_1e6"),
+    ("is_inferred", "BOOLEAN", "bool"),
+    ("has_interacted", "SMALLINT", "interaction"),
+];
+
+/// `ROI_<n> (id, t, x, y, w, h, phi, xy_dist_log10x1000, is_inferred, has_interacted)`.
+pub fn roi_table(n: u32) -> TableDef {
+    let mut columns = vec![col("t", "INT", "INTEGER")];
+    columns.extend(
+        ROI_VARIABLES
+            .iter()
+            .map(|(name, ty, _)| col(name, ty, "INTEGER")),
+    );
+    TableDef::with_id(&format!("ROI_{n}"), columns)
+}
+
+/// True for a tracking table name `ROI_<n>` (not `ROI_MAP`).
+pub fn is_roi_table(name: &str) -> bool {
+    name.strip_prefix("ROI_")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `IMG_SNAPSHOTS (id, t, img)`.
+pub fn img_snapshots() -> TableDef {
+    TableDef::with_id(
+        "IMG_SNAPSHOTS",
+        vec![col("t", "INT", "INTEGER"), col("img", "LONGBLOB", "BLOB")],
+    )
+}
+
+/// `SENSORS (id, t, temperature, humidity, light, pressure)`.
+pub fn sensors() -> TableDef {
+    TableDef::with_id(
+        "SENSORS",
+        vec![
+            col("t", "INT", "INTEGER"),
+            col("temperature", "FLOAT", "REAL"),
+            col("humidity", "FLOAT", "REAL"),
+            col("light", "INT", "INTEGER"),
+            col("pressure", "FLOAT", "REAL"),
+        ],
+    )
+}
+
+/// `CSV_DAM_ACTIVITY (id, date, time, ROI_1 … ROI_<n_rois>)`.
+pub fn csv_dam_activity(n_rois: u32) -> TableDef {
+    let mut columns = vec![
+        col("date", "CHAR(100)", "TEXT"),
+        col("time", "CHAR(100)", "TEXT"),
+    ];
+    columns.extend((1..=n_rois).map(|i| col(&format!("ROI_{i}"), "SMALLINT", "INTEGER")));
+    TableDef::with_id("CSV_DAM_ACTIVITY", columns)
+}
+
+/// What one simulated experiment looks like. Everything generated from it is a pure function of
+/// these fields (see [`crate::generator`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExperimentSpec {
+    /// 32-hex machine id.
+    pub machine_id: String,
+    /// Device name, e.g. `ETHOSCOPE_001`; the database is `<name>_db`.
+    pub machine_name: String,
+    /// Experiment start, epoch seconds (UTC); gives the file name.
+    pub start_time: i64,
+    /// Number of regions of interest (ROI tables).
+    pub n_rois: u32,
+    /// Random seed.
+    pub seed: u64,
+    /// Simulated milliseconds between two tracking frames.
+    pub frame_ms: i64,
+    /// Write `IMG_SNAPSHOTS`, one JPEG-sized image every `snapshot_every_ms`.
+    pub snapshots: bool,
+    /// Simulated milliseconds between two snapshots (the firmware uses 300 000).
+    pub snapshot_every_ms: i64,
+    /// Approximate size of one snapshot in bytes.
+    pub snapshot_bytes: usize,
+    /// Write `SENSORS`, one reading every 120 s of simulated time.
+    pub sensors: bool,
+    /// Write `CSV_DAM_ACTIVITY`, one line every 60 s of simulated time.
+    pub dam: bool,
+}
+
+impl ExperimentSpec {
+    /// A typical experiment: 20 ROIs, 5 frames per second, snapshots (~30 kB), sensors, DAM.
+    pub fn new(
+        machine_id: impl Into<String>,
+        machine_name: impl Into<String>,
+        start_time: i64,
+    ) -> ExperimentSpec {
+        ExperimentSpec {
+            machine_id: machine_id.into(),
+            machine_name: machine_name.into(),
+            start_time,
+            n_rois: 20,
+            seed: 1,
+            frame_ms: 200,
+            snapshots: true,
+            snapshot_every_ms: 300_000,
+            snapshot_bytes: 30_000,
+            sensors: true,
+            dam: true,
+        }
+    }
+
+    /// The MariaDB database name, `<NAME>_db`.
+    pub fn db_name(&self) -> String {
+        format!("{}_db", self.machine_name)
+    }
+
+    /// Start time as `YYYY-MM-DD_HH-MM-SS` in UTC (the firmware uses `utcfromtimestamp`).
+    pub fn date_time(&self) -> String {
+        format_date_time(self.start_time)
+    }
+
+    /// `YYYY-MM-DD_HH-MM-SS_<machine_id>.db`.
+    pub fn backup_filename(&self) -> String {
+        format!("{}_{}.db", self.date_time(), self.machine_id)
+    }
+
+    /// Every table this experiment ends up with, in creation order.
+    pub fn tables(&self) -> Vec<TableDef> {
+        let mut t = vec![roi_map(), var_map(), metadata(), start_events()];
+        if self.snapshots {
+            t.push(img_snapshots());
+        }
+        if self.sensors {
+            t.push(sensors());
+        }
+        if self.dam {
+            t.push(csv_dam_activity(self.n_rois));
+        }
+        t.extend((1..=self.n_rois).map(roi_table));
+        t
+    }
+
+    /// The `METADATA` rows written at experiment start, including the firmware's
+    /// `('sqlite_source_path', NULL)` for MySQL experiments.
+    pub fn metadata_rows(&self) -> Vec<(String, Option<String>)> {
+        let s = |v: &str| Some(v.to_string());
+        vec![
+            ("machine_id".into(), s(&self.machine_id)),
+            ("machine_name".into(), s(&self.machine_name)),
+            ("date_time".into(), Some(format!("{}.0", self.start_time))),
+            ("frame_width".into(), s("1280")),
+            ("frame_height".into(), s("960")),
+            ("version".into(), s("c0ffee0000000000000000000000000000000000")),
+            (
+                "experimental_info".into(),
+                Some(format!(
+                    "{{'name': 'sim', 'location': 'Incubator 1', 'code': 'seed{}'}}",
+                    self.seed
+                )),
+            ),
+            (
+                "selected_options".into(),
+                s("{'tracker': {'name': 'AdaptiveBGModel'}, 'result_writer': {'name': 'ResultWriter'}}"),
+            ),
+            ("hardware_info".into(), s("{'partitions': [], 'kernel': 'sim'}")),
+            ("reference_points".into(), s("[(0, 0), (1280, 0), (0, 960)]")),
+            ("backup_filename".into(), Some(self.backup_filename())),
+            ("result_writer_type".into(), s("MySQL")),
+            ("sqlite_source_path".into(), None),
+        ]
+    }
+}
+
+/// A UTC calendar time, split into fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcTime {
+    /// Year.
+    pub year: i64,
+    /// Month, 1 to 12.
+    pub month: u32,
+    /// Day of month, 1 to 31.
+    pub day: u32,
+    /// Hour, 0 to 23.
+    pub hour: u32,
+    /// Minute.
+    pub minute: u32,
+    /// Second.
+    pub second: u32,
+}
+
+impl UtcTime {
+    /// Splits an epoch second (proleptic Gregorian calendar, Howard Hinnant's `civil_from_days`).
+    pub fn from_epoch(epoch: i64) -> UtcTime {
+        let days = epoch.div_euclid(86_400);
+        let secs = epoch.rem_euclid(86_400) as u32;
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        UtcTime {
+            year,
+            month,
+            day,
+            hour: secs / 3600,
+            minute: secs / 60 % 60,
+            second: secs % 60,
+        }
+    }
+
+    /// English three-letter month name (`Jul`), as the firmware's DAM table writes it.
+    pub fn month_abbrev(&self) -> &'static str {
+        const NAMES: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        NAMES[(self.month.clamp(1, 12) - 1) as usize]
+    }
+}
+
+/// `YYYY-MM-DD_HH-MM-SS` of an epoch second, UTC.
+pub fn format_date_time(epoch: i64) -> String {
+    let t = UtcTime::from_epoch(epoch);
+    format!(
+        "{:04}-{:02}-{:02}_{:02}-{:02}-{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn firmware_ddl() {
+        assert_eq!(
+            roi_table(3).mysql_ddl(),
+            "CREATE TABLE ROI_3 (id INT NOT NULL AUTO_INCREMENT PRIMARY KEY, t INT, x SMALLINT, y SMALLINT, w SMALLINT, h SMALLINT, phi SMALLINT, xy_dist_log10x1000 SMALLINT, is_inferred BOOLEAN, has_interacted SMALLINT) ENGINE=InnoDB"
+        );
+        assert_eq!(
+            metadata().sqlite_ddl(),
+            "CREATE TABLE METADATA (field TEXT, value TEXT)"
+        );
+        assert_eq!(
+            csv_dam_activity(2).sqlite_ddl(),
+            "CREATE TABLE CSV_DAM_ACTIVITY (id INTEGER PRIMARY KEY, date TEXT, time TEXT, ROI_1 INTEGER, ROI_2 INTEGER)"
+        );
+    }
+
+    #[test]
+    fn file_name_is_utc() {
+        let spec = ExperimentSpec::new("0123456789abcdef0123456789abcdef", "ETHOSCOPE_001", 0);
+        assert_eq!(
+            spec.backup_filename(),
+            "1970-01-01_00-00-00_0123456789abcdef0123456789abcdef.db"
+        );
+        assert_eq!(format_date_time(1_752_141_600), "2025-07-10_10-00-00");
+        assert_eq!(format_date_time(951_782_400), "2000-02-29_00-00-00");
+        assert_eq!(format_date_time(4_107_542_399), "2100-02-28_23-59-59");
+        assert_eq!(format_date_time(-1), "1969-12-31_23-59-59");
+        assert_eq!(UtcTime::from_epoch(1_752_141_600).month_abbrev(), "Jul");
+        let meta = spec.metadata_rows();
+        assert!(meta.contains(&("sqlite_source_path".to_string(), None)));
+        assert_eq!(spec.tables().len(), 7 + 20);
+        assert!(is_roi_table("ROI_12") && !is_roi_table("ROI_MAP") && !is_roi_table("ROI_"));
+    }
+}
