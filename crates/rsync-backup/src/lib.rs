@@ -1,3 +1,32 @@
-//! Per-device rsync pull of results and videos with truthful sizes (port 8093).
+//! The rsync backup daemon's engine: pulls each device's own results and videos trees with the
+//! real `rsync`, and reports truthful per-device sizes (port 8093).
 //!
-//! (Being written.)
+//! Upstream merged every device's whole data tree into one node directory, shipped torn copies
+//! of live SQLite files, trusted any host key and reported the whole archive as every device's
+//! size. Here a device can only write below its own `<machine_id>` directory, databases are
+//! verified before they replace a good copy, host keys are pinned, and sizes are per device.
+//!
+//! - [`RsyncEngine`] ([`engine`]) implements [`etho_daemon::Engine`]: one job per device, driven
+//!   by the shared scheduler in `etho-daemon`, configured by [`RsyncBackupConfig`].
+//! - [`command`] builds the rsync command line, [`runner`] runs it in its own process group,
+//!   [`parse`] reads its output (pure, tested on captured output).
+//! - [`promote`] moves staged files into the archive after verifying databases.
+//! - [`sizes`] keeps the per-device size index (job deltas plus a periodic parallel rescan).
+//! - [`api`] serves `GET /status` and `GET /` from memory.
+//!
+//! What it does not do: discover devices, schedule, persist status (`etho-daemon`), install
+//! ssh keys on devices (the node), or delete anything from the archive.
+
+pub mod api;
+pub mod command;
+pub mod config;
+pub mod engine;
+pub mod parse;
+pub mod promote;
+pub mod runner;
+pub mod sizes;
+pub mod source;
+
+pub use config::{Kind, RsyncBackupConfig, SshConfig};
+pub use engine::{EngineError, RsyncEngine};
+pub use source::{SourceTemplate, Transport};

@@ -1,0 +1,274 @@
+//! The rsync command line for one tree of one device (pure: tested without running anything).
+//!
+//! Why each flag is there:
+//!
+//! - `-rlpt`: recurse, symlinks as symlinks, permissions and times; no owner, group or devices
+//!   (files are owned by the node's user, and special files are never created).
+//! - `--safe-links`: symlinks pointing out of the device's tree (absolute or `../` escapes) are
+//!   not copied, so nothing in the archive points at `/etc` or at another device.
+//! - `--chmod=ugo-s,u+rwX`: no set-id bits from a device; the archive stays readable by us.
+//! - excludes: the hidden `.cache/` directories (upstream unpickled a cache file from there) and
+//!   SQLite's `-wal`/`-shm`/`-journal` companions (a copy without its database is useless and a
+//!   stale one is harmful).
+//! - the destination is a *staging* directory under the state dir with `--compare-dest` pointing
+//!   at the device's archive directory: unchanged files are skipped, changed ones use the archive
+//!   copy as delta basis, and only new or changed files land in staging, from where they are
+//!   verified and renamed into the archive ([`crate::promote`]).
+//! - `--temp-dir` and an absolute `--partial-dir`, both under the state dir: rsync's in-flight
+//!   and interrupted files never appear in the archive; `--partial` keeps an interrupted file so
+//!   the next cycle resumes it.
+//! - `--timeout` (I/O stall), `--contimeout` (daemon connect), `--bwlimit` as configured.
+//! - `--out-format='%i %l %n' --info=progress2 --stats -v`: what [`crate::parse`] reads.
+//! - ssh: `BatchMode=yes` (never prompt), `ConnectTimeout`, `ServerAliveInterval=30`, host keys
+//!   pinned in our own known-hosts file with `StrictHostKeyChecking=accept-new` (upstream used
+//!   `StrictHostKeyChecking=no` and `/dev/null`), and only the configured key.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::config::RsyncBackupConfig;
+use crate::source::Transport;
+
+/// Directories of one transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferPaths {
+    /// rsync source, ending in `/`.
+    pub source: String,
+    /// How the source is reached.
+    pub transport: Transport,
+    /// Where changed files land (absolute).
+    pub staging: PathBuf,
+    /// The device's archive directory, the comparison basis (absolute).
+    pub archive: PathBuf,
+    /// rsync's partial files (absolute).
+    pub partial: PathBuf,
+    /// rsync's temporary files (absolute).
+    pub temp: PathBuf,
+}
+
+/// A configuration that cannot be turned into a safe command line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// A path that rsync's `-e` splitting could not carry.
+    #[error("{what} path {path:?} cannot be passed to ssh through rsync -e (contains a quote or control character)")]
+    UnquotablePath {
+        /// Which path.
+        what: &'static str,
+        /// The path.
+        path: String,
+    },
+    /// A bandwidth limit rsync would not understand.
+    #[error("invalid --bwlimit {0:?}: expected a number with an optional K, M or G suffix")]
+    BadBwlimit(String),
+}
+
+/// Checks a `--bwlimit` value: digits, optionally a fraction, optionally one unit letter.
+pub fn check_bwlimit(value: &str) -> Result<(), CommandError> {
+    let body = value.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', 'b', 'B']);
+    let unit_len = value.len() - body.len();
+    let ok = !body.is_empty()
+        && unit_len <= 1
+        && body.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && body.chars().filter(|&c| c == '.').count() <= 1
+        && body.chars().next().is_some_and(|c| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(CommandError::BadBwlimit(value.to_string()))
+    }
+}
+
+fn quote_for_rsync_e(what: &'static str, path: &Path) -> Result<String, CommandError> {
+    let s = path.to_string_lossy().into_owned();
+    if s.contains(['\'', '"', '\\']) || s.chars().any(char::is_control) {
+        return Err(CommandError::UnquotablePath { what, path: s });
+    }
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+=@%,:".contains(c))
+    {
+        Ok(s)
+    } else {
+        // rsync splits -e on whitespace but honours quotes.
+        Ok(format!("'{s}'"))
+    }
+}
+
+/// The `-e` value for ssh sources.
+pub fn ssh_command(config: &RsyncBackupConfig) -> Result<String, CommandError> {
+    let ssh = &config.ssh;
+    let mut parts = vec![quote_for_rsync_e("ssh program", Path::new(&ssh.program))?];
+    if let Some(port) = ssh.port {
+        parts.push(format!("-p {port}"));
+    }
+    parts.push(format!("-i {}", quote_for_rsync_e("ssh key", &ssh.key)?));
+    parts.push("-o IdentitiesOnly=yes".to_string());
+    parts.push("-o BatchMode=yes".to_string());
+    parts.push(format!(
+        "-o ConnectTimeout={}",
+        config.connect_timeout.as_secs().max(1)
+    ));
+    parts.push("-o ServerAliveInterval=30".to_string());
+    parts.push("-o StrictHostKeyChecking=accept-new".to_string());
+    parts.push(format!(
+        "-o UserKnownHostsFile={}",
+        quote_for_rsync_e("known hosts", &ssh.known_hosts)?
+    ));
+    Ok(parts.join(" "))
+}
+
+fn dir_arg(flag: &str, path: &Path) -> OsString {
+    let mut s = OsString::from(flag);
+    s.push("=");
+    s.push(path.as_os_str());
+    s
+}
+
+/// The full argument list (without the program name).
+pub fn rsync_args(
+    config: &RsyncBackupConfig,
+    paths: &TransferPaths,
+) -> Result<Vec<OsString>, CommandError> {
+    let mut args: Vec<OsString> = [
+        "-rlpt",
+        "-v",
+        "--partial",
+        "--safe-links",
+        "--chmod=ugo-s,u+rwX",
+        "--exclude=.cache/",
+        "--exclude=*-wal",
+        "--exclude=*-shm",
+        "--exclude=*-journal",
+        "--out-format=%i %l %n",
+        "--info=progress2",
+        "--stats",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.push(format!("--timeout={}", config.io_timeout.as_secs().max(1)).into());
+    args.push(dir_arg("--partial-dir", &paths.partial));
+    args.push(dir_arg("--temp-dir", &paths.temp));
+    let mut compare = paths.archive.as_os_str().to_owned();
+    compare.push("/");
+    args.push(dir_arg("--compare-dest", Path::new(&compare)));
+    if let Some(limit) = &config.bwlimit {
+        check_bwlimit(limit)?;
+        args.push(format!("--bwlimit={limit}").into());
+    }
+    match paths.transport {
+        Transport::Ssh => {
+            args.push("-e".into());
+            args.push(ssh_command(config)?.into());
+        }
+        Transport::Daemon => {
+            args.push(format!("--contimeout={}", config.connect_timeout.as_secs().max(1)).into());
+            args.push("--no-motd".into());
+        }
+        Transport::Local => {}
+    }
+    // Everything after `--` is a path, whatever it looks like.
+    args.push("--".into());
+    args.push(paths.source.clone().into());
+    let mut dest = paths.staging.as_os_str().to_owned();
+    dest.push("/");
+    args.push(dest);
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config() -> RsyncBackupConfig {
+        let mut c = RsyncBackupConfig::new(
+            Path::new("/data/results"),
+            Path::new("/data/videos"),
+            Path::new("/var/lib/etho"),
+        );
+        c.io_timeout = Duration::from_secs(120);
+        c
+    }
+
+    fn paths(transport: Transport) -> TransferPaths {
+        TransferPaths {
+            source: "ethoscope@10.0.0.5:/ethoscope_data/results/0123/".into(),
+            transport,
+            staging: "/var/lib/etho/staging/results/0123".into(),
+            archive: "/data/results/0123".into(),
+            partial: "/var/lib/etho/partial/results/0123".into(),
+            temp: "/var/lib/etho/tmp/results/0123".into(),
+        }
+    }
+
+    fn strings(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn ssh_pull_command_line() {
+        let mut c = config();
+        c.bwlimit = Some("5M".into());
+        let a = strings(&rsync_args(&c, &paths(Transport::Ssh)).unwrap());
+        assert_eq!(a[0], "-rlpt");
+        for must in [
+            "--partial",
+            "--safe-links",
+            "--exclude=.cache/",
+            "--exclude=*-wal",
+            "--exclude=*-shm",
+            "--exclude=*-journal",
+            "--timeout=120",
+            "--bwlimit=5M",
+            "--partial-dir=/var/lib/etho/partial/results/0123",
+            "--temp-dir=/var/lib/etho/tmp/results/0123",
+            "--compare-dest=/data/results/0123/",
+        ] {
+            assert!(a.iter().any(|x| x == must), "missing {must} in {a:?}");
+        }
+        let e = a.iter().position(|x| x == "-e").unwrap();
+        assert_eq!(
+            a[e + 1],
+            "ssh -i /etc/ethoscope/keys/id_rsa -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=30 -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=/var/lib/etho/known_hosts"
+        );
+        assert!(!a.iter().any(|x| x.contains("StrictHostKeyChecking=no")));
+        assert!(!a.iter().any(|x| x.contains("/dev/null")));
+        assert!(!a
+            .iter()
+            .any(|x| x.starts_with("-a") || x == "-o" || x == "-g"));
+        let n = a.len();
+        assert_eq!(a[n - 3], "--");
+        assert_eq!(a[n - 2], "ethoscope@10.0.0.5:/ethoscope_data/results/0123/");
+        assert_eq!(a[n - 1], "/var/lib/etho/staging/results/0123/");
+    }
+
+    #[test]
+    fn daemon_pull_has_no_ssh_and_a_connect_timeout() {
+        let a = strings(&rsync_args(&config(), &paths(Transport::Daemon)).unwrap());
+        assert!(!a.iter().any(|x| x == "-e"));
+        assert!(a.iter().any(|x| x == "--contimeout=10"));
+    }
+
+    #[test]
+    fn ssh_port_and_quoted_paths() {
+        let mut c = config();
+        c.ssh.port = Some(2222);
+        c.ssh.key = "/keys/my key".into();
+        let e = ssh_command(&c).unwrap();
+        assert!(e.starts_with("ssh -p 2222 -i '/keys/my key' "), "{e}");
+        c.ssh.key = "/keys/it's".into();
+        assert!(ssh_command(&c).is_err());
+    }
+
+    #[test]
+    fn bwlimit_values() {
+        for good in ["100", "5M", "1.5m", "2G", "800k"] {
+            assert!(check_bwlimit(good).is_ok(), "{good}");
+        }
+        for bad in ["", "M", "5MM", "-1", "1;rm", "1.2.3", "5 M"] {
+            assert!(check_bwlimit(bad).is_err(), "{bad}");
+        }
+    }
+}

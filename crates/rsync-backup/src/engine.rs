@@ -1,0 +1,714 @@
+//! The rsync engine: one job pulls a device's results and videos trees.
+//!
+//! A job, per tree (`results` only for devices reporting SQLite databases, then `videos`):
+//!
+//! 1. makes sure `<archive root>/<machine_id>` is a real directory (never a symlink: an older
+//!    tool that merged every device's tree into one archive could have planted one);
+//! 2. runs rsync from `<source>/<kind>/<machine_id>/` into a staging directory under the state
+//!    dir, comparing against the archive copy ([`crate::command`]), streaming live progress;
+//! 3. promotes what was staged into the archive, verifying databases ([`crate::promote`]), and
+//!    adjusts the device's size entry by what changed ([`crate::sizes`]);
+//! 4. turns rsync's exit code, stderr and the promotion report into a message.
+//!
+//! The job's wall-clock limit is enforced here (the rsync process group is killed) as well as by
+//! the scheduler's cancellation, and a dropped job kills its rsync too.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etho_daemon::{Engine, JobContext, JobOutcome};
+use etho_model::device::{is_valid_machine_id, DeviceInfo};
+use etho_model::size::format_bytes;
+use etho_model::status::{Progress, ProgressStatus};
+use futures::future::BoxFuture;
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::command::{check_bwlimit, rsync_args, ssh_command, CommandError, TransferPaths};
+use crate::config::{Kind, RsyncBackupConfig};
+use crate::parse::{
+    classify_exit, error_summary, exit_meaning, source_dir_missing, ExitClass, TransferState,
+};
+use crate::promote::{promote, PromoteReport};
+use crate::runner::{run_rsync, RunEnd, RunResult};
+use crate::sizes::{rescan, walk_tree, RescanInfo, SizeChange, SizeIndex, TreeSize};
+use crate::source::Transport;
+
+/// How often live progress is published at most.
+const REPORT_EVERY: Duration = Duration::from_millis(250);
+
+/// A configuration the engine cannot run with.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Both trees disabled.
+    #[error("nothing to back up: both results and videos are disabled")]
+    NothingEnabled,
+    /// A command-line problem (bwlimit, unquotable path).
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// A directory that cannot be created or used.
+    #[error("{what} {path}: {source}")]
+    Dir {
+        /// Which directory.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// The rsync backup engine. Cheap to clone; clones share the size index.
+#[derive(Clone)]
+pub struct RsyncEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RsyncBackupConfig,
+    sizes: Arc<SizeIndex>,
+    /// The state dir is not on every archive root's filesystem (promotion copies instead of
+    /// renaming).
+    cross_device: bool,
+}
+
+fn dir_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> EngineError {
+    let path = path.to_path_buf();
+    move |source| EngineError::Dir { what, path, source }
+}
+
+fn absolute(what: &'static str, path: &Path) -> Result<PathBuf, EngineError> {
+    fs::create_dir_all(path).map_err(dir_error(what, path))?;
+    fs::canonicalize(path).map_err(dir_error(what, path))
+}
+
+impl RsyncEngine {
+    /// Checks the configuration, creates the archive roots and the state directories, and makes
+    /// every directory path absolute (rsync resolves `--compare-dest` relative to the
+    /// destination otherwise).
+    pub fn new(mut config: RsyncBackupConfig) -> Result<RsyncEngine, EngineError> {
+        if !config.backup_results && !config.backup_videos {
+            return Err(EngineError::NothingEnabled);
+        }
+        if let Some(limit) = &config.bwlimit {
+            check_bwlimit(limit)?;
+        }
+        config.state_dir = absolute("state directory", &config.state_dir)?;
+        for sub in ["staging", "partial", "tmp"] {
+            let p = config.state_dir.join(sub);
+            fs::create_dir_all(&p).map_err(dir_error("state directory", &p))?;
+        }
+        if config.backup_results {
+            config.results_dir = absolute("results directory", &config.results_dir)?;
+        }
+        if config.backup_videos {
+            config.videos_dir = absolute("videos directory", &config.videos_dir)?;
+        }
+        if config.source.transport() == Transport::Ssh {
+            ssh_command(&config)?;
+            if let Some(parent) = config.ssh.known_hosts.parent() {
+                fs::create_dir_all(parent).map_err(dir_error("known hosts directory", parent))?;
+            }
+        }
+        let state_dev = fs::metadata(&config.state_dir).map(|m| m.dev()).ok();
+        let mut cross_device = false;
+        for kind in Kind::ALL {
+            if config.enabled(kind) {
+                let dev = fs::metadata(config.archive_root(kind))
+                    .map(|m| m.dev())
+                    .ok();
+                if dev != state_dev {
+                    cross_device = true;
+                    tracing::warn!(
+                        "state directory {} is not on the filesystem of {}: finished files are \
+                         copied into the archive instead of renamed; put the state directory on \
+                         the archive's filesystem",
+                        config.state_dir.display(),
+                        config.archive_root(kind).display()
+                    );
+                }
+            }
+        }
+        Ok(RsyncEngine {
+            inner: Arc::new(Inner {
+                config,
+                sizes: Arc::new(SizeIndex::new()),
+                cross_device,
+            }),
+        })
+    }
+
+    /// The effective configuration (absolute paths).
+    pub fn config(&self) -> &RsyncBackupConfig {
+        &self.inner.config
+    }
+
+    /// The shared size index.
+    pub fn sizes(&self) -> &Arc<SizeIndex> {
+        &self.inner.sizes
+    }
+
+    /// Whether the state directory is on another filesystem than the archive.
+    pub fn cross_device(&self) -> bool {
+        self.inner.cross_device
+    }
+
+    /// The trees a device gets: results for devices with SQLite databases, videos for all
+    /// (each only if enabled).
+    pub fn kinds_for(&self, device: &DeviceInfo) -> Vec<Kind> {
+        let c = &self.inner.config;
+        let mut kinds = Vec::new();
+        if c.backup_results && device.has_sqlite() {
+            kinds.push(Kind::Results);
+        }
+        if c.backup_videos {
+            kinds.push(Kind::Videos);
+        }
+        kinds
+    }
+
+    /// Measures every device tree of the archive now (on a blocking thread) and updates the size
+    /// index.
+    pub async fn rescan(&self) -> RescanInfo {
+        let inner = Arc::clone(&self.inner);
+        let job = tokio::task::spawn_blocking(move || {
+            let c = &inner.config;
+            let roots: Vec<(Kind, &Path)> = Kind::ALL
+                .into_iter()
+                .filter(|k| c.enabled(*k))
+                .map(|k| (k, c.archive_root(k)))
+                .collect();
+            rescan(&inner.sizes, &roots)
+        });
+        job.await.unwrap_or_else(|e| RescanInfo {
+            errors: vec![format!("rescan task failed: {e}")],
+            ..RescanInfo::default()
+        })
+    }
+
+    /// Rescans now and then every `rescan_interval` until `shutdown`.
+    pub fn spawn_rescan_loop(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let info = tokio::select! {
+                    info = engine.rescan() => info,
+                    _ = shutdown.cancelled() => return,
+                };
+                for e in &info.errors {
+                    tracing::warn!("archive rescan: {e}");
+                }
+                tracing::info!(
+                    "archive rescan: {} device trees in {:.3} s",
+                    info.trees,
+                    info.duration_s.unwrap_or(0.0)
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(engine.inner.config.rescan_interval) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        })
+    }
+
+    /// `synced` for a device: one entry per tree the index knows, from `kinds` (and any other
+    /// enabled tree the archive holds for it).
+    pub fn synced_for(&self, id: &str, kinds: &[Kind]) -> Value {
+        let mut out = Map::new();
+        for kind in Kind::ALL {
+            if !self.inner.config.enabled(kind) {
+                continue;
+            }
+            if let Some(size) = self.inner.sizes.get(kind, id) {
+                if kinds.contains(&kind) || size.files > 0 {
+                    out.insert(kind.as_str().to_string(), self.tree_json(kind, id, size));
+                }
+            }
+        }
+        Value::Object(out)
+    }
+
+    /// `{local_files, directory, disk_usage_bytes, disk_usage_human}` of one device tree.
+    pub fn tree_json(&self, kind: Kind, id: &str, size: TreeSize) -> Value {
+        json!({
+            "local_files": size.files,
+            "directory": self.inner.config.archive_root(kind).join(id).to_string_lossy(),
+            "disk_usage_bytes": size.bytes,
+            "disk_usage_human": format_bytes(size.bytes),
+        })
+    }
+
+    /// Backs up one device (what [`Engine::run`] runs).
+    pub async fn backup(&self, device: DeviceInfo, ctx: JobContext) -> JobOutcome {
+        let started = Instant::now();
+        let config = &self.inner.config;
+        if !is_valid_machine_id(&device.id) {
+            // DeviceInfo validates ids already; this guards the paths below regardless.
+            return JobOutcome::error(format!("refusing invalid machine id {:?}", device.id));
+        }
+        let kinds = self.kinds_for(&device);
+        if kinds.is_empty() {
+            return JobOutcome::warning(format!("No valid backup types for device {}", device.id));
+        }
+        let deadline = started + config.job_timeout;
+        let mut trees = Vec::new();
+        for (i, kind) in kinds.iter().enumerate() {
+            let step = format!("{}/{}", i + 1, kinds.len());
+            let outcome = self.sync_tree(&device, *kind, &step, &ctx, deadline).await;
+            let stop = outcome.stopped;
+            trees.push(outcome);
+            if stop {
+                break;
+            }
+        }
+        let mut notes = Vec::new();
+        if config.backup_results && !kinds.contains(&Kind::Results) {
+            notes.push("results skipped: the device reports no SQLite database".to_string());
+        }
+        let synced = self.synced_for(&device.id, &kinds);
+        finish(&trees, notes, synced, started.elapsed())
+    }
+
+    async fn sync_tree(
+        &self,
+        device: &DeviceInfo,
+        kind: Kind,
+        step: &str,
+        ctx: &JobContext,
+        deadline: Instant,
+    ) -> TreeOutcome {
+        let config = &self.inner.config;
+        let id = device.id.clone();
+        let archive = config.archive_root(kind).join(&id);
+        let paths = TransferPaths {
+            source: config.source.subtree(device, kind),
+            transport: config.source.transport(),
+            staging: config
+                .state_dir
+                .join("staging")
+                .join(kind.as_str())
+                .join(&id),
+            archive: archive.clone(),
+            partial: config
+                .state_dir
+                .join("partial")
+                .join(kind.as_str())
+                .join(&id),
+            temp: config.state_dir.join("tmp").join(kind.as_str()).join(&id),
+        };
+        ctx.report(Progress {
+            status: Some(ProgressStatus::Running),
+            message: Some(format!("{} ({step}): starting transfer", kind.title())),
+            extra: phase_fields(kind, step, &TransferState::default()),
+        });
+        let prep_paths = paths.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare_dirs(&prep_paths))
+            .await
+            .unwrap_or_else(|e| Err(format!("preparing directories failed: {e}")));
+        if let Err(msg) = prepared {
+            return TreeOutcome::error(kind, msg);
+        }
+        let args = match rsync_args(config, &paths) {
+            Ok(a) => a,
+            Err(e) => return TreeOutcome::error(kind, e.to_string()),
+        };
+        tracing::debug!(device = %id, "rsync {:?}", args);
+        let mut last_report = Instant::now() - REPORT_EVERY;
+        let mut last_file: Option<String> = None;
+        let run = run_rsync(&config.rsync_program, &args, deadline, &ctx.cancel, |st| {
+            let file_changed = st.current_file != last_file;
+            if file_changed || last_report.elapsed() >= REPORT_EVERY {
+                last_report = Instant::now();
+                last_file = st.current_file.clone();
+                ctx.report(Progress {
+                    status: Some(ProgressStatus::Running),
+                    message: Some(live_message(kind, step, st)),
+                    extra: phase_fields(kind, step, st),
+                });
+            }
+        })
+        .await;
+        let run = match run {
+            Ok(r) => r,
+            Err(e) => {
+                return TreeOutcome::error(
+                    kind,
+                    format!("cannot run {}: {e}", config.rsync_program.display()),
+                )
+            }
+        };
+        if run.end == RunEnd::Cancelled {
+            let mut o =
+                TreeOutcome::error(kind, "cancelled; the transfer resumes next cycle".into());
+            o.stopped = true;
+            return o;
+        }
+        // Promote whatever is complete, whatever rsync's exit: staged files are whole copies.
+        let sizes = Arc::clone(&self.inner.sizes);
+        let known = sizes.has(kind, &id);
+        sizes.begin_update(kind, &id);
+        let cancel = ctx.cancel.clone();
+        let (staging, archive_dir) = (paths.staging.clone(), archive.clone());
+        let (report, change) = tokio::task::spawn_blocking(move || {
+            let report = promote(&staging, &archive_dir, &|| cancel.is_cancelled());
+            let change = if known {
+                SizeChange::Delta(report.delta)
+            } else {
+                SizeChange::Absolute(walk_tree(&archive_dir).unwrap_or_default())
+            };
+            (report, change)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            let r = PromoteReport {
+                errors: vec![format!("promotion task failed: {e}")],
+                ..PromoteReport::default()
+            };
+            (r, SizeChange::Delta(Default::default()))
+        });
+        sizes.end_update(kind, &id, change);
+        describe(kind, &id, config, run, report)
+    }
+}
+
+fn prepare_dirs(paths: &TransferPaths) -> Result<(), String> {
+    if let Some(root) = paths.archive.parent() {
+        fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    }
+    match fs::symlink_metadata(&paths.archive) {
+        Ok(m) if m.is_dir() => {}
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(format!(
+                "refusing to write through symlink {}: replace it by a directory",
+                paths.archive.display()
+            ))
+        }
+        Ok(_) => {
+            return Err(format!(
+                "{} exists and is not a directory",
+                paths.archive.display()
+            ))
+        }
+        Err(_) => fs::create_dir(&paths.archive)
+            .map_err(|e| format!("cannot create {}: {e}", paths.archive.display()))?,
+    }
+    for dir in [&paths.staging, &paths.partial] {
+        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    // rsync's temporary files of a killed run are useless (the data went to the partial dir if
+    // rsync had the chance); start clean.
+    let _ = fs::remove_dir_all(&paths.temp);
+    fs::create_dir_all(&paths.temp)
+        .map_err(|e| format!("cannot create {}: {e}", paths.temp.display()))?;
+    Ok(())
+}
+
+fn phase_fields(kind: Kind, step: &str, st: &TransferState) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("phase".into(), json!(kind.as_str()));
+    m.insert("step".into(), json!(step));
+    m.insert("percent".into(), json!(f64::from(st.percent)));
+    m.insert("bytes_transferred".into(), json!(st.bytes_transferred));
+    m.insert(
+        "bytes_transferred_human".into(),
+        json!(format_bytes(st.bytes_transferred)),
+    );
+    m.insert("speed".into(), json!(st.speed));
+    m.insert("current_file".into(), json!(st.current_file));
+    m.insert("files_transferred".into(), json!(st.files_transferred));
+    m
+}
+
+fn live_message(kind: Kind, step: &str, st: &TransferState) -> String {
+    let mut msg = format!(
+        "{} ({step}): {}% - {}",
+        kind.title(),
+        st.percent,
+        format_bytes(st.bytes_transferred)
+    );
+    if !st.speed.is_empty() {
+        msg.push_str(&format!(" at {}", st.speed));
+    }
+    msg.push_str(&format!(", {} files", st.files_transferred));
+    if let Some(f) = &st.current_file {
+        msg.push_str(&format!(", current: {f}"));
+    }
+    msg
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Success,
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone)]
+struct TreeOutcome {
+    kind: Kind,
+    level: Level,
+    message: String,
+    files: u64,
+    bytes: u64,
+    /// Cancelled or timed out: the job stops here.
+    stopped: bool,
+}
+
+impl TreeOutcome {
+    fn error(kind: Kind, message: String) -> TreeOutcome {
+        TreeOutcome {
+            kind,
+            level: Level::Error,
+            message,
+            files: 0,
+            bytes: 0,
+            stopped: false,
+        }
+    }
+}
+
+fn list(items: &[String], max: usize) -> String {
+    let mut s = items
+        .iter()
+        .take(max)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > max {
+        s.push_str(&format!(" and {} more", items.len() - max));
+    }
+    s
+}
+
+/// Turns one tree's rsync run and promotion into an outcome.
+fn describe(
+    kind: Kind,
+    id: &str,
+    config: &RsyncBackupConfig,
+    run: RunResult,
+    report: PromoteReport,
+) -> TreeOutcome {
+    let title = kind.title();
+    let mut level = Level::Success;
+    let mut parts: Vec<String> = Vec::new();
+    let mut stopped = false;
+    match run.end {
+        RunEnd::Exited(code) => match classify_exit(code) {
+            ExitClass::Success => {}
+            ExitClass::Vanished => {
+                level = Level::Warning;
+                parts.push(
+                    "some source files vanished during transfer (rsync code 24); everything else was copied"
+                        .to_string(),
+                );
+            }
+            ExitClass::Failed(code) => {
+                if source_dir_missing(&run.stderr, kind.as_str(), id) {
+                    if kind == Kind::Results {
+                        level = Level::Warning;
+                    }
+                    parts.push(format!(
+                        "the device has no {}/{id}/ directory",
+                        kind.as_str()
+                    ));
+                } else {
+                    level = Level::Error;
+                    let why = error_summary(&run.stderr);
+                    parts.push(format!(
+                        "rsync failed with code {code} ({}){}",
+                        exit_meaning(code),
+                        if why.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {why}")
+                        }
+                    ));
+                }
+            }
+        },
+        RunEnd::Signalled(sig) => {
+            level = Level::Error;
+            parts.push(format!(
+                "rsync was killed by signal {sig}; the transfer resumes next cycle"
+            ));
+        }
+        RunEnd::TimedOut => {
+            level = Level::Error;
+            stopped = true;
+            parts.push(format!(
+                "timed out after {} s (job timeout); rsync was stopped and the transfer resumes next cycle",
+                config.job_timeout.as_secs()
+            ));
+        }
+        RunEnd::Cancelled => {
+            level = Level::Error;
+            stopped = true;
+            parts.push("cancelled".to_string());
+        }
+    }
+    if !report.rejected.is_empty() {
+        level = level.max(Level::Warning);
+        let names: Vec<String> = report
+            .rejected
+            .iter()
+            .map(|r| format!("{} ({})", r.path, r.reason))
+            .collect();
+        parts.push(format!(
+            "{} database cop{} failed the integrity check and {} not used (the previous copy is kept; pulled again next cycle): {}",
+            report.rejected.len(),
+            if report.rejected.len() == 1 { "y" } else { "ies" },
+            if report.rejected.len() == 1 { "was" } else { "were" },
+            list(&names, 5)
+        ));
+    }
+    if !report.errors.is_empty() {
+        level = level.max(Level::Warning);
+        parts.push(format!(
+            "{} entr{} not moved into the archive: {}",
+            report.errors.len(),
+            if report.errors.len() == 1 { "y" } else { "ies" },
+            list(&report.errors, 3)
+        ));
+    }
+    if !run.state.unsafe_symlinks.is_empty() {
+        tracing::warn!(
+            device = %id,
+            "{title}: symlinks pointing outside the device's tree were not copied: {}",
+            list(&run.state.unsafe_symlinks, 10)
+        );
+        parts.push(format!(
+            "{} symlink{} pointing outside the device's tree not copied ({})",
+            run.state.unsafe_symlinks.len(),
+            if run.state.unsafe_symlinks.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            list(&run.state.unsafe_symlinks, 3)
+        ));
+    }
+    if report.cross_device {
+        parts.push("state directory on another filesystem: files were copied into place".into());
+    }
+    if report.interrupted {
+        parts.push("promotion interrupted; the rest is moved next cycle".into());
+    }
+    let bytes: u64 = if report.files > 0 {
+        run.state.bytes_transferred
+    } else {
+        0
+    };
+    let copied = if report.files == 0 && report.links == 0 {
+        "no changes".to_string()
+    } else {
+        format!(
+            "{} file{} copied ({})",
+            report.files,
+            if report.files == 1 { "" } else { "s" },
+            format_bytes(bytes)
+        )
+    };
+    let message = if parts.is_empty() {
+        format!("{title}: {copied}")
+    } else {
+        format!("{title}: {copied}; {}", parts.join("; "))
+    };
+    TreeOutcome {
+        kind,
+        level,
+        message,
+        files: report.files,
+        bytes,
+        stopped,
+    }
+}
+
+fn finish(
+    trees: &[TreeOutcome],
+    notes: Vec<String>,
+    synced: Value,
+    elapsed: Duration,
+) -> JobOutcome {
+    let level = trees
+        .iter()
+        .map(|t| t.level)
+        .max()
+        .unwrap_or(Level::Success);
+    let mut details: Vec<String> = trees.iter().map(|t| t.message.clone()).collect();
+    details.extend(notes);
+    let secs = elapsed.as_secs_f64();
+    let body = details.join("; ");
+    let mut outcome = match level {
+        Level::Success => JobOutcome::success(format!("Backup completed in {secs:.1}s: {body}")),
+        Level::Warning => JobOutcome::warning(format!(
+            "Backup completed with warnings in {secs:.1}s: {body}"
+        )),
+        Level::Error => JobOutcome::error(format!("Backup failed after {secs:.1}s: {body}")),
+    };
+    let files: u64 = trees.iter().map(|t| t.files).sum();
+    let bytes: u64 = trees.iter().map(|t| t.bytes).sum();
+    outcome
+        .progress
+        .extra
+        .insert("files_transferred".into(), json!(files));
+    outcome
+        .progress
+        .extra
+        .insert("bytes_transferred".into(), json!(bytes));
+    outcome
+        .progress
+        .extra
+        .insert("duration_s".into(), json!((secs * 10.0).round() / 10.0));
+    let per_tree: BTreeMap<&str, Value> = trees
+        .iter()
+        .map(|t| {
+            let status = match t.level {
+                Level::Success => "success",
+                Level::Warning => "warning",
+                Level::Error => "error",
+            };
+            (
+                t.kind.as_str(),
+                json!({"status": status, "files_transferred": t.files, "bytes_transferred": t.bytes}),
+            )
+        })
+        .collect();
+    outcome.progress.extra.insert(
+        "trees".into(),
+        serde_json::to_value(per_tree).unwrap_or_default(),
+    );
+    outcome.synced = Some(synced);
+    outcome
+}
+
+impl Engine for RsyncEngine {
+    fn name(&self) -> &'static str {
+        "rsync-backup"
+    }
+
+    fn accepts(&self, device: &DeviceInfo) -> Result<(), String> {
+        if self.kinds_for(device).is_empty() {
+            Err(format!(
+                "Device {} does not have a SQLite database and only results are backed up",
+                device.id
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn default_extra(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("metadata".into(), json!({}));
+        m
+    }
+
+    fn run(&self, device: DeviceInfo, ctx: JobContext) -> BoxFuture<'static, JobOutcome> {
+        let engine = self.clone();
+        Box::pin(async move { engine.backup(device, ctx).await })
+    }
+}

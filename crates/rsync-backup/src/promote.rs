@@ -1,0 +1,455 @@
+//! Moving finished files from staging into the archive, verifying live SQLite databases first.
+//!
+//! rsync writes only into a staging tree under the state directory. Everything there is a
+//! complete copy of some version of a device file (rsync renames a file into place only after
+//! its checksum matched; interrupted files go to the partial dir). Promotion walks that tree and:
+//!
+//! - checks every SQLite file with `PRAGMA quick_check` (opened `immutable`, so no `-wal`/`-shm`
+//!   is created or read). A database copied while the device was writing it can be torn; such a
+//!   copy is deleted from staging and reported, the previous good copy in the archive stays, and
+//!   the next cycle pulls it again (upstream shipped such torn copies);
+//! - renames everything else (and good databases) over the archive path: same filesystem, so the
+//!   archive only ever holds the old or the new complete file;
+//! - never follows a symlink in the archive: an archive component that is a symlink where the
+//!   device now has a directory is replaced by a real directory, so nothing is written through a
+//!   link;
+//! - falls back to copy-then-rename when the state dir is on another filesystem (reported, so
+//!   the operator can move it);
+//! - records per-file size changes, so archive sizes stay current without a rescan.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::sizes::SizeDelta;
+
+/// The 16-byte header of every SQLite 3 database file.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// Suffix of the hidden temporary name used only by the cross-filesystem fallback.
+pub const CROSS_DEVICE_TMP_SUFFIX: &str = ".etho-backup-tmp";
+
+/// A staged database that failed verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedDb {
+    /// Path relative to the device's directory.
+    pub path: String,
+    /// What quick_check (or opening) said.
+    pub reason: String,
+}
+
+/// What a promotion did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PromoteReport {
+    /// Regular files moved into the archive.
+    pub files: u64,
+    /// Symlinks moved into the archive.
+    pub links: u64,
+    /// Databases that passed quick_check and were moved.
+    pub verified_dbs: u64,
+    /// Databases that failed and were not moved.
+    pub rejected: Vec<RejectedDb>,
+    /// Entries that could not be moved (conflicts, I/O errors), with the reason.
+    pub errors: Vec<String>,
+    /// Change of the archive's regular-file count and bytes.
+    pub delta: SizeDelta,
+    /// Files had to be copied because staging is on another filesystem.
+    pub cross_device: bool,
+    /// Stopped early because the job was cancelled; the rest is promoted next time.
+    pub interrupted: bool,
+}
+
+/// True when `path` starts with the SQLite 3 header.
+pub fn is_sqlite_file(path: &Path) -> bool {
+    let mut head = [0u8; 16];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map(|()| &head == SQLITE_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Runs `PRAGMA quick_check` on a database file without modifying it or creating companions.
+/// `Ok(())` when SQLite answers `ok`; otherwise its first complaints.
+pub fn quick_check(path: &Path) -> Result<(), String> {
+    use rusqlite::{Connection, OpenFlags};
+    let uri = format!("file:{}?immutable=1", uri_escape(&path.to_string_lossy()));
+    let conn = Connection::open_with_flags(
+        &uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("cannot open: {e}"))?;
+    let mut stmt = conn
+        .prepare("PRAGMA quick_check(5)")
+        .map_err(|e| e.to_string())?;
+    let rows: Result<Vec<String>, _> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(|e| e.to_string())?
+        .collect();
+    let rows = rows.map_err(|e| e.to_string())?;
+    if rows.len() == 1 && rows[0] == "ok" {
+        Ok(())
+    } else if rows.is_empty() {
+        Err("quick_check returned nothing".to_string())
+    } else {
+        Err(rows.join("; "))
+    }
+}
+
+fn uri_escape(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        match c {
+            '%' | '?' | '#' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Promotes everything under `staging` into `archive`. `cancelled` is polled between entries.
+/// Staging directories that end up empty are removed. `archive` must exist and be a real
+/// directory (the engine checks that before rsync runs).
+pub fn promote(staging: &Path, archive: &Path, cancelled: &dyn Fn() -> bool) -> PromoteReport {
+    let mut report = PromoteReport::default();
+    promote_dir(staging, archive, Path::new(""), cancelled, &mut report);
+    report
+}
+
+fn promote_dir(
+    staging_root: &Path,
+    archive_root: &Path,
+    rel: &Path,
+    cancelled: &dyn Fn() -> bool,
+    report: &mut PromoteReport,
+) {
+    let dir = staging_root.join(rel);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(err) => {
+            if err.kind() != io::ErrorKind::NotFound {
+                report
+                    .errors
+                    .push(format!("cannot read staging dir {}: {err}", dir.display()));
+            }
+            return;
+        }
+    };
+    let mut names: Vec<_> = entries.filter_map(Result::ok).collect();
+    names.sort_by_key(|e| e.file_name());
+    for entry in names {
+        if cancelled() {
+            report.interrupted = true;
+            return;
+        }
+        let rel_path = rel.join(entry.file_name());
+        let Ok(file_type) = entry.file_type() else {
+            continue;
+        };
+        if file_type.is_dir() {
+            promote_dir(staging_root, archive_root, &rel_path, cancelled, report);
+            if report.interrupted {
+                return;
+            }
+            let staged_dir = staging_root.join(&rel_path);
+            match ensure_archive_dir(archive_root, &rel_path) {
+                Ok(target) => copy_dir_attrs(&staged_dir, &target),
+                Err(err) => report.errors.push(err),
+            }
+            // Only succeeds when everything inside was promoted.
+            let _ = fs::remove_dir(&staged_dir);
+        } else if file_type.is_file() || file_type.is_symlink() {
+            promote_entry(
+                staging_root,
+                archive_root,
+                &rel_path,
+                file_type.is_file(),
+                report,
+            );
+        } else {
+            // rsync without -D never creates these; drop anything odd.
+            let _ = fs::remove_file(staging_root.join(&rel_path));
+        }
+    }
+}
+
+fn promote_entry(
+    staging_root: &Path,
+    archive_root: &Path,
+    rel: &Path,
+    is_file: bool,
+    report: &mut PromoteReport,
+) {
+    let staged = staging_root.join(rel);
+    let shown = rel.to_string_lossy().into_owned();
+    if is_file && is_sqlite_file(&staged) {
+        if let Err(reason) = quick_check(&staged) {
+            tracing::warn!("copied database {shown} failed quick_check: {reason}");
+            let _ = fs::remove_file(&staged);
+            report.rejected.push(RejectedDb {
+                path: shown,
+                reason,
+            });
+            return;
+        }
+        report.verified_dbs += 1;
+    }
+    let parent_rel = rel.parent().unwrap_or(Path::new(""));
+    let parent = match ensure_archive_dir(archive_root, parent_rel) {
+        Ok(p) => p,
+        Err(err) => {
+            report.errors.push(err);
+            return;
+        }
+    };
+    let Some(name) = rel.file_name() else {
+        return;
+    };
+    let target = parent.join(name);
+    let old = fs::symlink_metadata(&target).ok();
+    if old.as_ref().is_some_and(fs::Metadata::is_dir) {
+        report.errors.push(format!(
+            "{shown}: the archive holds a directory there; the device's {} was not copied over it",
+            if is_file { "file" } else { "symlink" }
+        ));
+        return;
+    }
+    let new_size = if is_file {
+        fs::symlink_metadata(&staged).map(|m| m.len()).unwrap_or(0)
+    } else {
+        0
+    };
+    let moved = match fs::rename(&staged, &target) {
+        Ok(()) => Ok(()),
+        Err(err) if err.raw_os_error() == Some(nix::libc::EXDEV) => {
+            report.cross_device = true;
+            copy_into_place(&staged, &target, is_file)
+        }
+        Err(err) => Err(err),
+    };
+    if let Err(err) = moved {
+        report.errors.push(format!("{shown}: {err}"));
+        return;
+    }
+    if let Some(old) = old.filter(fs::Metadata::is_file) {
+        report.delta.files -= 1;
+        report.delta.bytes -= i64::try_from(old.len()).unwrap_or(i64::MAX);
+    }
+    if is_file {
+        report.files += 1;
+        report.delta.files += 1;
+        report.delta.bytes += i64::try_from(new_size).unwrap_or(i64::MAX);
+    } else {
+        report.links += 1;
+    }
+}
+
+/// Cross-filesystem fallback: copy under a hidden temporary name next to the target, then rename,
+/// so the archive still never holds a half-written file under a real name.
+fn copy_into_place(staged: &Path, target: &Path, is_file: bool) -> io::Result<()> {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = target.with_file_name(format!(".{name}{CROSS_DEVICE_TMP_SUFFIX}"));
+    let _ = fs::remove_file(&tmp);
+    let result = (|| {
+        if is_file {
+            fs::copy(staged, &tmp)?;
+            let meta = fs::metadata(staged)?;
+            let f = fs::OpenOptions::new().write(true).open(&tmp)?;
+            f.set_modified(meta.modified()?)?;
+            f.sync_all()?;
+        } else {
+            std::os::unix::fs::symlink(fs::read_link(staged)?, &tmp)?;
+        }
+        fs::rename(&tmp, target)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    } else {
+        let _ = fs::remove_file(staged);
+    }
+    result
+}
+
+/// Makes `archive_root/rel` a real directory, component by component, without following any
+/// symlink below `archive_root`: a symlink (which can only have come from an older tool) is
+/// replaced by a directory. A regular file in the way is an error (no data is deleted).
+pub fn ensure_archive_dir(archive_root: &Path, rel: &Path) -> Result<PathBuf, String> {
+    let mut path = archive_root.to_path_buf();
+    for comp in rel.components() {
+        let Component::Normal(name) = comp else {
+            return Err(format!("refusing odd path component in {}", rel.display()));
+        };
+        path.push(name);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                tracing::warn!(
+                    "replacing symlink {} in the archive by a directory",
+                    path.display()
+                );
+                fs::remove_file(&path)
+                    .and_then(|()| fs::create_dir(&path))
+                    .map_err(|e| format!("cannot replace symlink {}: {e}", path.display()))?;
+            }
+            Ok(_) => {
+                return Err(format!(
+                    "{}: the archive holds a file where the device has a directory",
+                    path.display()
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&path)
+                    .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            }
+            Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+        }
+    }
+    Ok(path)
+}
+
+fn copy_dir_attrs(from: &Path, to: &Path) {
+    if let Ok(meta) = fs::metadata(from) {
+        let _ = fs::set_permissions(to, fs::Permissions::from_mode(meta.permissions().mode()));
+        if let (Ok(mtime), Ok(dir)) = (meta.modified(), fs::File::open(to)) {
+            let _ = dir.set_modified(mtime);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, data: &[u8]) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, data).unwrap();
+    }
+
+    fn make_db(path: &Path, rows: i64) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let c = rusqlite::Connection::open(path).unwrap();
+        c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+            .unwrap();
+        for i in 0..rows {
+            c.execute("INSERT INTO t (v) VALUES (randomblob(500))", [])
+                .unwrap();
+            let _ = i;
+        }
+    }
+
+    #[test]
+    fn moves_files_and_links_and_counts_sizes() {
+        let t = tempfile::tempdir().unwrap();
+        let (st, ar) = (t.path().join("staging"), t.path().join("archive"));
+        fs::create_dir_all(&ar).unwrap();
+        write(&st.join("a/b/new.txt"), b"12345");
+        write(&st.join("a/old.txt"), b"1234567890");
+        write(&ar.join("a/old.txt"), b"123");
+        std::os::unix::fs::symlink("b/new.txt", st.join("a/link")).unwrap();
+        let r = promote(&st, &ar, &|| false);
+        assert_eq!((r.files, r.links), (2, 1));
+        assert_eq!(
+            r.delta,
+            SizeDelta {
+                files: 1,
+                bytes: 5 + 10 - 3
+            }
+        );
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(fs::read(ar.join("a/b/new.txt")).unwrap(), b"12345");
+        assert_eq!(fs::read(ar.join("a/old.txt")).unwrap(), b"1234567890");
+        assert_eq!(
+            fs::read_link(ar.join("a/link")).unwrap(),
+            Path::new("b/new.txt")
+        );
+        assert!(!st.exists() || fs::read_dir(&st).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn torn_database_keeps_the_good_copy() {
+        let t = tempfile::tempdir().unwrap();
+        let (st, ar) = (t.path().join("staging"), t.path().join("archive"));
+        make_db(&ar.join("x/run.db"), 50);
+        let good = fs::read(ar.join("x/run.db")).unwrap();
+        // A newer copy, torn: valid header, garbage pages.
+        make_db(&st.join("x/run.db"), 80);
+        let mut torn = fs::read(st.join("x/run.db")).unwrap();
+        let n = torn.len();
+        for b in &mut torn[4096..n.min(4096 * 6)] {
+            *b = 0xA5;
+        }
+        fs::write(st.join("x/run.db"), &torn).unwrap();
+        make_db(&st.join("x/other.db"), 3);
+        let r = promote(&st, &ar, &|| false);
+        assert_eq!(r.rejected.len(), 1);
+        assert_eq!(r.rejected[0].path, "x/run.db");
+        assert_eq!(r.verified_dbs, 1);
+        assert_eq!(fs::read(ar.join("x/run.db")).unwrap(), good);
+        assert!(ar.join("x/other.db").exists());
+        assert!(
+            !st.join("x/run.db").exists(),
+            "torn copy must not be reused"
+        );
+        // quick_check did not create companions anywhere.
+        assert!(!ar.join("x/other.db-wal").exists());
+        assert!(!ar.join("x/other.db-shm").exists());
+    }
+
+    #[test]
+    fn never_writes_through_an_archive_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let (st, ar, outside) = (
+            t.path().join("staging"),
+            t.path().join("archive"),
+            t.path().join("outside"),
+        );
+        fs::create_dir_all(&ar).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, ar.join("evil")).unwrap();
+        write(&st.join("evil/payload"), b"x");
+        let r = promote(&st, &ar, &|| false);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        assert!(fs::symlink_metadata(ar.join("evil")).unwrap().is_dir());
+        assert!(ar.join("evil/payload").is_file());
+    }
+
+    #[test]
+    fn conflicts_are_reported_not_deleted() {
+        let t = tempfile::tempdir().unwrap();
+        let (st, ar) = (t.path().join("staging"), t.path().join("archive"));
+        write(&ar.join("d/keep.txt"), b"keep");
+        write(&st.join("d"), b"now a file");
+        let r = promote(&st, &ar, &|| false);
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        assert_eq!(fs::read(ar.join("d/keep.txt")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn cancellation_stops_between_entries() {
+        let t = tempfile::tempdir().unwrap();
+        let (st, ar) = (t.path().join("staging"), t.path().join("archive"));
+        fs::create_dir_all(&ar).unwrap();
+        write(&st.join("a"), b"1");
+        let r = promote(&st, &ar, &|| true);
+        assert!(r.interrupted);
+        assert!(st.join("a").exists());
+    }
+
+    #[test]
+    fn sqlite_detection_and_uri_escaping() {
+        let t = tempfile::tempdir().unwrap();
+        let db = t.path().join("odd ?#% name.db");
+        make_db(&db, 1);
+        assert!(is_sqlite_file(&db));
+        assert_eq!(quick_check(&db), Ok(()));
+        let txt = t.path().join("plain.db");
+        fs::write(&txt, b"not sqlite").unwrap();
+        assert!(!is_sqlite_file(&txt));
+    }
+}

@@ -1,0 +1,432 @@
+//! Per-device archive sizes, kept current without walking the archive on request.
+//!
+//! Upstream walked the *whole* archive once per device per cycle, under the lock that
+//! `GET /status` needed, and reported the archive total as every device's size (reference §1.8,
+//! §8.6, §8.20). Here:
+//!
+//! - each device's `results/<id>` and `videos/<id>` size is one entry of a [`SizeIndex`], read
+//!   under a short read lock by `GET /status`;
+//! - a job adjusts its device's entries by what it promoted ([`SizeDelta`]), so sizes are right
+//!   the moment a job ends;
+//! - a periodic full rescan ([`scan_root`], parallel, stat-only on regular files) corrects any
+//!   drift (files removed by hand, ...). A rescan never overwrites an entry a job changed while
+//!   it was walking (each entry carries a version).
+//!
+//! Counted: regular files and their apparent size (`st_size`), as `find -type f` and `stat -c %s`
+//! would; symlinks and directories are not files and have no size here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use etho_model::device::is_valid_machine_id;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::config::Kind;
+
+/// Regular files and their bytes in one tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TreeSize {
+    /// Number of regular files.
+    pub files: u64,
+    /// Sum of their `st_size`.
+    pub bytes: u64,
+}
+
+impl std::ops::Add for TreeSize {
+    type Output = TreeSize;
+    fn add(self, o: TreeSize) -> TreeSize {
+        TreeSize {
+            files: self.files + o.files,
+            bytes: self.bytes + o.bytes,
+        }
+    }
+}
+
+/// A signed change of a [`TreeSize`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SizeDelta {
+    /// Change of the file count.
+    pub files: i64,
+    /// Change of the byte count.
+    pub bytes: i64,
+}
+
+impl TreeSize {
+    /// Applies a delta, saturating at zero.
+    pub fn apply(self, d: SizeDelta) -> TreeSize {
+        TreeSize {
+            files: self.files.saturating_add_signed(d.files),
+            bytes: self.bytes.saturating_add_signed(d.bytes),
+        }
+    }
+}
+
+/// Walks `dir` (never following symlinks), in parallel over subdirectories. Unreadable
+/// subdirectories and entries that vanish mid-walk are skipped; only an unreadable `dir` itself
+/// is an error.
+pub fn walk_tree(dir: &Path) -> io::Result<TreeSize> {
+    let entries = fs::read_dir(dir)?;
+    let mut own = TreeSize::default();
+    let mut subdirs: Vec<PathBuf> = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(ft) = entry.file_type() else { continue };
+        if ft.is_dir() {
+            subdirs.push(entry.path());
+        } else if ft.is_file() {
+            // DirEntry::metadata is an fstatat relative to the open directory, no symlink follow.
+            if let Ok(m) = entry.metadata() {
+                own.files += 1;
+                own.bytes += m.len();
+            }
+        }
+    }
+    let below = subdirs
+        .par_iter()
+        .map(|d| walk_tree(d).unwrap_or_default())
+        .reduce(TreeSize::default, |a, b| a + b);
+    Ok(own + below)
+}
+
+/// Sizes of every device directory (`<root>/<machine_id>`, real directories only) under `root`.
+/// A missing root is empty.
+pub fn scan_root(root: &Path) -> io::Result<BTreeMap<String, TreeSize>> {
+    let entries = match fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e),
+    };
+    let devices: Vec<(String, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            is_valid_machine_id(&name).then(|| (name, e.path()))
+        })
+        .collect();
+    Ok(devices
+        .into_par_iter()
+        .map(|(id, path)| (id, walk_tree(&path).unwrap_or_default()))
+        .collect())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    size: TreeSize,
+    /// Bumped by every job update; a rescan commits only if unchanged.
+    version: u64,
+    /// Jobs currently promoting into this tree.
+    busy: u32,
+}
+
+/// When and how the last full rescan ran.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RescanInfo {
+    /// Epoch seconds when it finished.
+    pub finished_at: Option<i64>,
+    /// How long it took, in seconds.
+    pub duration_s: Option<f64>,
+    /// Device trees it measured.
+    pub trees: usize,
+    /// Trees it left alone because a job changed them meanwhile.
+    pub skipped_busy: usize,
+    /// Errors reading the archive roots.
+    pub errors: Vec<String>,
+}
+
+/// The size of every device tree, shared by jobs, the rescan loop and `GET /status`.
+#[derive(Debug, Default)]
+pub struct SizeIndex {
+    inner: RwLock<IndexInner>,
+}
+
+#[derive(Debug, Default)]
+struct IndexInner {
+    entries: HashMap<(Kind, String), Entry>,
+    rescan: RescanInfo,
+}
+
+/// A versioned view used by a rescan to detect concurrent job updates.
+#[derive(Debug, Clone)]
+pub struct Versions(HashMap<(Kind, String), u64>);
+
+impl SizeIndex {
+    /// An empty index.
+    pub fn new() -> SizeIndex {
+        SizeIndex::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, IndexInner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, IndexInner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The known size of a device tree.
+    pub fn get(&self, kind: Kind, id: &str) -> Option<TreeSize> {
+        self.read()
+            .entries
+            .get(&(kind, id.to_string()))
+            .map(|e| e.size)
+    }
+
+    /// Info about the last rescan.
+    pub fn rescan_info(&self) -> RescanInfo {
+        self.read().rescan.clone()
+    }
+
+    /// A job is about to change a tree: rescans in flight will not overwrite it.
+    pub fn begin_update(&self, kind: Kind, id: &str) {
+        let mut w = self.write();
+        let e = w.entries.entry((kind, id.to_string())).or_insert(Entry {
+            size: TreeSize::default(),
+            version: 0,
+            busy: 0,
+        });
+        e.version += 1;
+        e.busy += 1;
+    }
+
+    /// A job finished changing a tree. `known_before` tells whether the entry had a real size
+    /// before the job (otherwise the caller passes a freshly measured `absolute` size).
+    pub fn end_update(&self, kind: Kind, id: &str, change: SizeChange) {
+        let mut w = self.write();
+        let e = w.entries.entry((kind, id.to_string())).or_insert(Entry {
+            size: TreeSize::default(),
+            version: 0,
+            busy: 1,
+        });
+        e.size = match change {
+            SizeChange::Delta(d) => e.size.apply(d),
+            SizeChange::Absolute(s) => s,
+        };
+        e.version += 1;
+        e.busy = e.busy.saturating_sub(1);
+    }
+
+    /// Whether a tree has a measured size (from a rescan or a job).
+    pub fn has(&self, kind: Kind, id: &str) -> bool {
+        self.read().entries.contains_key(&(kind, id.to_string()))
+    }
+
+    /// Snapshot of entry versions, taken before a rescan walks.
+    pub fn versions(&self) -> Versions {
+        Versions(
+            self.read()
+                .entries
+                .iter()
+                .map(|(k, e)| (k.clone(), e.version))
+                .collect(),
+        )
+    }
+
+    /// Commits a rescan of `kind`: sets every measured tree whose entry did not change since
+    /// `before` and is not being updated; trees that disappeared from disk become zero.
+    /// Returns how many trees were skipped because a job touched them.
+    pub fn commit_rescan(
+        &self,
+        kind: Kind,
+        measured: &BTreeMap<String, TreeSize>,
+        before: &Versions,
+    ) -> usize {
+        let mut w = self.write();
+        let mut skipped = 0;
+        for (id, size) in measured {
+            let key = (kind, id.clone());
+            match w.entries.get_mut(&key) {
+                Some(e) => {
+                    if e.busy > 0 || before.0.get(&key) != Some(&e.version) {
+                        skipped += 1;
+                    } else {
+                        e.size = *size;
+                    }
+                }
+                None => {
+                    if before.0.contains_key(&key) {
+                        skipped += 1;
+                    } else {
+                        w.entries.insert(
+                            key,
+                            Entry {
+                                size: *size,
+                                version: 0,
+                                busy: 0,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        for ((k, id), e) in w.entries.iter_mut() {
+            if *k == kind
+                && !measured.contains_key(id)
+                && e.busy == 0
+                && before.0.get(&(*k, id.clone())) == Some(&e.version)
+            {
+                e.size = TreeSize::default();
+            }
+        }
+        skipped
+    }
+
+    /// Records a finished rescan.
+    pub fn set_rescan_info(&self, info: RescanInfo) {
+        self.write().rescan = info;
+    }
+}
+
+/// How a job changes a tree's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeChange {
+    /// Adjust the known size.
+    Delta(SizeDelta),
+    /// Replace it (first measurement).
+    Absolute(TreeSize),
+}
+
+/// Rescans both archive roots (those enabled) and commits the result. Blocking: run it on a
+/// blocking thread.
+pub fn rescan(index: &SizeIndex, roots: &[(Kind, &Path)]) -> RescanInfo {
+    let started = Instant::now();
+    let mut info = RescanInfo::default();
+    for &(kind, root) in roots {
+        let before = index.versions();
+        match scan_root(root) {
+            Ok(measured) => {
+                info.trees += measured.len();
+                info.skipped_busy += index.commit_rescan(kind, &measured, &before);
+            }
+            Err(e) => info
+                .errors
+                .push(format!("cannot scan {}: {e}", root.display())),
+        }
+    }
+    info.duration_s = Some(round_ms(started.elapsed()));
+    info.finished_at = Some(etho_model::now_epoch());
+    index.set_rescan_info(info.clone());
+    info
+}
+
+fn round_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn write(path: &Path, n: usize) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, vec![7u8; n]).unwrap();
+    }
+
+    #[test]
+    fn walks_per_device_without_following_links() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("results");
+        write(&root.join(A).join("x/1.db"), 100);
+        write(&root.join(A).join("x/y/2.db"), 50);
+        write(&root.join(B).join("3.db"), 7);
+        write(&root.join("not-a-device/4.db"), 1000);
+        std::os::unix::fs::symlink("/etc", root.join(A).join("etc")).unwrap();
+        std::os::unix::fs::symlink(root.join(B), root.join(A).join("b")).unwrap();
+        std::os::unix::fs::symlink(root.join(B), root.join("cccccccccccccccccccccccccccccccc"))
+            .unwrap();
+        let m = scan_root(&root).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            m[A],
+            TreeSize {
+                files: 2,
+                bytes: 150
+            }
+        );
+        assert_eq!(m[B], TreeSize { files: 1, bytes: 7 });
+        assert!(scan_root(&t.path().join("missing")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rescan_does_not_clobber_concurrent_job_updates() {
+        let idx = SizeIndex::new();
+        let before = idx.versions();
+        // A job for A runs while the rescan walks.
+        idx.begin_update(Kind::Results, A);
+        idx.end_update(
+            Kind::Results,
+            A,
+            SizeChange::Absolute(TreeSize {
+                files: 3,
+                bytes: 30,
+            }),
+        );
+        let measured: BTreeMap<String, TreeSize> = [
+            (
+                A.to_string(),
+                TreeSize {
+                    files: 2,
+                    bytes: 20,
+                },
+            ),
+            (B.to_string(), TreeSize { files: 1, bytes: 1 }),
+        ]
+        .into();
+        assert_eq!(idx.commit_rescan(Kind::Results, &measured, &before), 1);
+        assert_eq!(
+            idx.get(Kind::Results, A),
+            Some(TreeSize {
+                files: 3,
+                bytes: 30
+            })
+        );
+        assert_eq!(
+            idx.get(Kind::Results, B),
+            Some(TreeSize { files: 1, bytes: 1 })
+        );
+        // The next rescan, with nothing running, wins; a vanished tree becomes zero.
+        let before = idx.versions();
+        let measured: BTreeMap<String, TreeSize> = [(
+            A.to_string(),
+            TreeSize {
+                files: 5,
+                bytes: 50,
+            },
+        )]
+        .into();
+        assert_eq!(idx.commit_rescan(Kind::Results, &measured, &before), 0);
+        assert_eq!(
+            idx.get(Kind::Results, A),
+            Some(TreeSize {
+                files: 5,
+                bytes: 50
+            })
+        );
+        assert_eq!(idx.get(Kind::Results, B), Some(TreeSize::default()));
+        // Deltas apply on top and saturate.
+        idx.begin_update(Kind::Results, A);
+        idx.end_update(
+            Kind::Results,
+            A,
+            SizeChange::Delta(SizeDelta {
+                files: -10,
+                bytes: 5,
+            }),
+        );
+        assert_eq!(
+            idx.get(Kind::Results, A),
+            Some(TreeSize {
+                files: 0,
+                bytes: 55
+            })
+        );
+        assert_eq!(idx.get(Kind::Videos, A), None);
+    }
+}
