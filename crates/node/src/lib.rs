@@ -23,6 +23,9 @@ use axum::{routing::get, Router};
 pub mod backup_status;
 pub mod dashboard;
 pub mod devices;
+pub mod mdns;
+pub mod poller;
+pub mod registry;
 
 pub use backup_status::DaemonUrl;
 
@@ -41,6 +44,8 @@ pub struct NodeConfig {
     pub status_cache_ttl: Duration,
     /// Directory for the node's own persistent state.
     pub state_dir: PathBuf,
+    /// Device discovery and polling (see [`registry`]).
+    pub discovery: registry::DiscoveryConfig,
 }
 
 /// Default `/status` body cap: far above a real daemon's reply, far below memory trouble.
@@ -58,6 +63,7 @@ impl Default for NodeConfig {
             daemon_body_limit: DEFAULT_DAEMON_BODY_LIMIT,
             status_cache_ttl: Duration::from_secs(1),
             state_dir: PathBuf::from("/var/lib/etho-backup/node"),
+            discovery: registry::DiscoveryConfig::default(),
         }
     }
 }
@@ -69,6 +75,8 @@ pub struct AppState {
     pub config: Arc<NodeConfig>,
     /// Fetches, merges and caches the unified backup status.
     pub backup_status: Arc<backup_status::BackupStatusService>,
+    /// Known devices and their polling (started by [`serve`]).
+    pub devices: Arc<registry::DeviceRegistry>,
 }
 
 impl AppState {
@@ -76,9 +84,14 @@ impl AppState {
     pub fn new(config: NodeConfig) -> anyhow::Result<AppState> {
         let config = Arc::new(config);
         let backup_status = Arc::new(backup_status::BackupStatusService::new(&config)?);
+        let devices = Arc::new(registry::DeviceRegistry::new(
+            config.discovery.clone(),
+            &config.state_dir,
+        )?);
         Ok(AppState {
             config,
             backup_status,
+            devices,
         })
     }
 }
@@ -104,6 +117,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let _discovery = state.devices.start();
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await
