@@ -109,6 +109,7 @@ function poll() {
   if (inFlight) return inFlight;
   clearTimeout(pollTimer);
   const started = Date.now();
+  document.body.dataset.polling = 'true';
   inFlight = (async () => {
     const [devices, backup] = await Promise.allSettled([fetchJson('devices'), fetchJson('backup/status')]);
     if (devices.status === 'fulfilled' && isObject(devices.value)) {
@@ -132,6 +133,7 @@ function poll() {
     console.error('dashboard refresh failed', error);
   }).finally(() => {
     inFlight = null;
+    delete document.body.dataset.polling;
     document.body.dataset.polls = String(Number(document.body.dataset.polls || 0) + 1);
     schedule(Math.max(MIN_GAP_MS, POLL_INTERVAL_MS - (Date.now() - started)));
   });
