@@ -1,12 +1,210 @@
-//! `etho-backup rsync-backup` (being written).
+//! `etho-backup rsync-backup`: the rsync results/videos daemon (port 8093), or a one-shot backup
+//! of chosen devices with `-e`.
 
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use etho_daemon::{Daemon, DaemonConfig, SchedulerConfig};
+use etho_rsync_backup::config::DEFAULT_SSH_KEY;
+use etho_rsync_backup::source::DEFAULT_SOURCE;
+use etho_rsync_backup::{api, RsyncBackupConfig, RsyncEngine, SourceTemplate};
+use tokio_util::sync::CancellationToken;
+
+/// Default state directory (status database, staging, known hosts). Keep it on the archive's
+/// filesystem so finished files are renamed into place.
+const DEFAULT_STATE_DIR: &str = "/var/lib/etho-backup/rsync-backup";
+
+/// Extra time the scheduler allows beyond the engine's own job timeout, so the engine reports the
+/// timeout itself (and stops rsync) before the scheduler has to cancel it.
+const SCHEDULER_MARGIN: Duration = Duration::from_secs(15);
 
 /// Flags of `etho-backup rsync-backup`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Port of the status API.
+    #[arg(short = 'p', long, default_value_t = 8093)]
+    pub port: u16,
+
+    /// Address the status API listens on.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub listen: IpAddr,
+
+    /// Results archive (default: the config's folders.results.path).
+    #[arg(short = 'r', long)]
+    pub results_dir: Option<PathBuf>,
+
+    /// Videos archive (default: the config's folders.video.path).
+    #[arg(short = 'v', long)]
+    pub videos_dir: Option<PathBuf>,
+
+    /// Node address for device discovery (`host`, `host:port` or an http URL).
+    #[arg(short = 'i', long, default_value = "localhost")]
+    pub server: String,
+
+    /// Configuration directory holding ethoscope.conf (read only).
+    #[arg(short = 'c', long = "configuration")]
+    pub configuration: Option<PathBuf>,
+
+    /// Debug logging.
+    #[arg(short = 'D', long)]
+    pub debug: bool,
+
+    /// Back up results (SQLite) trees only.
+    #[arg(long, conflicts_with = "videos_only")]
+    pub results_only: bool,
+
+    /// Back up videos trees only.
+    #[arg(long)]
+    pub videos_only: bool,
+
+    /// Where a device's data directory is; `{ip}`, `{id}` and `{name}` are replaced. Also
+    /// `rsync://HOST:PORT/MODULE` or `HOST::MODULE` for an rsync daemon, or a local path.
+    #[arg(long, default_value = DEFAULT_SOURCE)]
+    pub source: String,
+
+    /// ssh private key.
+    #[arg(long, default_value = DEFAULT_SSH_KEY)]
+    pub ssh_key: PathBuf,
+
+    /// ssh port of the devices (default: ssh's own, 22).
+    #[arg(long)]
+    pub ssh_port: Option<u16>,
+
+    /// Pinned device host keys, learned on first contact (default: <state-dir>/known_hosts).
+    #[arg(long)]
+    pub known_hosts: Option<PathBuf>,
+
+    /// Bandwidth limit passed to rsync (e.g. 5000 for KiB/s, or 10M).
+    #[arg(long)]
+    pub bwlimit: Option<String>,
+
+    /// Seconds between backup cycles.
+    #[arg(long, default_value_t = 300)]
+    pub interval: u64,
+
+    /// Devices backed up at once.
+    #[arg(long, default_value_t = 4)]
+    pub max_jobs: usize,
+
+    /// Wall-clock limit of one device's job in seconds; rsync is killed after it.
+    #[arg(long, default_value_t = 600)]
+    pub job_timeout: u64,
+
+    /// rsync's I/O inactivity timeout in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub io_timeout: u64,
+
+    /// Seconds between full rescans of the archive sizes.
+    #[arg(long, default_value_t = 3600)]
+    pub rescan_interval: u64,
+
+    /// State directory: status database, staging and partial files, known hosts.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// One-shot: back up these devices now and exit (e.g. `7`, `004,007`, a name or an id).
+    #[arg(short = 'e', long = "ethoscope")]
+    pub ethoscope: Option<String>,
+
+    /// Accepted for compatibility with upstream; no effect.
+    #[arg(short = 's', long, hide = true)]
+    pub safe: bool,
+
+    /// Accepted for compatibility with upstream; no effect.
+    #[arg(long, hide = true)]
+    pub unified: bool,
+}
+
+fn engine_config(args: &Args) -> anyhow::Result<RsyncBackupConfig> {
+    let folders = etho_daemon::config::load_folders(args.configuration.as_deref())?;
+    let results = args.results_dir.clone().unwrap_or(folders.results);
+    let videos = args.videos_dir.clone().unwrap_or(folders.videos);
+    let source: SourceTemplate = args
+        .source
+        .parse()
+        .with_context(|| format!("invalid --source {:?}", args.source))?;
+    let mut config = RsyncBackupConfig::new(&results, &videos, &args.state_dir);
+    config.backup_results = !args.videos_only;
+    config.backup_videos = !args.results_only;
+    config.source = source;
+    config.ssh.key = args.ssh_key.clone();
+    config.ssh.port = args.ssh_port;
+    if let Some(kh) = &args.known_hosts {
+        config.ssh.known_hosts = kh.clone();
+    }
+    config.bwlimit = args.bwlimit.clone();
+    config.job_timeout = Duration::from_secs(args.job_timeout.max(1));
+    config.io_timeout = Duration::from_secs(args.io_timeout.max(1));
+    config.rescan_interval = Duration::from_secs(args.rescan_interval.max(1));
+    Ok(config)
+}
 
 /// Runs the subcommand.
-pub async fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    crate::logging::init(args.debug);
+    let engine = RsyncEngine::new(engine_config(&args)?)?;
+    let mut daemon_config = DaemonConfig::new(args.server.clone());
+    daemon_config.state_dir = Some(engine.config().state_dir.clone());
+    daemon_config.scheduler = SchedulerConfig {
+        interval: Duration::from_secs(args.interval.max(1)),
+        max_jobs: args.max_jobs.max(1),
+        job_timeout: engine.config().job_timeout + SCHEDULER_MARGIN,
+        ..SchedulerConfig::default()
+    };
+    let daemon = Daemon::new(Arc::new(engine.clone()), daemon_config)?;
+
+    if let Some(targets) = &args.ethoscope {
+        let ok = daemon
+            .run_once(targets, std::io::stderr().is_terminal())
+            .await;
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+
+    let listener = etho_daemon::server::bind(SocketAddr::new(args.listen, args.port)).await?;
+    tracing::info!(
+        "rsync-backup listening on http://{}; results {}, videos {}",
+        listener.local_addr()?,
+        if engine.config().backup_results {
+            engine.config().results_dir.display().to_string()
+        } else {
+            "off".to_string()
+        },
+        if engine.config().backup_videos {
+            engine.config().videos_dir.display().to_string()
+        } else {
+            "off".to_string()
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        crate::logging::shutdown_signal().await;
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+    let rescans = engine.spawn_rescan_loop(shutdown.clone());
+    let server = tokio::spawn(etho_daemon::serve(
+        listener,
+        api::router(Arc::clone(&daemon), engine.clone()),
+        shutdown.clone(),
+    ));
+    Arc::clone(&daemon).run(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = rescans.await;
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("status server: {e}"),
+        Err(e) => tracing::error!("status server task: {e}"),
+    }
+    daemon.status().flush().await;
+    Ok(ExitCode::SUCCESS)
 }
