@@ -1,0 +1,70 @@
+//! The device HTTP API (`device_server.py` on port 9000): `GET /id`, `GET /data/<id>`,
+//! `GET /data/databases/<id>`, with the device's faults applied.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::config::{Fault, HOSTILE_ID};
+use crate::device::SimDevice;
+use crate::state;
+
+/// The device's routes.
+pub fn router(device: Arc<SimDevice>) -> Router {
+    Router::new()
+        .route("/id", get(id_get))
+        .route("/data/", get(data_without_id))
+        .route("/data/{id}", get(data_get))
+        .route("/data/databases/{id}", get(databases_get))
+        .with_state(device)
+}
+
+async fn id_get(State(dev): State<Arc<SimDevice>>) -> Response {
+    dev.answer_delay().await;
+    let id = if dev.spec().has_fault(Fault::HostileId) {
+        HOSTILE_ID
+    } else {
+        dev.id()
+    };
+    Json(json!({"id": id})).into_response()
+}
+
+async fn data_without_id(State(dev): State<Arc<SimDevice>>) -> Response {
+    dev.answer_delay().await;
+    Json(state::wrong_id_json("")).into_response()
+}
+
+async fn data_get(State(dev): State<Arc<SimDevice>>, Path(id): Path<String>) -> Response {
+    dev.answer_delay().await;
+    if id != dev.id() {
+        return Json(state::wrong_id_json(&id)).into_response();
+    }
+    if dev.spec().has_fault(Fault::Busy) {
+        dev.hang().await;
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let info = dev.info();
+    if dev.spec().has_fault(Fault::BadJson) {
+        let text = info.to_string();
+        let cut: String = text.chars().take(text.len() / 2).collect();
+        return ([(header::CONTENT_TYPE, "application/json")], cut).into_response();
+    }
+    Json(info).into_response()
+}
+
+async fn databases_get(State(dev): State<Arc<SimDevice>>, Path(id): Path<String>) -> Response {
+    dev.answer_delay().await;
+    if id != dev.id() {
+        return Json(state::wrong_id_json(&id)).into_response();
+    }
+    if dev.spec().has_fault(Fault::Busy) {
+        dev.hang().await;
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    Json(dev.databases()).into_response()
+}
