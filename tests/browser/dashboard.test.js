@@ -3,14 +3,16 @@
 // (after `npm ci`); the binary comes from ETHO_BACKUP_BIN, default target/debug/etho-backup.
 
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import {
-  BOTH_UP, HOSTILE_NAME, ID, LABEL, MYSQL_DOWN, OFFLINE_ROW, allOffline, mysqlDocument, rsyncDocument,
+  BOTH_UP, DISCOVERED_ROW, HOSTILE_NAME, ID, LABEL, MYSQL_DOWN, OFFLINE_ROW, allOffline, deviceInfos,
+  mysqlDocument, rsyncDocument,
 } from './fixtures.js';
 import {
-  NodeProcess, REPO_ROOT, StubDaemon, launchChromium, screenshot, waitFor, watchConsole,
+  NodeProcess, REPO_ROOT, StubDaemon, StubDevice, launchChromium, screenshot, waitFor, watchConsole,
 } from './harness.js';
 
 const BINARY = path.resolve(REPO_ROOT, process.env.ETHO_BACKUP_BIN || 'target/debug/etho-backup');
@@ -86,11 +88,21 @@ describe('dashboard served by etho-backup node', () => {
     await rsync.stop();
   });
 
-  it('serves the page and its modules from the binary', async () => {
-    const index = await fetch(node.url);
-    assert.match(index.headers.get('content-type'), /^text\/html/);
-    const module = await fetch(new URL('backup-status.js', node.url));
-    assert.match(module.headers.get('content-type'), /^text\/javascript/);
+  it('serves the page and its modules from the binary, as they are in web/', async () => {
+    for (const [route, file, type] of [
+      ['', 'index.html', /^text\/html/],
+      ['app.js', 'app.js', /^text\/javascript/],
+      ['backup-status.js', 'backup-status.js', /^text\/javascript/],
+      ['devices.js', 'devices.js', /^text\/javascript/],
+      ['style.css', 'style.css', /^text\/css/],
+    ]) {
+      const response = await fetch(new URL(route, node.url));
+      assert.equal(response.status, 200, route);
+      assert.match(response.headers.get('content-type'), type, route);
+      const served = Buffer.from(await response.arrayBuffer());
+      const source = fs.readFileSync(path.join(REPO_ROOT, 'web', file));
+      assert.ok(served.equals(source), `${BINARY} serves an old ${file}: rebuild it (cargo build -p etho-backup)`);
+    }
   });
 
   it('shows every circle state with the seed tooltip and an aria-label', async () => {
@@ -226,6 +238,38 @@ describe('dashboard served by etho-backup node', () => {
     await rsync.start();
     await expectRows(page, BOTH_UP);
     assert.equal(await page.textContent('#banners'), '');
+  });
+
+  it('lists discovered devices with user, location, IP and since, joined with their backups', async () => {
+    const infos = deviceInfos(now);
+    const devices = [new StubDevice('127.0.0.2', infos[ID.success]), new StubDevice('127.0.0.3', infos[ID.discovered])];
+    try {
+      for (const device of devices) await device.start();
+      const response = await fetch(new URL('device/add', node.url), {
+        method: 'POST', body: devices.map((device) => device.target).join(','),
+      });
+      assert.equal(response.status, 200);
+      const added = await response.json();
+      assert.equal(added.added.length, 2, JSON.stringify(added));
+      await expectRows(page, { ...BOTH_UP, ...DISCOVERED_ROW }, 20_000);
+      await waitFor('the discovered fields to show', async () => {
+        const text = await page.textContent(`tr[data-device-id="${ID.success}"] .col-ip`);
+        return text === '127.0.0.2';
+      }, NEXT_POLL_MS);
+      const cells = (id) => page.$eval(`tr[data-device-id="${id}"]`, (tr) => Object.fromEntries(
+        ['since', 'user', 'location', 'ip', 'id'].map((column) => [column, tr.querySelector(`.col-${column}`).textContent]),
+      ));
+      const known = await cells(ID.success);
+      assert.match(known.since, /^1 h 0[01] min$/);
+      assert.deepEqual({ ...known, since: '' }, { since: '', user: 'alice', location: 'Incubator 1', ip: '127.0.0.2', id: ID.success });
+      const discovered = await cells(ID.discovered);
+      assert.match(discovered.since, /^[23] min$/);
+      assert.deepEqual({ ...discovered, since: '' }, { since: '', user: 'bob', location: 'Room 2', ip: '127.0.0.3', id: ID.discovered });
+      assert.equal(await page.textContent(`tr[data-device-id="${ID.discovered}"] .backup-text`), 'no backup info');
+      await screenshot(page, 'dashboard-discovered');
+    } finally {
+      for (const device of devices) await device.stop();
+    }
   });
 
   it('logged no error in the browser console', () => {

@@ -10,6 +10,7 @@ export const ID = {
   unknown: '0a1b2c3d4e5f60718293a4b5c6d7e805',
   hostile: '0a1b2c3d4e5f60718293a4b5c6d7e806',
   offline: '0a1b2c3d4e5f60718293a4b5c6d7e807',
+  discovered: '0a1b2c3d4e5f60718293a4b5c6d7e808',
 };
 
 /** A device name that would run script if the page ever parsed it as HTML. */
@@ -197,3 +198,28 @@ export function allOffline(rows) {
     name: row.name, state: 'offline', title: 'Backup service offline',
   }]));
 }
+
+/**
+ * Two devices' `/data/<id>` answers for discovery: one the backup daemons know (old firmware's
+ * flat `experimental_info`), one they do not (newer node's `{current, previous}` shape).
+ */
+export function deviceInfos(now) {
+  return {
+    [ID.success]: {
+      id: ID.success, name: 'ETHOSCOPE_002', status: 'running', time: now - 3600,
+      experimental_info: { name: 'alice', location: 'Incubator 1', code: '', run_id: 'r1' },
+    },
+    [ID.discovered]: {
+      id: ID.discovered, name: 'ETHOSCOPE_008', status: 'stopped', time: now - 150,
+      experimental_info: {
+        current: { name: 'bob', location: 'Room 2' },
+        previous: { name: 'carol', location: 'Room 9' },
+      },
+    },
+  };
+}
+
+/** The device only discovery knows: a grey circle saying so. */
+export const DISCOVERED_ROW = {
+  [ID.discovered]: { name: 'ETHOSCOPE_008', state: 'unknown', title: 'No backup information available' },
+};

@@ -102,16 +102,45 @@ export class StubDaemon {
   }
 }
 
-/** Runs `etho-backup node --help` and returns its text (to see which flags this build has). */
-export function nodeHelp(binary) {
-  return new Promise((resolve) => {
-    const child = spawn(binary, ['node', '--help'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (chunk) => { out += chunk; });
-    child.stderr.on('data', (chunk) => { out += chunk; });
-    child.on('error', () => resolve(''));
-    child.on('close', () => resolve(out));
-  });
+/**
+ * A stand-in ethoscope: the device HTTP API the node polls (`/id`, `/data/<id>`,
+ * `/data/databases/<id>`), on `host` (a loopback address) and a free port.
+ */
+export class StubDevice {
+  constructor(host, info) {
+    this.host = host;
+    this.info = info;
+    this.server = null;
+  }
+
+  get target() {
+    return `${this.host}:${this.port}`;
+  }
+
+  async start() {
+    const { id } = this.info;
+    this.server = http.createServer((req, res) => {
+      let body;
+      if (req.url === '/id') body = { id };
+      else if (req.url === `/data/${id}`) body = this.info;
+      else if (req.url === `/data/databases/${id}`) body = { SQLite: {}, MariaDB: {} };
+      else body = { error: `no route ${req.url}` };
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body));
+    });
+    await new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(0, this.host, resolve);
+    });
+    this.port = this.server.address().port;
+  }
+
+  async stop() {
+    if (!this.server) return;
+    this.server.closeAllConnections();
+    await new Promise((resolve) => this.server.close(resolve));
+    this.server = null;
+  }
 }
 
 /** The real `etho-backup node`, on a free loopback port, with its own state directory. */
