@@ -363,16 +363,18 @@ impl DeviceRegistry {
             .collect()
     }
 
-    /// Targets that never gave a valid identity (unreachable since added), keyed by `HOST:PORT`.
+    /// Targets that never gave a complete identity (unreachable since added, or busy before
+    /// their first `/data` answer), keyed by `HOST:PORT`. Not on `GET /devices`: without a
+    /// name, a backup daemon could not use them.
     pub fn pending(&self) -> Map<String, Value> {
         let entries = lock(&self.entries);
         entries
             .iter()
-            .filter(|(_, e)| e.id.is_none() && e.rejected.is_none())
+            .filter(|(_, e)| (e.id.is_none() || e.name.is_none()) && e.rejected.is_none())
             .map(|(target, e)| {
                 (
                     target.to_string(),
-                    json!({"status": e.status(), "poll_error": e.poll_error}),
+                    json!({"id": e.id, "status": e.status(), "poll_error": e.poll_error}),
                 )
             })
             .collect()

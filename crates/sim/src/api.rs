@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -44,9 +44,8 @@ async fn data_get(State(dev): State<Arc<SimDevice>>, Path(id): Path<String>) -> 
     if id != dev.id() {
         return Json(state::wrong_id_json(&id)).into_response();
     }
-    if dev.spec().has_fault(Fault::Busy) {
+    if dev.control().busy {
         dev.hang().await;
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     let info = dev.info();
     if dev.spec().has_fault(Fault::BadJson) {
@@ -62,9 +61,8 @@ async fn databases_get(State(dev): State<Arc<SimDevice>>, Path(id): Path<String>
     if id != dev.id() {
         return Json(state::wrong_id_json(&id)).into_response();
     }
-    if dev.spec().has_fault(Fault::Busy) {
+    if dev.control().busy {
         dev.hang().await;
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     Json(dev.databases()).into_response()
 }

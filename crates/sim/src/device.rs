@@ -22,6 +22,8 @@ pub struct Control {
     /// The device stops its experiment and starts no new one (data at rest, for exact
     /// comparisons).
     pub held: bool,
+    /// `/id` answers but `/data/...` does not (as [`Fault::Busy`]).
+    pub busy: bool,
 }
 
 /// A running simulated device, shared by its tasks.
@@ -60,10 +62,10 @@ impl SimDevice {
         mariadb_version: Option<String>,
         shutdown: CancellationToken,
     ) -> SimDevice {
-        let offline = spec.has_fault(Fault::Offline);
         let (control, _) = watch::channel(Control {
-            offline,
+            offline: spec.has_fault(Fault::Offline),
             held: false,
+            busy: spec.has_fault(Fault::Busy),
         });
         SimDevice {
             spec,
@@ -154,9 +156,20 @@ impl SimDevice {
         }
     }
 
-    /// Never answers (until the device goes down, so servers can shut down).
+    /// Does not answer while busy (ends when the device stops being busy or goes down, so
+    /// servers can shut down).
     pub async fn hang(&self) {
-        self.online_token().cancelled().await;
+        let token = self.online_token();
+        let mut control = self.subscribe();
+        loop {
+            if !control.borrow_and_update().busy {
+                return;
+            }
+            tokio::select! {
+                r = control.changed() => if r.is_err() { return },
+                _ = token.cancelled() => return,
+            }
+        }
     }
 
     fn online_token(&self) -> CancellationToken {
@@ -176,6 +189,11 @@ impl SimDevice {
     /// Unplugs (`true`) or replugs the device.
     pub fn set_offline(&self, offline: bool) {
         self.control.send_modify(|c| c.offline = offline);
+    }
+
+    /// Makes `/data/...` hang (`true`) or answer again.
+    pub fn set_busy(&self, busy: bool) {
+        self.control.send_modify(|c| c.busy = busy);
     }
 
     /// Holds the device stopped (`true`) or lets its schedule run again.
