@@ -143,6 +143,11 @@ impl MariaDbBuilder {
         if needs_install {
             install_datadir(&self.install_binary, &datadir)?;
         }
+        // Its own tmpdir: mariadbd deletes every `#sql*` file in its tmpdir at startup, which
+        // would break other servers' internal temporary tables if they shared /tmp.
+        let tmpdir = rundir.path().join("tmp");
+        fs::create_dir_all(&tmpdir)
+            .with_context(|| format!("cannot create {}", tmpdir.display()))?;
         let init_file = rundir.path().join("init.sql");
         fs::write(&init_file, INIT_SQL)
             .with_context(|| format!("cannot write {}", init_file.display()))?;
@@ -358,6 +363,7 @@ impl MariaDb {
             .arg(format!("--pid-file={}", run.join("mariadbd.pid").display()))
             .arg(format!("--log-error={}", self.log_path().display()))
             .arg(format!("--init-file={}", run.join("init.sql").display()))
+            .arg(format!("--tmpdir={}", run.join("tmp").display()))
             .arg(format!("--port={}", self.port))
             .arg(format!("--bind-address={}", binds.join(",")))
             .arg(format!("--user={}", current_user()))

@@ -1,0 +1,661 @@
+//! The SQLite side of a mirror job: one dedicated thread that owns the file, its lock and the
+//! open transaction, fed through a bounded channel.
+//!
+//! rusqlite is blocking, so it never runs on the async runtime. The remote side streams rows in
+//! small batches over a bounded channel, so at most a few batches are in memory whatever the table
+//! size. The thread:
+//! - creates the experiment directory without following symlinks and takes an exclusive `flock` on
+//!   `<file>.db.lock`, so two jobs (or two processes) never write one file;
+//! - creates or completes the tables (adding columns the device gained, migrating a legacy table
+//!   without its primary key);
+//! - inserts id-keyed rows with one prepared statement per table and explicit column lists,
+//!   committing every `commit_rows` rows / `commit_bytes` / `commit_interval`;
+//! - makes keyless tables equal to the device's as a multiset: rows are staged in a temporary table
+//!   and compared with `GROUP BY … EXCEPT` (NULL-safe), and only a table that differs is rewritten;
+//! - on the final commit, brings the `CSV_DAM_ACTIVITY` `.txt` dump up to date and measures what
+//!   the file holds.
+//!
+//! If the channel closes early (the job was aborted) or the job is cancelled, what was received is
+//! committed (always a prefix of each table in id order) and the lock is released when the
+//! thread really ends.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg, OFlag};
+use rusqlite::types::Value as Lite;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::convert::value_size;
+use crate::error::MirrorError;
+use crate::schema::{sqlite_quote, CopyMode, TablePlan};
+use crate::sidecar;
+use crate::target::{check_regular_or_missing, create_dir_under};
+
+/// Identity of the mirror file's content between jobs (size, mtime): when unchanged, counts
+/// cached from the previous job are still true.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    len: u64,
+    mtime_ns: i128,
+}
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(Fingerprint {
+        len: m.len(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+    })
+}
+
+/// Where and how to write.
+#[derive(Debug, Clone)]
+pub struct WriterSetup {
+    /// The results directory (configured).
+    pub results_dir: PathBuf,
+    /// The experiment directory, relative to `results_dir` (validated).
+    pub relative_dir: PathBuf,
+    /// The `.db` file name (validated).
+    pub file_name: String,
+    /// Commit limits.
+    pub commit_rows: u64,
+    /// Commit limits.
+    pub commit_bytes: u64,
+    /// Commit limits.
+    pub commit_interval: Duration,
+}
+
+/// State of the local file before the job touched it.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Absolute path of the `.db`.
+    pub db_path: PathBuf,
+    /// Fingerprint before opening (None: the file did not exist).
+    pub fingerprint_before: Option<Fingerprint>,
+    /// Per plan (same order): local `MAX(id)` for id-keyed tables.
+    pub local_max: Vec<Option<i64>>,
+}
+
+/// Result of syncing one keyless table.
+#[derive(Debug, Clone, Copy)]
+pub struct KeylessResult {
+    /// Rows the device has.
+    pub remote_rows: u64,
+    /// Rows the mirror has now.
+    pub local_rows: u64,
+    /// The mirror table differed and was rewritten.
+    pub rewritten: bool,
+    /// The two are equal as multisets after the sync.
+    pub equal: bool,
+}
+
+/// What the file holds at the end of the job.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Per plan (same order): `MAX(id)` for id-keyed tables.
+    pub local_max: Vec<Option<i64>>,
+    /// Per plan: `COUNT(*)` when it was asked for (keyless tables always).
+    pub local_count: Vec<Option<u64>>,
+    /// METADATA or VAR_MAP hold duplicate rows.
+    pub data_duplication: bool,
+    /// File size in bytes.
+    pub file_size: u64,
+    /// Fingerprint after the last write.
+    pub fingerprint_after: Option<Fingerprint>,
+    /// Lines appended to the DAM dump.
+    pub dam_lines: u64,
+}
+
+/// Messages from the remote side.
+pub enum Cmd {
+    /// Create or complete the tables; reply with the local state.
+    Prepare(Vec<TablePlan>, oneshot::Sender<Prepared>),
+    /// Following `Rows` go to the plan with this index (id-keyed: inserted).
+    BeginById(usize),
+    /// Following `Rows` are the complete remote content of this keyless plan.
+    BeginWhole(usize),
+    /// Rows for the current table, values in plan column order.
+    Rows(Vec<Vec<Lite>>),
+    /// End of the current id-keyed table: reply with rows inserted.
+    EndById(oneshot::Sender<u64>),
+    /// End of the current keyless table: compare, rewrite if needed, reply.
+    EndWhole(oneshot::Sender<KeylessResult>),
+    /// Commit, update the DAM dump, measure (full counts for the listed plans), and stop.
+    Finish(Vec<usize>, oneshot::Sender<Finished>),
+}
+
+/// What the writer thread did in total.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriterSummary {
+    /// Rows inserted into id-keyed tables (committed).
+    pub rows_inserted: u64,
+}
+
+enum Current {
+    None,
+    ById { plan: usize, inserted: u64 },
+    Whole { plan: usize, staged: u64 },
+}
+
+struct Writer {
+    conn: Connection,
+    db_path: PathBuf,
+    txt_path: PathBuf,
+    plans: Vec<TablePlan>,
+    current: Current,
+    in_tx: bool,
+    since_commit_rows: u64,
+    since_commit_bytes: u64,
+    last_commit: Instant,
+    setup: WriterSetup,
+    committed_rows: u64,
+    pending_rows: u64,
+    cancel: CancellationToken,
+}
+
+const STAGING: &str = "etho_incoming";
+
+/// Spawns the writer thread. It ends when `Finish` is handled, on the first error, or when `rx`
+/// closes; its result is the job's local outcome.
+pub fn spawn(
+    setup: WriterSetup,
+    rx: mpsc::Receiver<Cmd>,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<Result<WriterSummary, MirrorError>> {
+    tokio::task::spawn_blocking(move || run(setup, rx, cancel))
+}
+
+fn run(
+    setup: WriterSetup,
+    mut rx: mpsc::Receiver<Cmd>,
+    cancel: CancellationToken,
+) -> Result<WriterSummary, MirrorError> {
+    let dir = create_dir_under(&setup.results_dir, &setup.relative_dir)?;
+    let db_path = dir.join(&setup.file_name);
+    let stem = setup
+        .file_name
+        .strip_suffix(".db")
+        .unwrap_or(&setup.file_name);
+    let txt_path = dir.join(format!("{stem}.txt"));
+    let lock_path = dir.join(format!("{}.lock", setup.file_name));
+    for p in [&db_path, &txt_path, &lock_path] {
+        check_regular_or_missing(p)?;
+    }
+    for suffix in ["-journal", "-wal", "-shm"] {
+        check_regular_or_missing(&PathBuf::from(format!("{}{suffix}", db_path.display())))?;
+    }
+    let lock_file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
+        .open(&lock_path)
+        .map_err(|e| local_err(&lock_path, e))?;
+    let _lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(MirrorError::Locked(db_path)),
+        Err((_, e)) => return Err(local_err(&lock_path, e)),
+    };
+    let fingerprint_before = fingerprint(&db_path);
+    let conn = Connection::open_with_flags(
+        &db_path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| local_err(&db_path, e))?;
+    let mut w = Writer {
+        conn,
+        db_path,
+        txt_path,
+        plans: Vec::new(),
+        current: Current::None,
+        in_tx: false,
+        since_commit_rows: 0,
+        since_commit_bytes: 0,
+        last_commit: Instant::now(),
+        setup,
+        committed_rows: 0,
+        pending_rows: 0,
+        cancel,
+    };
+    w.configure()?;
+    let result = w.serve(&mut rx, fingerprint_before);
+    match &result {
+        Ok(true) => {}
+        Ok(false) => {
+            // Cancelled or abandoned between commands: what was received is a prefix of each
+            // table in id order, so keep it; the next job continues from there.
+            let _ = w.commit();
+        }
+        Err(_) => {
+            // A statement failed, possibly halfway through a table rewrite: drop the open
+            // transaction (its id-keyed rows are copied again next time).
+            let _ = w.rollback();
+        }
+    }
+    if !matches!(result, Ok(true)) && w.plans.iter().any(|p| p.name == sidecar::DAM_TABLE) {
+        let _ = sidecar::update(&w.conn, &w.txt_path);
+    }
+    let summary = WriterSummary {
+        rows_inserted: w.committed_rows,
+    };
+    match result {
+        Ok(true) => Ok(summary),
+        Ok(false) if w.cancel.is_cancelled() => Err(MirrorError::Cancelled {
+            rows_copied: summary.rows_inserted,
+        }),
+        Ok(false) => Err(MirrorError::Internal(
+            "the copy stopped before it finished".into(),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+fn local_err(path: &Path, e: impl std::fmt::Display) -> MirrorError {
+    MirrorError::Local {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+impl Writer {
+    fn err(&self, e: impl std::fmt::Display) -> MirrorError {
+        local_err(&self.db_path, e)
+    }
+
+    fn configure(&mut self) -> Result<(), MirrorError> {
+        self.conn
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .execute_batch("PRAGMA cache_size = -32768;")
+            .map_err(|e| self.err(e))?;
+        self.conn.set_prepared_statement_cache_capacity(64);
+        Ok(())
+    }
+
+    /// Handles commands. Ok(true) after `Finish`; Ok(false) when the channel closed or the job
+    /// was cancelled.
+    fn serve(
+        &mut self,
+        rx: &mut mpsc::Receiver<Cmd>,
+        fingerprint_before: Option<Fingerprint>,
+    ) -> Result<bool, MirrorError> {
+        while let Some(cmd) = rx.blocking_recv() {
+            if self.cancel.is_cancelled() {
+                return Ok(false);
+            }
+            match cmd {
+                Cmd::Prepare(plans, reply) => {
+                    let local_max = self.prepare(plans)?;
+                    let _ = reply.send(Prepared {
+                        db_path: self.db_path.clone(),
+                        fingerprint_before,
+                        local_max,
+                    });
+                }
+                Cmd::BeginById(plan) => {
+                    self.begin()?;
+                    self.current = Current::ById { plan, inserted: 0 };
+                }
+                Cmd::BeginWhole(plan) => {
+                    self.begin()?;
+                    self.stage(plan)?;
+                    self.current = Current::Whole { plan, staged: 0 };
+                }
+                Cmd::Rows(rows) => self.rows(rows)?,
+                Cmd::EndById(reply) => {
+                    let inserted = match self.current {
+                        Current::ById { inserted, .. } => inserted,
+                        _ => 0,
+                    };
+                    self.current = Current::None;
+                    let _ = reply.send(inserted);
+                }
+                Cmd::EndWhole(reply) => {
+                    let result = self.end_whole()?;
+                    self.current = Current::None;
+                    let _ = reply.send(result);
+                }
+                Cmd::Finish(count, reply) => {
+                    let finished = self.finish(&count)?;
+                    let _ = reply.send(finished);
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn begin(&mut self) -> Result<(), MirrorError> {
+        if !self.in_tx {
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(|e| self.err(e))?;
+            self.in_tx = true;
+            self.last_commit = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), MirrorError> {
+        if self.in_tx {
+            self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))?;
+            self.in_tx = false;
+        }
+        self.committed_rows += self.pending_rows;
+        self.pending_rows = 0;
+        self.since_commit_rows = 0;
+        self.since_commit_bytes = 0;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    fn rollback(&mut self) -> Result<(), MirrorError> {
+        self.pending_rows = 0;
+        if self.in_tx {
+            self.in_tx = false;
+            self.conn
+                .execute_batch("ROLLBACK")
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    fn table_columns(&self, table: &str) -> Result<Vec<(String, bool)>, MirrorError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("PRAGMA table_info({})", sqlite_quote(table)))
+            .map_err(|e| self.err(e))?;
+        let cols = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(1)?, r.get::<_, i64>(5)? > 0))
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(cols)
+    }
+
+    fn prepare(&mut self, plans: Vec<TablePlan>) -> Result<Vec<Option<i64>>, MirrorError> {
+        self.plans = plans;
+        let mut local_max = Vec::with_capacity(self.plans.len());
+        for i in 0..self.plans.len() {
+            let plan = self.plans[i].clone();
+            let existing = self.table_columns(&plan.name)?;
+            if existing.is_empty() {
+                self.begin()?;
+                self.conn
+                    .execute_batch(&plan.create_sql())
+                    .map_err(|e| self.err(format!("creating {}: {e}", plan.name)))?;
+            } else {
+                for col in &plan.columns {
+                    if !existing.iter().any(|(n, _)| n == &col.name) {
+                        self.begin()?;
+                        tracing::info!(
+                            "{}: adding column {} the device gained",
+                            plan.name,
+                            col.name
+                        );
+                        self.conn
+                            .execute_batch(&format!(
+                                "ALTER TABLE {} ADD COLUMN {} {}",
+                                sqlite_quote(&plan.name),
+                                sqlite_quote(&col.name),
+                                col.sql_type.as_str()
+                            ))
+                            .map_err(|e| self.err(format!("altering {}: {e}", plan.name)))?;
+                    }
+                }
+                let local_pk: Vec<&String> = existing
+                    .iter()
+                    .filter(|(_, pk)| *pk)
+                    .map(|(n, _)| n)
+                    .collect();
+                if plan.mode == CopyMode::ById && local_pk != vec![&"id".to_string()] {
+                    self.migrate_to_primary_key(&plan)?;
+                }
+            }
+            local_max.push(match plan.mode {
+                CopyMode::ById => self.max_id(&plan.name)?,
+                CopyMode::WholeTable => None,
+            });
+        }
+        Ok(local_max)
+    }
+
+    /// A mirror written by a version that did not keep the key: rebuild the table with it,
+    /// dropping duplicate ids (upstream `_migrate_table_schema`, but in SQL, not in memory).
+    fn migrate_to_primary_key(&mut self, plan: &TablePlan) -> Result<(), MirrorError> {
+        self.begin()?;
+        let tmp = format!("{}_etho_migrating", plan.name);
+        let mut tmp_plan = plan.clone();
+        tmp_plan.name = tmp.clone();
+        let cols = plan.sqlite_columns();
+        let before: i64 = self
+            .conn
+            .query_row(
+                &format!("SELECT COUNT(*) FROM {}", sqlite_quote(&plan.name)),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        let sql = format!(
+            "DROP TABLE IF EXISTS {t}; {create}; \
+             INSERT OR IGNORE INTO {t} ({cols}) SELECT {cols} FROM {old} WHERE id IS NOT NULL ORDER BY id; \
+             DROP TABLE {old}; ALTER TABLE {t} RENAME TO {old};",
+            t = sqlite_quote(&tmp),
+            create = tmp_plan.create_sql(),
+            old = sqlite_quote(&plan.name),
+        );
+        self.conn
+            .execute_batch(&sql)
+            .map_err(|e| self.err(format!("adding the primary key to {}: {e}", plan.name)))?;
+        let after: i64 = self
+            .conn
+            .query_row(
+                &format!("SELECT COUNT(*) FROM {}", sqlite_quote(&plan.name)),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        tracing::warn!(
+            "{}: rebuilt with its primary key; {} duplicate rows dropped",
+            plan.name,
+            before - after
+        );
+        Ok(())
+    }
+
+    fn max_id(&self, table: &str) -> Result<Option<i64>, MirrorError> {
+        self.conn
+            .query_row(
+                &format!("SELECT MAX(id) FROM {}", sqlite_quote(table)),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    fn count(&self, table: &str) -> Result<u64, MirrorError> {
+        self.conn
+            .query_row(
+                &format!("SELECT COUNT(*) FROM {}", sqlite_quote(table)),
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    fn stage(&mut self, plan: usize) -> Result<(), MirrorError> {
+        let p = &self.plans[plan];
+        // Same declared types as the mirror table, so values get the same affinity on both sides.
+        let sql = format!(
+            "DROP TABLE IF EXISTS temp.{s}; CREATE TEMP TABLE {s} AS SELECT {cols} FROM main.{t} WHERE 0;",
+            s = STAGING,
+            cols = p.sqlite_columns(),
+            t = sqlite_quote(&p.name)
+        );
+        self.conn.execute_batch(&sql).map_err(|e| self.err(e))
+    }
+
+    fn rows(&mut self, rows: Vec<Vec<Lite>>) -> Result<(), MirrorError> {
+        let (plan, table) = match self.current {
+            Current::ById { plan, .. } => (plan, sqlite_quote(&self.plans[plan].name)),
+            Current::Whole { plan, .. } => (plan, format!("temp.{STAGING}")),
+            Current::None => return Err(MirrorError::Internal("rows without a table".into())),
+        };
+        let p = &self.plans[plan];
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES ({})",
+            p.sqlite_columns(),
+            (1..=p.columns.len())
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let n = rows.len() as u64;
+        let mut bytes = 0u64;
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&sql)
+                .map_err(|e| local_err(&self.db_path, format!("{}: {e}", p.name)))?;
+            for row in &rows {
+                for (i, v) in row.iter().enumerate() {
+                    bytes += value_size(v) as u64;
+                    stmt.raw_bind_parameter(i + 1, v)
+                        .map_err(|e| local_err(&self.db_path, format!("{}: {e}", p.name)))?;
+                }
+                stmt.raw_execute()
+                    .map_err(|e| local_err(&self.db_path, format!("{}: {e}", p.name)))?;
+            }
+        }
+        match &mut self.current {
+            Current::ById { inserted, .. } => {
+                *inserted += n;
+                self.pending_rows += n;
+                self.since_commit_rows += n;
+                self.since_commit_bytes += bytes;
+                if self.since_commit_rows >= self.setup.commit_rows
+                    || self.since_commit_bytes >= self.setup.commit_bytes
+                    || self.last_commit.elapsed() >= self.setup.commit_interval
+                {
+                    self.commit()?;
+                    self.begin()?;
+                }
+            }
+            Current::Whole { staged, .. } => *staged += n,
+            Current::None => {}
+        }
+        Ok(())
+    }
+
+    /// Multiset difference (both directions) between the mirror table and the staged rows.
+    fn differs(&self, plan: &TablePlan) -> Result<bool, MirrorError> {
+        let cols = plan.sqlite_columns();
+        let t = sqlite_quote(&plan.name);
+        let sql = format!(
+            "SELECT EXISTS (SELECT {cols}, COUNT(*) FROM main.{t} GROUP BY {cols} \
+                            EXCEPT SELECT {cols}, COUNT(*) FROM temp.{STAGING} GROUP BY {cols}) \
+                 OR EXISTS (SELECT {cols}, COUNT(*) FROM temp.{STAGING} GROUP BY {cols} \
+                            EXCEPT SELECT {cols}, COUNT(*) FROM main.{t} GROUP BY {cols})"
+        );
+        self.conn
+            .query_row(&sql, [], |r| r.get::<_, bool>(0))
+            .map_err(|e| self.err(e))
+    }
+
+    fn end_whole(&mut self) -> Result<KeylessResult, MirrorError> {
+        let Current::Whole { plan, staged } = self.current else {
+            return Err(MirrorError::Internal("end of a table never begun".into()));
+        };
+        let p = self.plans[plan].clone();
+        let mut rewritten = false;
+        if self.differs(&p)? {
+            let cols = p.sqlite_columns();
+            let t = sqlite_quote(&p.name);
+            self.conn
+                .execute_batch(&format!(
+                    "DELETE FROM main.{t}; INSERT INTO main.{t} ({cols}) SELECT {cols} FROM temp.{STAGING};"
+                ))
+                .map_err(|e| self.err(format!("rewriting {}: {e}", p.name)))?;
+            rewritten = true;
+        }
+        let equal = !rewritten || !self.differs(&p)?;
+        let local_rows = self.count(&p.name)?;
+        self.conn
+            .execute_batch(&format!("DROP TABLE temp.{STAGING}"))
+            .map_err(|e| self.err(e))?;
+        Ok(KeylessResult {
+            remote_rows: staged,
+            local_rows,
+            rewritten,
+            equal,
+        })
+    }
+
+    fn duplicates(&self, table: &str) -> Result<bool, MirrorError> {
+        if self.table_columns(table)?.is_empty() {
+            return Ok(false);
+        }
+        let t = sqlite_quote(table);
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT (SELECT COUNT(*) FROM {t}) > (SELECT COUNT(*) FROM (SELECT DISTINCT * FROM {t}))"
+                ),
+                [],
+                |r| r.get::<_, bool>(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    fn finish(&mut self, count: &[usize]) -> Result<Finished, MirrorError> {
+        self.commit()?;
+        let has_dam = self.plans.iter().any(|p| p.name == sidecar::DAM_TABLE);
+        let dam_lines = if has_dam {
+            sidecar::update(&self.conn, &self.txt_path).map_err(|e| self.err(e))?
+        } else {
+            sidecar::touch(&self.txt_path).map_err(|e| self.err(e))?;
+            0
+        };
+        let mut local_max = Vec::with_capacity(self.plans.len());
+        let mut local_count = Vec::with_capacity(self.plans.len());
+        for (i, p) in self.plans.iter().enumerate() {
+            match p.mode {
+                CopyMode::ById => {
+                    local_max.push(self.max_id(&p.name)?);
+                    local_count.push(if count.contains(&i) {
+                        Some(self.count(&p.name)?)
+                    } else {
+                        None
+                    });
+                }
+                CopyMode::WholeTable => {
+                    local_max.push(None);
+                    local_count.push(Some(self.count(&p.name)?));
+                }
+            }
+        }
+        let data_duplication = self.duplicates("METADATA")? || self.duplicates("VAR_MAP")?;
+        let file_size = std::fs::metadata(&self.db_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Ok(Finished {
+            local_max,
+            local_count,
+            data_duplication,
+            file_size,
+            fingerprint_after: fingerprint(&self.db_path),
+            dam_lines,
+        })
+    }
+}

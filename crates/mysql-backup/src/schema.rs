@@ -1,0 +1,353 @@
+//! From the device's table definitions to the mirror's: identifier checks, the reference type
+//! mapping, and how each table is copied. Pure code, no I/O.
+//!
+//! Every name here comes from the device, so only plain identifiers (`^[A-Za-z0-9_]{1,64}$`) are
+//! used, and always quoted. A table whose name or any column name is not plain is skipped with a
+//! warning (upstream interpolated them raw into SQL, bug B1).
+//!
+//! Types follow upstream's substring mapping (§4.3) so existing mirrors keep their layout:
+//! `int` → INTEGER, `char`/`text` → TEXT, `float`/`double`/`decimal` → REAL, `blob` → BLOB,
+//! anything else → TEXT. The primary key is kept; a single integer `id` key becomes SQLite's
+//! `INTEGER PRIMARY KEY`.
+
+/// SQLite storage class chosen for a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlType {
+    /// `INTEGER`
+    Integer,
+    /// `TEXT`
+    Text,
+    /// `REAL`
+    Real,
+    /// `BLOB`
+    Blob,
+}
+
+impl SqlType {
+    /// The SQLite type name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SqlType::Integer => "INTEGER",
+            SqlType::Text => "TEXT",
+            SqlType::Real => "REAL",
+            SqlType::Blob => "BLOB",
+        }
+    }
+}
+
+/// Upstream's type mapping (first match wins, on the lower-cased MariaDB column type).
+pub fn sqlite_type(mysql_type: &str) -> SqlType {
+    let t = mysql_type.to_ascii_lowercase();
+    if t.contains("int") {
+        SqlType::Integer
+    } else if t.contains("varchar") || t.contains("text") || t.contains("char") {
+        SqlType::Text
+    } else if t.contains("float") || t.contains("double") || t.contains("decimal") {
+        SqlType::Real
+    } else if t.contains("blob") {
+        SqlType::Blob
+    } else {
+        SqlType::Text
+    }
+}
+
+/// True for a name safe to use as an SQL identifier: 1 to 64 of `A-Z a-z 0-9 _`.
+pub fn is_plain_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Quotes an identifier for SQLite (`"name"`, inner quotes doubled).
+pub fn sqlite_quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes an identifier for MariaDB (`` `name` ``, inner backticks doubled).
+pub fn mysql_quote(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// A column as `information_schema.COLUMNS` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteColumn {
+    /// Column name.
+    pub name: String,
+    /// `COLUMN_TYPE`, e.g. `smallint(6)`, `char(100)`, `longblob`.
+    pub column_type: String,
+    /// Part of the primary key (`COLUMN_KEY = 'PRI'`).
+    pub primary: bool,
+}
+
+/// A table of the device's experiment database, columns in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteTable {
+    /// Table name.
+    pub name: String,
+    /// Columns in ordinal order.
+    pub columns: Vec<RemoteColumn>,
+}
+
+/// How a table is kept in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMode {
+    /// Keyed by a single integer `id`: copy rows above the local maximum.
+    ById,
+    /// Anything else (`ROI_MAP`, `VAR_MAP`, `METADATA`, ...): make the local table equal to the
+    /// remote one as a multiset.
+    WholeTable,
+}
+
+/// A mirrored column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Name (a plain identifier).
+    pub name: String,
+    /// Local storage class.
+    pub sql_type: SqlType,
+    /// The remote type is `date` (a `DATE` value is written without a time part).
+    pub date_only: bool,
+}
+
+/// One table to mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablePlan {
+    /// Name (a plain identifier).
+    pub name: String,
+    /// Columns in remote order.
+    pub columns: Vec<Column>,
+    /// Primary key columns (possibly empty).
+    pub primary_key: Vec<String>,
+    /// How rows are copied.
+    pub mode: CopyMode,
+}
+
+impl TablePlan {
+    /// `CREATE TABLE` for the mirror.
+    pub fn create_sql(&self) -> String {
+        let single_pk = self.primary_key.len() == 1;
+        let mut parts: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                let mut s = format!("{} {}", sqlite_quote(&c.name), c.sql_type.as_str());
+                if single_pk && self.primary_key[0] == c.name {
+                    s.push_str(" PRIMARY KEY");
+                }
+                s
+            })
+            .collect();
+        if self.primary_key.len() > 1 {
+            parts.push(format!(
+                "PRIMARY KEY ({})",
+                self.primary_key
+                    .iter()
+                    .map(|c| sqlite_quote(c))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        format!(
+            "CREATE TABLE {} ({})",
+            sqlite_quote(&self.name),
+            parts.join(", ")
+        )
+    }
+
+    /// Column names, quoted for SQLite, comma-separated.
+    pub fn sqlite_columns(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| sqlite_quote(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Column names, quoted for MariaDB, comma-separated.
+    pub fn mysql_columns(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| mysql_quote(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Index of the `id` column (for [`CopyMode::ById`] tables).
+    pub fn id_index(&self) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == "id")
+    }
+}
+
+/// A remote table that is not mirrored, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Skipped {
+    /// The table name, cut to 80 characters for display.
+    pub table: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Decides what to mirror: one plan per table with plain names, one [`Skipped`] per other table.
+pub fn plan_tables(remote: &[RemoteTable]) -> (Vec<TablePlan>, Vec<Skipped>) {
+    let mut plans = Vec::new();
+    let mut skipped = Vec::new();
+    for table in remote {
+        let shown = || table.name.chars().take(80).collect::<String>();
+        if !is_plain_identifier(&table.name) {
+            skipped.push(Skipped {
+                table: shown(),
+                reason: "table name is not a plain identifier".into(),
+            });
+            continue;
+        }
+        if let Some(bad) = table.columns.iter().find(|c| !is_plain_identifier(&c.name)) {
+            skipped.push(Skipped {
+                table: shown(),
+                reason: format!(
+                    "column name {:?} is not a plain identifier",
+                    bad.name.chars().take(80).collect::<String>()
+                ),
+            });
+            continue;
+        }
+        if table.columns.is_empty() {
+            skipped.push(Skipped {
+                table: shown(),
+                reason: "table has no columns".into(),
+            });
+            continue;
+        }
+        let columns: Vec<Column> = table
+            .columns
+            .iter()
+            .map(|c| Column {
+                name: c.name.clone(),
+                sql_type: sqlite_type(&c.column_type),
+                date_only: c.column_type.eq_ignore_ascii_case("date"),
+            })
+            .collect();
+        let primary_key: Vec<String> = table
+            .columns
+            .iter()
+            .filter(|c| c.primary)
+            .map(|c| c.name.clone())
+            .collect();
+        let by_id = primary_key.len() == 1
+            && primary_key[0] == "id"
+            && columns
+                .iter()
+                .any(|c| c.name == "id" && c.sql_type == SqlType::Integer);
+        plans.push(TablePlan {
+            name: table.name.clone(),
+            columns,
+            primary_key,
+            mode: if by_id {
+                CopyMode::ById
+            } else {
+                CopyMode::WholeTable
+            },
+        });
+    }
+    (plans, skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, ty: &str, primary: bool) -> RemoteColumn {
+        RemoteColumn {
+            name: name.into(),
+            column_type: ty.into(),
+            primary,
+        }
+    }
+
+    #[test]
+    fn reference_type_mapping() {
+        for (t, want) in [
+            ("int(11)", SqlType::Integer),
+            ("smallint(6)", SqlType::Integer),
+            ("tinyint(1)", SqlType::Integer),
+            ("bigint(20) unsigned", SqlType::Integer),
+            ("point", SqlType::Integer),
+            ("varchar(255)", SqlType::Text),
+            ("char(100)", SqlType::Text),
+            ("tinytext", SqlType::Text),
+            ("longtext", SqlType::Text),
+            ("float", SqlType::Real),
+            ("double", SqlType::Real),
+            ("decimal(10,2)", SqlType::Real),
+            ("blob", SqlType::Blob),
+            ("LONGBLOB", SqlType::Blob),
+            ("datetime", SqlType::Text),
+            ("varbinary(10)", SqlType::Text),
+            ("enum('a','b')", SqlType::Text),
+        ] {
+            assert_eq!(sqlite_type(t), want, "{t}");
+        }
+    }
+
+    #[test]
+    fn plans_keep_the_primary_key_and_skip_odd_names() {
+        let remote = vec![
+            RemoteTable {
+                name: "ROI_1".into(),
+                columns: vec![
+                    col("id", "int(11)", true),
+                    col("t", "int(11)", false),
+                    col("is_inferred", "tinyint(1)", false),
+                ],
+            },
+            RemoteTable {
+                name: "METADATA".into(),
+                columns: vec![
+                    col("field", "char(100)", false),
+                    col("value", "text", false),
+                ],
+            },
+            RemoteTable {
+                name: "bad`name".into(),
+                columns: vec![col("id", "int(11)", true)],
+            },
+            RemoteTable {
+                name: "ODD_COLS".into(),
+                columns: vec![col("a b", "int(11)", false)],
+            },
+            RemoteTable {
+                name: "PAIRS".into(),
+                columns: vec![col("a", "int(11)", true), col("b", "char(4)", true)],
+            },
+        ];
+        let (plans, skipped) = plan_tables(&remote);
+        assert_eq!(plans.len(), 3);
+        assert_eq!(skipped.len(), 2);
+        assert_eq!(skipped[0].table, "bad`name");
+        assert!(skipped[1].reason.contains("a b"));
+        assert_eq!(plans[0].mode, CopyMode::ById);
+        assert_eq!(
+            plans[0].create_sql(),
+            r#"CREATE TABLE "ROI_1" ("id" INTEGER PRIMARY KEY, "t" INTEGER, "is_inferred" INTEGER)"#
+        );
+        assert_eq!(plans[1].mode, CopyMode::WholeTable);
+        assert_eq!(
+            plans[1].create_sql(),
+            r#"CREATE TABLE "METADATA" ("field" TEXT, "value" TEXT)"#
+        );
+        assert_eq!(plans[2].mode, CopyMode::WholeTable);
+        assert!(plans[2]
+            .create_sql()
+            .ends_with(r#"PRIMARY KEY ("a", "b"))"#));
+        assert_eq!(plans[0].mysql_columns(), "`id`, `t`, `is_inferred`");
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(is_plain_identifier("CSV_DAM_ACTIVITY"));
+        for bad in ["", "a`b", "a\"b", "a b", "a;b", "é", &"x".repeat(65)] {
+            assert!(!is_plain_identifier(bad), "{bad}");
+        }
+        assert_eq!(sqlite_quote("a\"b"), "\"a\"\"b\"");
+        assert_eq!(mysql_quote("a`b"), "`a``b`");
+    }
+}
