@@ -233,7 +233,7 @@ function updateRow(tr, row) {
   setText(ip, row.ip);
   setText(id.firstChild, row.id);
   setAttr(id.firstChild, 'title', row.id);
-  setAttr(tr, 'aria-selected', view.selected === row.id ? 'true' : 'false');
+  setAttr(tr, 'aria-current', view.selected === row.id ? 'true' : '');
   tr.classList.toggle('is-selected', view.selected === row.id);
   tr.classList.toggle('is-offline', row.status === 'offline');
 }

@@ -181,10 +181,19 @@ describe('dashboard served by etho-backup node', () => {
     ]) {
       assert.ok(detail.includes(expected), `detail panel shows ${JSON.stringify(expected)}:\n${detail}`);
     }
-    assert.equal(await page.getAttribute(`tr[data-device-id="${ID.error}"]`, 'aria-selected'), 'true');
+    assert.equal(await page.getAttribute(`tr[data-device-id="${ID.error}"]`, 'aria-current'), 'true');
     await screenshot(page, 'dashboard-detail');
     await page.keyboard.press('Escape');
     await page.waitForSelector('#detail', { state: 'hidden' });
+    assert.equal(await page.getAttribute(`tr[data-device-id="${ID.error}"]`, 'aria-current'), null);
+  });
+
+  it('has a dark theme', async () => {
+    await page.emulateMedia({ colorScheme: 'dark' });
+    const background = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    assert.equal(background, 'rgb(20, 24, 29)');
+    await screenshot(page, 'dashboard-dark');
+    await page.emulateMedia({ colorScheme: 'light' });
   });
 
   it('is readable on a phone', async () => {
@@ -298,11 +307,11 @@ describe('dashboard polling', () => {
     await rsync.stop();
   });
 
-  it('times out a hanging /backup/status, shows every circle black, and never overlaps fetches', async () => {
+  it('shows every circle black when /backup/status fails or hangs, and never overlaps fetches', async () => {
     const page = await browser.newPage();
     try {
       const log = { '/devices': [], '/backup/status': [] };
-      let inFlight = { '/devices': 0, '/backup/status': 0 };
+      const inFlight = { '/devices': 0, '/backup/status': 0 };
       let overlaps = 0;
       const endpoint = (request) => {
         const { pathname } = new URL(request.url());
@@ -322,16 +331,24 @@ describe('dashboard polling', () => {
       page.on('requestfinished', done);
       page.on('requestfailed', done);
 
-      let hang = false;
-      await page.route('**/backup/status', (route) => (hang ? undefined : route.continue()));
+      let mode = 'pass';
+      await page.route('**/backup/status', (route) => {
+        if (mode === 'pass') return route.continue();
+        if (mode === 'fail') return route.fulfill({ status: 500, contentType: 'text/plain', body: 'boom' });
+        return undefined; // 'hang': never answered; the page must give up by itself
+      });
       await page.goto(node.url);
       await expectRows(page, BOTH_UP);
 
-      hang = true; // from now on the node "never answers" /backup/status
+      mode = 'fail';
+      await expectRows(page, allOffline(BOTH_UP));
+      assert.match(await page.textContent('#banners'), /Backup status unavailable \(HTTP 500\)/);
+
+      mode = 'hang';
       const hungAt = Date.now();
-      await expectRows(page, allOffline(BOTH_UP), 5000 + 4000 + 2000);
-      const banner = await page.textContent('#banners');
-      assert.match(banner, /Backup status unavailable \(no answer within 4 s\)/);
+      await waitFor('the timeout to be reported', async () => /Backup status unavailable \(no answer within 4 s\)/
+        .test(await page.textContent('#banners')), 5000 + 4000 + 2000);
+      await expectRows(page, allOffline(BOTH_UP), 1000);
 
       // Two more timed-out rounds: each request waits for the previous one to be given up.
       await waitFor('two more /backup/status attempts',

@@ -171,6 +171,9 @@ export class NodeProcess {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
     });
+    // If this test process dies without running `stop()`, do not leave the node behind.
+    const child = this.child;
+    process.once('exit', () => child.kill('SIGKILL'));
     const collect = (chunk) => {
       this.output = (this.output + chunk).slice(-20_000);
     };
