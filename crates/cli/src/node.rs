@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use etho_node::registry::{DiscoveryConfig, Target};
 use etho_node::{AppState, DaemonUrl, NodeConfig};
 
 /// Flags of `etho-backup node`.
@@ -34,6 +35,24 @@ pub struct Args {
     /// Debug logging (RUST_LOG, when set, wins).
     #[arg(short = 'D', long)]
     pub debug: bool,
+
+    /// A device to poll, `HOST[:PORT]` (port 9000 by default). Repeatable; more can be added at
+    /// run time with `POST /device/add`.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub device: Vec<String>,
+
+    /// Also discover devices by mDNS (`_ethoscope._tcp.local.`); joins the multicast group on
+    /// every network interface.
+    #[arg(long)]
+    pub mdns: bool,
+
+    /// Seconds between two polls of one device.
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
+    pub poll_interval: Duration,
+
+    /// Longest wait for one device answer; fractions allowed.
+    #[arg(long, value_name = "SECONDS", default_value = "3", value_parser = parse_seconds)]
+    pub device_timeout: Duration,
 }
 
 impl Args {
@@ -44,6 +63,13 @@ impl Args {
             rsync_backup_url: self.rsync_backup_url.clone(),
             daemon_timeout: self.daemon_timeout,
             state_dir: self.state_dir.clone(),
+            discovery: DiscoveryConfig {
+                devices: self.device.clone(),
+                mdns: self.mdns,
+                poll_interval: self.poll_interval,
+                device_timeout: self.device_timeout,
+                ..DiscoveryConfig::default()
+            },
             ..NodeConfig::default()
         }
     }
@@ -66,6 +92,9 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 /// Runs the node until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::logging::init(args.debug);
+    for d in &args.device {
+        Target::parse(d, true).map_err(|e| anyhow::anyhow!("--device {d:?}: {e}"))?;
+    }
     let config = args.config();
     let state = AppState::new(config).context("cannot start the node")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -166,5 +195,31 @@ mod tests {
         ] {
             assert!(parse(argv).is_err(), "{argv:?}");
         }
+    }
+
+    #[test]
+    fn discovery_flags() {
+        let args = parse(&[]).unwrap();
+        let d = args.config().discovery;
+        assert!(d.devices.is_empty() && !d.mdns);
+        assert_eq!(d.poll_interval, Duration::from_secs(5));
+        let args = parse(&[
+            "--device",
+            "127.0.0.10",
+            "--device",
+            "ethoscope007.local:9001",
+            "--mdns",
+            "--poll-interval",
+            "1.5",
+            "--device-timeout",
+            "0.5",
+        ])
+        .unwrap();
+        let d = args.config().discovery;
+        assert_eq!(d.devices, ["127.0.0.10", "ethoscope007.local:9001"]);
+        assert!(d.mdns);
+        assert_eq!(d.poll_interval, Duration::from_millis(1500));
+        assert_eq!(d.device_timeout, Duration::from_millis(500));
+        assert!(parse(&["--poll-interval", "0"]).is_err());
     }
 }
