@@ -112,9 +112,11 @@ function poll() {
   document.body.dataset.polling = 'true';
   inFlight = (async () => {
     const [devices, backup] = await Promise.allSettled([fetchJson('devices'), fetchJson('backup/status')]);
-    if (devices.status === 'fulfilled' && isObject(devices.value)) {
+    if (devices.status === 'fulfilled' && isObject(devices.value) && own(devices.value, 'error') === undefined) {
       model.devices = devices.value;
-      model.devicesError = typeof devices.value.error === 'string' ? 'the node reported an error' : '';
+      model.devicesError = '';
+    } else if (devices.status === 'fulfilled' && isObject(devices.value)) {
+      model.devicesError = 'the node reported an error'; // upstream's {"error": <traceback>}
     } else {
       model.devicesError = devices.status === 'rejected' ? reason(devices.reason) : 'unexpected reply';
     }
@@ -178,18 +180,21 @@ function renderTotals() {
 }
 
 function renderBanners() {
-  const banners = $('banners');
-  banners.replaceChildren();
+  const messages = [];
   if (model.backupError) {
-    banners.append(el('p', { class: 'banner banner-error' },
-      `Backup status unavailable (${model.backupError}). Every circle is black until the node answers again.`));
+    messages.push(['banner-error',
+      `Backup status unavailable (${model.backupError}). Every circle is black until the node answers again.`]);
   } else if (model.loaded && !model.state.backup_service_available) {
-    banners.append(el('p', { class: 'banner banner-error' }, 'Both backup services are unreachable from the node.'));
+    messages.push(['banner-error', 'Both backup services are unreachable from the node.']);
   }
   if (model.devicesError) {
-    banners.append(el('p', { class: 'banner banner-warning' },
-      `Device list unavailable (${model.devicesError}). Showing the devices known so far.`));
+    messages.push(['banner-warning', `Device list unavailable (${model.devicesError}). Showing the devices known so far.`]);
   }
+  // A live region: touch it only when the words change, so screen readers do not repeat it.
+  const banners = $('banners');
+  const current = [...banners.children].map((p) => [p.dataset.kind, p.textContent]);
+  if (JSON.stringify(current) === JSON.stringify(messages)) return;
+  banners.replaceChildren(...messages.map(([kind, text]) => el('p', { class: `banner ${kind}`, 'data-kind': kind, text })));
 }
 
 // ---------------------------------------------------------------------------------------------
