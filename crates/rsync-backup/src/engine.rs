@@ -603,7 +603,11 @@ fn describe(
         0
     };
     let copied = if report.files == 0 && report.links == 0 {
-        "no changes".to_string()
+        if report.rejected.is_empty() && report.errors.is_empty() {
+            "no changes".to_string()
+        } else {
+            "no files copied".to_string()
+        }
     } else {
         format!(
             "{} file{} copied ({})",
