@@ -451,12 +451,23 @@ async fn run_services(
     }
 }
 
+/// How often a device's unchanged-outcome backups are summarised again (new data arrives every
+/// cycle while experiments run; one line per cycle per device would flood the terminal).
+const QUIET_FOR: Duration = Duration::from_secs(60);
+
+/// What was last printed for one device and side.
+struct Printed {
+    count: u64,
+    outcome: String,
+    at: Instant,
+}
+
 /// Turns successive `/devices` and `/backup/status` documents into one line per change.
 #[derive(Default)]
 struct Watcher {
     device_status: BTreeMap<String, String>,
-    /// (device id, side) → last run count seen.
-    runs: BTreeMap<(String, &'static str), u64>,
+    /// (device id, side) → the last finished run seen and when it was printed.
+    runs: BTreeMap<(String, &'static str), Printed>,
 }
 
 fn clock() -> String {
@@ -512,12 +523,28 @@ impl Watcher {
                     continue;
                 }
                 let count = b["count"].as_u64().unwrap_or(0);
+                let outcome = b["progress"]["status"].as_str().unwrap_or("?");
                 let key = (id.clone(), label);
-                let seen = self.runs.insert(key, count);
-                if count == 0 || seen == Some(count) {
+                let news = match self.runs.get(&key) {
+                    _ if count == 0 => false,
+                    None => true,
+                    Some(p) if p.count == count => false,
+                    Some(p) => p.outcome != outcome || p.at.elapsed() >= QUIET_FOR,
+                };
+                if !news {
+                    if let Some(p) = self.runs.get_mut(&key) {
+                        p.count = count;
+                    }
                     continue;
                 }
-                let outcome = b["progress"]["status"].as_str().unwrap_or("?");
+                self.runs.insert(
+                    key,
+                    Printed {
+                        count,
+                        outcome: outcome.to_string(),
+                        at: Instant::now(),
+                    },
+                );
                 let message = b["progress"]["message"].as_str().unwrap_or("");
                 let size = b["synced"]["results"]["disk_usage_human"]
                     .as_str()
@@ -569,7 +596,12 @@ mod tests {
             lines[0].contains("rsync") && lines[0].contains("#1") && lines[0].contains("1.5 MB")
         );
         assert!(w.backups(&status(1, false)).is_empty());
-        assert_eq!(w.backups(&status(2, false)).len(), 1);
+        // Same outcome soon after: quiet. A different outcome: printed at once.
+        assert!(w.backups(&status(2, false)).is_empty());
+        let mut failed = status(3, false);
+        failed["unified_devices"]["a"]["rsync_backup"]["progress"]["status"] = json!("error");
+        assert_eq!(w.backups(&failed).len(), 1);
+        assert!(w.backups(&failed).is_empty());
     }
 
     #[test]
