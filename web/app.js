@@ -290,6 +290,7 @@ function syncedFacts(list, synced) {
   if (!isObject(synced)) return;
   for (const [key, block] of Object.entries(synced).slice(0, 12)) {
     let text = '';
+    if (isObject(block) && Object.keys(block).length === 0) continue; // upstream's {"tracking_db": {}}
     if (isObject(block)) {
       const files = asNumber(own(block, 'local_files') ?? own(block, 'files'));
       const size = syncedSize(block) || asText(own(block, 'size_human')) || formatBytes(asNumber(own(block, 'size_bytes') ?? own(block, 'bytes')));
