@@ -106,7 +106,7 @@ pub struct Args {
 }
 
 fn seconds(what: &str, v: f64) -> anyhow::Result<Duration> {
-    if !(v.is_finite() && v >= 0.0 && v <= 86_400.0 * 365.0) {
+    if !(v.is_finite() && (0.0..=86_400.0 * 365.0).contains(&v)) {
         bail!("{what}: {v} is not a number of seconds");
     }
     Ok(Duration::from_secs_f64(v))
@@ -172,9 +172,10 @@ impl Args {
                 .with_context(|| format!("--fault {f:?}: there is no device {n}"))?;
             faults[idx].push(fault);
         }
-        let run_for = match self.experiment_length {
-            l if l == 0.0 => None,
-            l => Some(seconds("--experiment-length", l)?),
+        let run_for = if self.experiment_length == 0.0 {
+            None
+        } else {
+            Some(seconds("--experiment-length", self.experiment_length)?)
         };
         let pause_for = seconds("--pause", self.pause)?;
         let stagger = seconds("--stagger", self.stagger)?;
