@@ -433,3 +433,60 @@ fn which(bin: &str) -> Option<std::path::PathBuf> {
         .map(|d| Path::new(d).join(bin))
         .find(|p| p.is_file())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_mariadb_server_by_url() {
+    if !Path::new("/usr/sbin/mariadbd").exists() && which("mariadbd").is_none() {
+        eprintln!("mariadbd not installed; skipping");
+        return;
+    }
+    let ip = Ipv4Addr::new(127, 71, 2, 10);
+    let server = etho_devicekit::mariadb::MariaDbBuilder::new()
+        .bind_addresses([std::net::IpAddr::V4(ip)])
+        .start()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let roles = [Role::Tracker(DbKind::MariaDb)];
+    let fleet = Fleet::start(FleetConfig {
+        devices: specs(ip, &roles, &[vec![]], forever()),
+        data_dir: dir.path().to_path_buf(),
+        http_port: 0,
+        rsync_port: 0,
+        rsync: false,
+        mariadb: format!("mysql://ethoscope:ethoscope@{ip}:{}", server.port())
+            .parse()
+            .unwrap(),
+        rates: rates(),
+        mdns: false,
+    })
+    .await
+    .unwrap();
+    let info = fleet.mariadb().unwrap().clone();
+    assert!(!info.private);
+    assert_eq!(info.port, server.port());
+    assert!(info.version.contains("MariaDB"), "{}", info.version);
+    let d = fleet.devices()[0].clone();
+    until(
+        "rows in the external server",
+        Duration::from_secs(20),
+        || async {
+            use mysql_async::prelude::Queryable;
+            let Ok(mut conn) = server.admin_conn(Some("ETHOSCOPE_001_db")).await else {
+                return false;
+            };
+            let n: Option<u64> = conn
+                .query_first("SELECT COUNT(*) FROM ROI_1")
+                .await
+                .ok()
+                .flatten();
+            let _ = conn.disconnect().await;
+            n.unwrap_or(0) > 0
+        },
+    )
+    .await;
+    assert_eq!(d.snapshot().status, etho_sim::state::RunStatus::Running);
+    fleet.stop().await;
+    // A bad URL is refused up front.
+    assert!("mysql//x".parse::<MariaDbTarget>().is_err());
+}
