@@ -92,3 +92,46 @@ impl Announcer {
         let _ = self.daemon.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DbKind, DeviceSpec, Role};
+    use crate::experiment::Schedule;
+    use crate::identity::fleet_identities;
+
+    #[test]
+    fn announcement_matches_the_firmware() {
+        let identity = fleet_identities(1, std::net::Ipv4Addr::new(127, 0, 0, 10), 7, 1)
+            .unwrap()
+            .remove(0);
+        let id = identity.id.clone();
+        let dev = SimDevice::new(
+            DeviceSpec {
+                identity,
+                role: Role::Tracker(DbKind::Sqlite),
+                faults: vec![],
+                schedule: Schedule::default(),
+                user: "u".into(),
+                location: "l".into(),
+            },
+            std::path::PathBuf::from("/nonexistent"),
+            "127.0.0.10:9000".parse().unwrap(),
+            None,
+            CancellationToken::new(),
+        );
+        let info = service_info(&dev).unwrap();
+        assert_eq!(info.get_type(), SERVICE_TYPE);
+        assert_eq!(
+            info.get_fullname(),
+            format!("ethoscope_007-{id}.{SERVICE_TYPE}")
+        );
+        assert_eq!(info.get_port(), 9000);
+        assert_eq!(info.get_property_val_str("id"), Some(id.as_str()));
+        assert_eq!(info.get_property_val_str("id_page"), Some("/id"));
+        assert!(info
+            .get_addresses()
+            .iter()
+            .any(|a| a.to_string() == "127.0.0.10"));
+    }
+}
