@@ -1,4 +1,5 @@
-//! Logging setup shared by every subcommand: `tracing` to stderr, `RUST_LOG` wins over `-D`.
+//! Logging setup shared by every subcommand: `tracing` to stderr, `RUST_LOG` wins over `-D`,
+//! colours only on a terminal (the demo writes its children's logs to files).
 
 use tracing_subscriber::EnvFilter;
 
@@ -8,6 +9,7 @@ pub fn init(debug: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
