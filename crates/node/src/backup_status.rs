@@ -113,9 +113,9 @@ impl fmt::Display for DaemonUrl {
 /// Why one daemon fetch did not produce a usable document (logged, never sent to clients).
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// Connecting, sending or reading failed.
+    /// Connecting, sending or reading failed (the message includes the underlying causes).
     #[error("request failed: {0}")]
-    Request(#[source] reqwest::Error),
+    Request(String),
     /// The daemon answered with a non-2xx status.
     #[error("HTTP status {0}")]
     Status(reqwest::StatusCode),
@@ -211,28 +211,41 @@ impl BackupStatusService {
 
     /// The serialized unified reply: cached if younger than the TTL, else the refresh in flight,
     /// else a new refresh. `None` only if a refresh task panicked.
+    ///
+    /// Once the cached reply is past half its TTL, the first request starts a refresh in the
+    /// background and still gets the cached reply, so under steady polling nobody waits for a
+    /// fetch and the served reply is still never older than the TTL.
     pub async fn current(self: &Arc<Self>) -> Option<Bytes> {
         let inflight = {
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some((at, bytes)) = &cache.fresh {
-                if at.elapsed() < self.ttl {
-                    return Some(bytes.clone());
+                let age = at.elapsed();
+                if age < self.ttl {
+                    let bytes = bytes.clone();
+                    if age >= self.ttl / 2 && cache.inflight.is_none() {
+                        // Runs as its own task; this request does not wait for it.
+                        let _background = self.start_refresh(&mut cache);
+                    }
+                    return Some(bytes);
                 }
             }
             match &cache.inflight {
                 Some((_, inflight)) => inflight.clone(),
-                None => {
-                    cache.generation += 1;
-                    let generation = cache.generation;
-                    let this = Arc::clone(self);
-                    let task = tokio::spawn(async move { this.refresh(generation).await });
-                    let inflight = task.map(Result::ok).boxed().shared();
-                    cache.inflight = Some((generation, inflight.clone()));
-                    inflight
-                }
+                None => self.start_refresh(&mut cache),
             }
         };
         inflight.await
+    }
+
+    /// Spawns a refresh and records it as the one in flight.
+    fn start_refresh(self: &Arc<Self>, cache: &mut Cache) -> Inflight {
+        cache.generation += 1;
+        let generation = cache.generation;
+        let this = Arc::clone(self);
+        let task = tokio::spawn(async move { this.refresh(generation).await });
+        let inflight = task.map(Result::ok).boxed().shared();
+        cache.inflight = Some((generation, inflight.clone()));
+        inflight
     }
 
     /// One refresh: both fetches at once, then parse, merge and serialize on a blocking thread
@@ -281,7 +294,7 @@ impl BackupStatusService {
                 .header(header::ACCEPT, "application/json")
                 .send()
                 .await
-                .map_err(FetchError::Request)?;
+                .map_err(request_error)?;
             if !response.status().is_success() {
                 return Err(FetchError::Status(response.status()));
             }
@@ -291,7 +304,7 @@ impl BackupStatusService {
                 return Err(FetchError::TooLarge(limit));
             }
             let mut body = Vec::with_capacity(announced as usize);
-            while let Some(chunk) = response.chunk().await.map_err(FetchError::Request)? {
+            while let Some(chunk) = response.chunk().await.map_err(request_error)? {
                 if body.len() + chunk.len() > limit {
                     return Err(FetchError::TooLarge(limit));
                 }
@@ -328,6 +341,18 @@ impl Daemon {
             }
         }
     }
+}
+
+/// A reqwest error with its causes ("error sending request" alone does not say "refused").
+fn request_error(err: reqwest::Error) -> FetchError {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    FetchError::Request(text)
 }
 
 /// A daemon body as a JSON object.

@@ -472,6 +472,29 @@ async fn expired_cache_fetches_again() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ageing_cache_is_refreshed_in_the_background() {
+    let delay = Duration::from_millis(300);
+    let mysql = stub(Behaviour::Json(mysql_fixture().to_string(), delay)).await;
+    let rsync = stub(json_stub(&rsync_fixture())).await;
+    let ttl = Duration::from_millis(800);
+    let node = start_node(&mysql.url, &rsync.url, ttl).await;
+    let (first, text, _) = get_status(&node).await;
+    assert!(first >= delay, "the first request waits for the fetch");
+    assert_eq!(mysql.hits.load(Ordering::SeqCst), 1);
+    // Past half the TTL (time passing is the subject here, not synchronisation).
+    tokio::time::sleep(ttl / 2).await;
+    let (elapsed, again, _) = get_status(&node).await;
+    assert!(elapsed < delay, "served from the cache in {elapsed:?}");
+    assert_eq!(again, text);
+    // ...and a refresh was started behind it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mysql.hits.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "no background refresh");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[test]
 fn default_cache_is_at_most_one_second_old() {
     assert!(NodeConfig::default().status_cache_ttl <= Duration::from_secs(1));
