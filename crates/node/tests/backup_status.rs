@@ -187,10 +187,14 @@ fn json_stub(doc: &Value) -> Behaviour {
 struct Node {
     base: String,
     _stop: oneshot::Sender<()>,
+    _state_dir: tempfile::TempDir,
 }
 
 async fn start_node(mysql: &str, rsync: &str, ttl: Duration) -> Node {
+    // Never the system state directory: the node's own state lives in a per-test temp dir.
+    let state_dir = tempfile::tempdir().unwrap();
     let config = NodeConfig {
+        state_dir: state_dir.path().to_path_buf(),
         mysql_backup_url: DaemonUrl::parse(mysql).unwrap(),
         rsync_backup_url: DaemonUrl::parse(rsync).unwrap(),
         daemon_timeout: TIMEOUT,
@@ -207,6 +211,7 @@ async fn start_node(mysql: &str, rsync: &str, ttl: Duration) -> Node {
     Node {
         base: format!("http://{addr}"),
         _stop: stop,
+        _state_dir: state_dir,
     }
 }
 
