@@ -232,11 +232,21 @@ impl RsyncEngine {
         Value::Object(out)
     }
 
+    /// The archive directory of one device tree, as shown in `synced`.
+    pub fn tree_dir(&self, kind: Kind, id: &str) -> String {
+        self.inner
+            .config
+            .archive_root(kind)
+            .join(id)
+            .to_string_lossy()
+            .into_owned()
+    }
+
     /// `{local_files, directory, disk_usage_bytes, disk_usage_human}` of one device tree.
     pub fn tree_json(&self, kind: Kind, id: &str, size: TreeSize) -> Value {
         json!({
             "local_files": size.files,
-            "directory": self.inner.config.archive_root(kind).join(id).to_string_lossy(),
+            "directory": self.tree_dir(kind, id),
             "disk_usage_bytes": size.bytes,
             "disk_usage_human": format_bytes(size.bytes),
         })

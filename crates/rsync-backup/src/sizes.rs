@@ -176,6 +176,18 @@ impl SizeIndex {
             .map(|e| e.size)
     }
 
+    /// Sums over every known tree: `(results, videos)`.
+    pub fn totals(&self) -> (TreeSize, TreeSize) {
+        let r = self.read();
+        let sum = |kind: Kind| {
+            r.entries
+                .iter()
+                .filter(|((k, _), _)| *k == kind)
+                .fold(TreeSize::default(), |acc, (_, e)| acc + e.size)
+        };
+        (sum(Kind::Results), sum(Kind::Videos))
+    }
+
     /// Info about the last rescan.
     pub fn rescan_info(&self) -> RescanInfo {
         self.read().rescan.clone()
