@@ -227,7 +227,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("--experiment-length must be a positive number of seconds");
     }
     let mariadb = match &args.mariadb {
-        MariaDbTarget::Auto if !crate::sim::mariadbd_installed() => {
+        MariaDbTarget::Auto if !etho_sim::mariadbd_installed() => {
             println!(
                 "mariadbd is not installed (apt-get install mariadb-server): running an \
                  SQLite-only fleet, so the MySQL backup daemon has nothing to do."
@@ -237,16 +237,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         MariaDbTarget::Url(_) => bail!("the demo starts its own MariaDB: use auto or none"),
         other => other.clone(),
     };
-    let (root, temp) = match &args.data_dir {
-        Some(d) => (d.clone(), None),
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("etho-demo-")
-                .tempdir()
-                .context("cannot create a temporary data directory")?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
+    let (root, temp) = crate::sim::data_dir_or_temp(args.data_dir.as_deref(), "etho-demo-")?;
     let logs = root.join("logs");
     let results = root.join("backup/results");
     let videos = root.join("backup/videos");

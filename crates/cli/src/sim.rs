@@ -9,7 +9,9 @@ use anyhow::{bail, Context};
 use etho_sim::config::{default_roles, DEFAULT_FIRST_IP, DEFAULT_HTTP_PORT, DEFAULT_RSYNC_PORT};
 use etho_sim::experiment::Schedule;
 use etho_sim::identity::fleet_identities;
-use etho_sim::{DbKind, DeviceSpec, Fault, Fleet, FleetConfig, MariaDbTarget, Rates, Role};
+use etho_sim::{
+    mariadbd_installed, DbKind, DeviceSpec, Fault, Fleet, FleetConfig, MariaDbTarget, Rates, Role,
+};
 
 /// Flags of `etho-backup sim`.
 #[derive(clap::Args, Debug, Clone)]
@@ -222,17 +224,22 @@ impl Args {
     }
 }
 
-/// Whether a usable `mariadbd` is installed.
-pub fn mariadbd_installed() -> bool {
-    [
-        "/usr/sbin/mariadbd",
-        "/usr/bin/mariadbd",
-        "/usr/local/sbin/mariadbd",
-    ]
-    .iter()
-    .any(|p| std::path::Path::new(p).is_file())
-        || std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("mariadbd").is_file()))
+/// `dir` when given, else a fresh temporary directory named `<prefix>…`, returned with its
+/// guard (the directory is removed when the guard is dropped).
+pub fn data_dir_or_temp(
+    dir: Option<&std::path::Path>,
+    prefix: &str,
+) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
+        Some(d) => Ok((d.to_path_buf(), None)),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix(prefix)
+                .tempdir()
+                .context("cannot create a temporary data directory")?;
+            Ok((t.path().to_path_buf(), Some(t)))
+        }
+    }
 }
 
 /// Prints one line per device.
@@ -270,16 +277,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "--mariadb auto needs mariadbd (apt-get install mariadb-server), or use --mariadb none"
         );
     }
-    let (data_dir, _temp) = match &args.data_dir {
-        Some(d) => (d.clone(), None),
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("etho-sim-")
-                .tempdir()
-                .context("cannot create a temporary data directory")?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
+    let (data_dir, _temp) = data_dir_or_temp(args.data_dir.as_deref(), "etho-sim-")?;
     let config = args.fleet_config(data_dir.clone())?;
     let fleet = Fleet::start(config).await?;
     println!(

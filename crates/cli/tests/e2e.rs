@@ -70,12 +70,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn mariadbd_installed() -> bool {
-    ["/usr/sbin/mariadbd", "/usr/bin/mariadbd"]
-        .iter()
-        .any(|p| Path::new(p).is_file())
-}
-
 fn rsync_installed() -> bool {
     Command::new("rsync")
         .arg("--version")
@@ -277,7 +271,7 @@ fn ran_since(status: &Value, id: &str, which: &str, since: i64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_lab_is_backed_up_completely() {
-    if !mariadbd_installed() || !rsync_installed() {
+    if !etho_sim::mariadbd_installed() || !rsync_installed() {
         panic!("the end-to-end test needs mariadb-server and rsync installed");
     }
     let started = Instant::now();

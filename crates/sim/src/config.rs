@@ -183,6 +183,20 @@ impl DeviceSpec {
     }
 }
 
+/// Whether a `mariadbd` binary is installed (the usual Debian places, then `PATH`), i.e. whether
+/// [`MariaDbTarget::Auto`] can start a private server.
+pub fn mariadbd_installed() -> bool {
+    [
+        "/usr/sbin/mariadbd",
+        "/usr/bin/mariadbd",
+        "/usr/local/sbin/mariadbd",
+    ]
+    .iter()
+    .any(|p| std::path::Path::new(p).is_file())
+        || std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("mariadbd").is_file()))
+}
+
 /// How tracking devices reach MariaDB.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MariaDbTarget {

@@ -27,6 +27,8 @@ pub mod identity;
 pub mod mdns;
 pub mod state;
 
-pub use config::{DbKind, DeviceSpec, Fault, FleetConfig, MariaDbTarget, Rates, Role};
+pub use config::{
+    mariadbd_installed, DbKind, DeviceSpec, Fault, FleetConfig, MariaDbTarget, Rates, Role,
+};
 pub use device::SimDevice;
 pub use fleet::{DeviceSummary, Fleet, MariaDbInfo};

@@ -336,7 +336,7 @@ fn assert_paths_inside(root: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_experiments_roll_over() {
-    if !Path::new("/usr/sbin/mariadbd").exists() && which("mariadbd").is_none() {
+    if !etho_sim::mariadbd_installed() {
         eprintln!("mariadbd not installed; skipping");
         return;
     }
@@ -426,17 +426,9 @@ async fn mariadb_experiments_roll_over() {
     fleet.stop().await;
 }
 
-fn which(bin: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(bin))
-        .find(|p| p.is_file())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_mariadb_server_by_url() {
-    if !Path::new("/usr/sbin/mariadbd").exists() && which("mariadbd").is_none() {
+    if !etho_sim::mariadbd_installed() {
         eprintln!("mariadbd not installed; skipping");
         return;
     }
