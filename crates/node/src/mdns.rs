@@ -61,7 +61,9 @@ pub fn spawn_browser(registry: Arc<DeviceRegistry>, token: CancellationToken) {
                 Ok(mdns_sd::ServiceEvent::ServiceResolved(svc)) => {
                     let addrs = svc.get_addresses().iter().map(|a| a.to_ip_addr());
                     for t in targets_of(addrs, svc.get_port()) {
-                        registry.add_target(t, Source::Mdns);
+                        if let Err(e) = registry.add_target(t, Source::Mdns) {
+                            tracing::debug!("mDNS announcement ignored: {e}");
+                        }
                     }
                 }
                 Ok(_) => {}

@@ -293,6 +293,11 @@ pub struct AddResult {
 /// Most addresses one `POST /device/add` may carry.
 pub const MAX_ADD: usize = 256;
 
+/// Most addresses the registry holds and polls. `POST /device/add` and mDNS announcements come
+/// from the network; without a bound, a client could make the node keep (and poll forever)
+/// any number of addresses. A lab has dozens of devices.
+pub const MAX_TARGETS: usize = 2048;
+
 impl DeviceRegistry {
     /// A registry with nothing loaded yet; `state_dir` holds `devices.sqlite` when persistence is
     /// on. Opening the database and polling begin with [`DeviceRegistry::start`].
@@ -380,21 +385,24 @@ impl DeviceRegistry {
             .collect()
     }
 
-    /// Adds a target to poll (no effect when already known).
-    pub fn add_target(&self, target: Target, source: Source) {
-        let is_new = {
+    /// Adds a target to poll (no effect when already known). Refused once the registry holds
+    /// [`MAX_TARGETS`] addresses.
+    pub fn add_target(&self, target: Target, source: Source) -> Result<(), String> {
+        {
             let mut entries = lock(&self.entries);
             if entries.contains_key(&target) {
-                false
-            } else {
-                entries.insert(target.clone(), Entry::new());
-                true
+                return Ok(());
             }
-        };
-        if is_new {
-            tracing::info!(target = %target, source = source.as_str(), "new device address");
-            let _ = self.new_targets.send((target, source));
+            if entries.len() >= MAX_TARGETS {
+                return Err(format!(
+                    "the node already polls {MAX_TARGETS} addresses, the most it keeps"
+                ));
+            }
+            entries.insert(target.clone(), Entry::new());
         }
+        tracing::info!(target = %target, source = source.as_str(), "new device address");
+        let _ = self.new_targets.send((target, source));
+        Ok(())
     }
 
     /// `POST /device/add`: a comma-separated (or whitespace-separated) list of IPs, each
@@ -422,11 +430,8 @@ impl DeviceRegistry {
                 ));
                 continue;
             }
-            match Target::parse(item, false) {
-                Ok(t) => {
-                    self.add_target(t, Source::Manual);
-                    result.added.push(shown);
-                }
+            match Target::parse(item, false).and_then(|t| self.add_target(t, Source::Manual)) {
+                Ok(()) => result.added.push(shown),
                 Err(e) => {
                     result.messages.push(format!("{shown}: {e}"));
                     result.problems.push(shown);
@@ -477,7 +482,11 @@ impl DeviceRegistry {
         }
         for d in &self.config.devices {
             match Target::parse(d, true) {
-                Ok(t) => self.add_target(t, Source::Flag),
+                Ok(t) => {
+                    if let Err(e) = self.add_target(t, Source::Flag) {
+                        tracing::error!("ignoring device {}: {e}", poller::shown(d));
+                    }
+                }
                 Err(e) => tracing::error!("ignoring device {}: {e}", poller::shown(d)),
             }
         }
@@ -958,10 +967,31 @@ mod tests {
     }
 
     #[test]
+    fn registry_holds_at_most_max_targets() {
+        let r = registry();
+        let ports = (1..=u16::MAX).take(MAX_TARGETS);
+        for port in ports {
+            let t = Target::ip("127.0.0.10".parse().unwrap(), port);
+            assert_eq!(r.add_target(t, Source::Manual), Ok(()));
+        }
+        assert_eq!(r.pending().len(), MAX_TARGETS);
+        let res = r.add_list("127.0.0.11, 127.0.0.10:1");
+        // A new address is refused; one already known is still "added" (nothing to do).
+        assert_eq!(res.problems, vec!["127.0.0.11"]);
+        assert_eq!(res.added, vec!["127.0.0.10:1"]);
+        assert!(
+            res.messages[0].contains("already polls"),
+            "{:?}",
+            res.messages
+        );
+        assert_eq!(r.pending().len(), MAX_TARGETS);
+    }
+
+    #[test]
     fn devices_map_shape_and_statuses() {
         let r = registry();
         let t = Target::parse("127.0.0.10", false).unwrap();
-        r.add_target(t.clone(), Source::Flag);
+        r.add_target(t.clone(), Source::Flag).unwrap();
         let ip = Some("127.0.0.10".parse().unwrap());
         let (delay, write) = r.apply(&t, ip, answered("running"), 100.0);
         assert_eq!(delay, Duration::from_secs(5));
@@ -1016,7 +1046,7 @@ mod tests {
     fn hostile_devices_are_flagged_not_listed() {
         let r = registry();
         let t = Target::parse("127.0.0.66", false).unwrap();
-        r.add_target(t.clone(), Source::Manual);
+        r.add_target(t.clone(), Source::Manual).unwrap();
         r.apply(&t, None, answered("running"), 1.0);
         assert_eq!(r.devices().len(), 1);
         let (_, w) = r.apply(
