@@ -208,6 +208,9 @@ export function launchChromium() {
     args: [
       '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      // The page lives on 127.0.0.1; every other host (a browser service reaching out)
+      // resolves to nothing, so no request can leave the machine.
+      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
     ],
   });
 }
