@@ -777,3 +777,66 @@ async fn live_progress_shows_percent_bytes_speed_and_file() {
     );
     assert_eq!(st.progress.extra["files_transferred"], json!(4));
 }
+
+/// A device that has not recorded any video yet has no `videos/<id>/`: that is not a failure.
+#[tokio::test]
+async fn device_without_a_videos_tree_yet_succeeds() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("device");
+    let id = machine_id(14);
+    let tree = populate(&data, &id, "ETHOSCOPE_014");
+    fs::remove_dir_all(tree.videos()).unwrap();
+    let rsyncd = RsyncDaemon::start(&data).unwrap();
+    let engine = engine(work.path(), &rsyncd.url());
+    let out = engine
+        .backup(device(&id, "ETHOSCOPE_014", "127.0.0.1", true), ctx(&id))
+        .await;
+    assert_eq!(out.status(), ProgressStatus::Success, "{}", msg(&out));
+    assert!(
+        msg(&out).contains(&format!("the device has no videos/{id}/ directory")),
+        "{}",
+        msg(&out)
+    );
+    assert_mirror(
+        &tree.results(),
+        &work.path().join("archive/results").join(&id),
+    );
+}
+
+/// State directory on another filesystem than the archive (tmpfs here): finished files cannot be
+/// renamed in, so they are copied under a hidden name and renamed; the result is the same mirror
+/// with no leftovers, and the message says so.
+#[tokio::test]
+async fn state_dir_on_another_filesystem_still_mirrors_cleanly() {
+    use std::os::unix::fs::MetadataExt;
+    let shm = std::path::Path::new("/dev/shm");
+    let work = tempfile::tempdir().unwrap();
+    if !shm.is_dir() || fs::metadata(shm).unwrap().dev() == fs::metadata(work.path()).unwrap().dev()
+    {
+        eprintln!("skipping: no second filesystem at /dev/shm");
+        return;
+    }
+    let state = tempfile::tempdir_in(shm).unwrap();
+    let data = work.path().join("device");
+    let id = machine_id(15);
+    let tree = populate(&data, &id, "ETHOSCOPE_015");
+    let rsyncd = RsyncDaemon::start(&data).unwrap();
+    let mut c = engine_config(work.path(), &rsyncd.url());
+    c.state_dir = state.path().to_path_buf();
+    let engine = etho_rsync_backup::RsyncEngine::new(c).unwrap();
+    assert!(engine.cross_device());
+    let dev = device(&id, "ETHOSCOPE_015", "127.0.0.1", true);
+    let out = engine.backup(dev.clone(), ctx(&id)).await;
+    assert_eq!(out.status(), ProgressStatus::Success, "{}", msg(&out));
+    assert!(msg(&out).contains("another filesystem"), "{}", msg(&out));
+    let archive = work.path().join("archive");
+    assert_mirror(&tree.results(), &archive.join("results").join(&id));
+    assert_mirror(&tree.videos(), &archive.join("videos").join(&id));
+    assert!(
+        temp_files(&archive).is_empty(),
+        "{:?}",
+        temp_files(&archive)
+    );
+    let out = engine.backup(dev, ctx(&id)).await;
+    assert!(msg(&out).contains("Results: no changes"), "{}", msg(&out));
+}
