@@ -36,6 +36,7 @@ for tool in wrk du python3 curl; do
     command -v "$tool" >/dev/null || { echo "bench/rsync.sh needs $tool" >&2; exit 1; }
 done
 
+LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== building (release)"
 cargo build --release -q -p etho-backup
 cargo build --release -q -p etho-rsync-backup --example rescan
@@ -126,12 +127,14 @@ status_p99() { # port label connections
 status_rps() { awk '/Requests\/sec/ { print $2 }' "$WORK/wrk-$1.txt"; }
 status_bytes() { curl -fs "http://127.0.0.1:$1/status" | wc -c; }
 
+num() { printf '%.3f' "$1"; }   # bc prints ".5"; show "0.500"
+
 median() { sort -n | awk '{ a[NR]=$1 } END { print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2 }'; }
 
 echo "== generating $FILES files over $DEVICES devices in $WORK/big"
 t0=$(date +%s.%N)
 make_archive "$WORK/big" "$FILES" "$DEVICES"
-gen_s=$(echo "$(date +%s.%N) - $t0" | bc)
+gen_s=$(num "$(echo "$(date +%s.%N) - $t0" | bc)")
 echo "   done in ${gen_s}s"
 echo "== generating $SMALL_FILES files over $DEVICES devices in $WORK/small"
 make_archive "$WORK/small" "$SMALL_FILES" "$DEVICES"
@@ -147,9 +150,9 @@ for _ in $(seq 1 "$RUNS"); do
     t0=$(date +%s.%N); rescan_line=$("$RESCAN" "$WORK/big/results" "$WORK/big/videos")
     RESCAN_TIMES+=("$(echo "$(date +%s.%N) - $t0" | bc)")
 done
-du_med=$(printf '%s\n' "${DU_TIMES[@]}" | median)
-rescan_med=$(printf '%s\n' "${RESCAN_TIMES[@]}" | median)
-ratio=$(echo "scale=3; $rescan_med / $du_med" | bc)
+du_med=$(num "$(printf '%s\n' "${DU_TIMES[@]}" | median)")
+rescan_med=$(num "$(printf '%s\n' "${RESCAN_TIMES[@]}" | median)")
+ratio=$(num "$(echo "scale=4; $rescan_med / $du_med" | bc)")
 echo "   du -sb median ${du_med}s, rescan median ${rescan_med}s, ratio ${ratio}"
 echo "   rescan: $rescan_line"
 find_files=$(find "$WORK/big" -type f | wc -l)
@@ -179,7 +182,7 @@ echo "   /status total_files ${big_status_files} (find: ${find_files}), body ${b
 rows=""
 for c in $WRK_LOADS; do
     bp="P99_big_$c"; sp="P99_small_$c"; br="RPS_big_$c"; sr="RPS_small_$c"
-    r=$(echo "scale=2; ${!bp} / ${!sp}" | bc)
+    r=$(num "$(echo "scale=4; ${!bp} / ${!sp}" | bc)")
     rows+="| \`GET /status\` p99, $find_files files, $c connection(s) | ${!bp} ms (${!br} req/s) | $SMALL_FILES files: ${!sp} ms (${!sr} req/s) | **${r}x** | <= 5 ms, independent of file count |"$'\n'
 done
 
@@ -188,8 +191,9 @@ cat > "$OUT" <<EOF
 ## rsync-backup (port 8093)
 
 Command: \`bench/rsync.sh\` (FILES=$FILES DEVICES=$DEVICES SMALL_FILES=$SMALL_FILES, wrk
-\`-d$WRK_DURATION --latency\` with $WRK_LOADS connection(s), $RUNS alternating rescan/du runs), release build,
-$(date -u +%Y-%m-%d), \`nproc\` = $(nproc), rsync $(rsync --version | head -1 | awk '{print $3}').
+\`-d$WRK_DURATION --latency\` with {$WRK_LOADS} connections, $RUNS alternating rescan/du runs), release build,
+$(date -u +%Y-%m-%d), \`nproc\` = $(nproc), rsync $(rsync --version | head -1 | awk '{print $3}'), load average at start
+$LOAD_AT_START (the machine may be shared; the 10-connection figures move with it).
 
 Synthetic archive: $find_files files (0-2 KiB each, 100 per directory, 10 % results / 90 % videos)
 over $DEVICES devices, generated in ${gen_s} s. The daemon runs against a stub node listing the

@@ -279,7 +279,10 @@ impl RsyncEngine {
         if config.backup_results && !kinds.contains(&Kind::Results) {
             notes.push("results skipped: the device reports no SQLite database".to_string());
         }
-        let synced = self.synced_for(&device.id, &kinds);
+        // Nothing measured yet (e.g. the first job after a restart failed before the rescan
+        // finished): keep the stored `synced` rather than blanking it.
+        let synced = Some(self.synced_for(&device.id, &kinds))
+            .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()));
         finish(&trees, notes, synced, started.elapsed())
     }
 
@@ -613,7 +616,7 @@ fn describe(
         0
     };
     let copied = if report.files == 0 && report.links == 0 {
-        if report.rejected.is_empty() && report.errors.is_empty() {
+        if level == Level::Success {
             "no changes".to_string()
         } else {
             "no files copied".to_string()
@@ -644,7 +647,7 @@ fn describe(
 fn finish(
     trees: &[TreeOutcome],
     notes: Vec<String>,
-    synced: Value,
+    synced: Option<Value>,
     elapsed: Duration,
 ) -> JobOutcome {
     let level = trees
@@ -695,7 +698,7 @@ fn finish(
         "trees".into(),
         serde_json::to_value(per_tree).unwrap_or_default(),
     );
-    outcome.synced = Some(synced);
+    outcome.synced = synced;
     outcome
 }
 
@@ -724,5 +727,176 @@ impl Engine for RsyncEngine {
     fn run(&self, device: DeviceInfo, ctx: JobContext) -> BoxFuture<'static, JobOutcome> {
         let engine = self.clone();
         Box::pin(async move { engine.backup(device, ctx).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::promote::RejectedDb;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    fn config() -> RsyncBackupConfig {
+        RsyncBackupConfig::new(Path::new("/a/r"), Path::new("/a/v"), Path::new("/s"))
+    }
+
+    fn run(end: RunEnd, stderr: &[&str]) -> RunResult {
+        RunResult {
+            end,
+            state: TransferState {
+                bytes_transferred: 2048,
+                ..TransferState::default()
+            },
+            stderr: stderr.iter().map(|s| s.to_string()).collect(),
+            elapsed: Duration::from_secs(1),
+        }
+    }
+
+    fn copied(files: u64) -> PromoteReport {
+        PromoteReport {
+            files,
+            ..PromoteReport::default()
+        }
+    }
+
+    #[test]
+    fn exit_codes_become_levels_and_messages() {
+        let c = config();
+        let ok = describe(
+            Kind::Results,
+            ID,
+            &c,
+            run(RunEnd::Exited(0), &[]),
+            copied(2),
+        );
+        assert_eq!(ok.level, Level::Success);
+        assert_eq!(ok.message, "Results: 2 files copied (2.0 KB)");
+
+        let vanished = describe(
+            Kind::Videos,
+            ID,
+            &c,
+            run(RunEnd::Exited(24), &[]),
+            copied(1),
+        );
+        assert_eq!(vanished.level, Level::Warning);
+        assert!(
+            vanished.message.contains("vanished"),
+            "{}",
+            vanished.message
+        );
+
+        let failed = describe(
+            Kind::Videos,
+            ID,
+            &c,
+            run(
+                RunEnd::Exited(255),
+                &[
+                    "ssh: connect to host 10.0.0.5 port 22: Connection timed out",
+                    "rsync: connection unexpectedly closed (0 bytes received so far) [Receiver]",
+                    "rsync error: unexplained error (code 255) at io.c(232) [Receiver=3.5.0]",
+                ],
+            ),
+            copied(0),
+        );
+        assert_eq!(failed.level, Level::Error);
+        assert!(failed.message.starts_with(
+            "Videos: no files copied; rsync failed with code 255 (ssh or connection failure): ssh: connect to host"
+        ), "{}", failed.message);
+        assert!(failed
+            .message
+            .ends_with("(code 255) at io.c(232) [Receiver=3.5.0]"));
+
+        let timed_out = describe(Kind::Results, ID, &c, run(RunEnd::TimedOut, &[]), copied(0));
+        assert_eq!(timed_out.level, Level::Error);
+        assert!(timed_out.stopped);
+        assert!(timed_out.message.contains("timed out after 600 s"));
+    }
+
+    #[test]
+    fn missing_trees_rejected_dbs_and_unsafe_links() {
+        let c = config();
+        let missing = [format!(
+            "rsync: [sender] change_dir \"/videos/{ID}\" (in ethoscope_data) failed: No such file or directory (2)"
+        )];
+        let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
+        let v = describe(
+            Kind::Videos,
+            ID,
+            &c,
+            run(RunEnd::Exited(23), &missing),
+            copied(0),
+        );
+        assert_eq!(v.level, Level::Success, "no videos yet is normal");
+        let missing_r: Vec<String> = missing
+            .iter()
+            .map(|l| l.replace("videos", "results"))
+            .collect();
+        let missing_r: Vec<&str> = missing_r.iter().map(String::as_str).collect();
+        let r = describe(
+            Kind::Results,
+            ID,
+            &c,
+            run(RunEnd::Exited(23), &missing_r),
+            copied(0),
+        );
+        assert_eq!(
+            r.level,
+            Level::Warning,
+            "a SQLite device without results is odd"
+        );
+
+        let mut report = copied(1);
+        report.rejected.push(RejectedDb {
+            path: "E/ts/x.db".into(),
+            reason: "database disk image is malformed".into(),
+        });
+        let mut rr = run(RunEnd::Exited(0), &[]);
+        rr.state.unsafe_symlinks = vec!["etc".into()];
+        let o = describe(Kind::Results, ID, &c, rr, report);
+        assert_eq!(o.level, Level::Warning);
+        assert!(o
+            .message
+            .contains("1 database copy failed the integrity check and was not used"));
+        assert!(o
+            .message
+            .contains("E/ts/x.db (database disk image is malformed)"));
+        assert!(o
+            .message
+            .contains("1 symlink pointing outside the device's tree not copied (etc)"));
+    }
+
+    #[test]
+    fn job_outcome_combines_trees() {
+        let t = |kind, level, msg: &str| TreeOutcome {
+            kind,
+            level,
+            message: msg.into(),
+            files: 1,
+            bytes: 10,
+            stopped: false,
+        };
+        let o = finish(
+            &[
+                t(Kind::Results, Level::Success, "Results: ok"),
+                t(Kind::Videos, Level::Error, "Videos: bad"),
+            ],
+            vec![],
+            None,
+            Duration::from_millis(1500),
+        );
+        assert_eq!(o.status(), ProgressStatus::Error);
+        assert_eq!(
+            o.progress.message.as_deref(),
+            Some("Backup failed after 1.5s: Results: ok; Videos: bad")
+        );
+        assert_eq!(o.progress.extra["files_transferred"], json!(2));
+        assert_eq!(
+            o.progress.extra["trees"]["videos"]["status"],
+            json!("error")
+        );
+        assert_eq!(o.synced, None);
     }
 }
