@@ -241,11 +241,9 @@ async fn status_answers_at_once_while_a_job_runs() {
         assert_eq!(d["progress"]["status"], json!("running"));
         assert!(d["progress"]["percent"].is_number());
     }
-    // Generous for a debug build on a busy 2-core machine; the benchmark measures the real p99.
-    assert!(
-        worst < Duration::from_millis(250),
-        "slowest /status {worst:?}"
-    );
+    // The job takes seconds; an answer within 1 s (a debug build on a busy 2-core machine) did
+    // not wait for it. The benchmark measures the real p99.
+    assert!(worst < Duration::from_secs(1), "slowest /status {worst:?}");
     let st = job.await.unwrap();
     assert_eq!(
         st.progress.status,
