@@ -402,15 +402,20 @@ impl MariaDb {
                     );
                 }
             }
+            // Another test's server may have won the race for the same free port: only a server
+            // answering with our own socket path is ours.
+            let socket = self.rundir.path().join("mariadbd.sock");
             let attempt = tokio::time::timeout(Duration::from_secs(2), async {
                 let mut conn = Conn::new(opts.clone()).await?;
-                conn.query_drop("SELECT 1").await?;
+                let answer: Option<String> = conn.query_first("SELECT @@socket").await?;
                 conn.disconnect().await?;
-                Ok::<(), mysql_async::Error>(())
+                Ok::<Option<String>, mysql_async::Error>(answer)
             })
             .await;
-            if matches!(attempt, Ok(Ok(()))) {
-                return Ok(());
+            if let Ok(Ok(Some(answer))) = attempt {
+                if Path::new(&answer) == socket {
+                    return Ok(());
+                }
             }
             if Instant::now() >= deadline {
                 let tail = self.log_tail();

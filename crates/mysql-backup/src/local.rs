@@ -19,6 +19,7 @@
 //! committed (always a prefix of each table in id order) and the lock is released when the
 //! thread really ends.
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -96,10 +97,10 @@ pub struct KeylessResult {
 /// What the file holds at the end of the job.
 #[derive(Debug, Clone)]
 pub struct Finished {
-    /// Per plan (same order): `MAX(id)` for id-keyed tables.
-    pub local_max: Vec<Option<i64>>,
-    /// Per plan: `COUNT(*)` when it was asked for (keyless tables always).
-    pub local_count: Vec<Option<u64>>,
+    /// `MAX(id)` of the plans that were asked for (by plan index).
+    pub local_max: HashMap<usize, Option<i64>>,
+    /// `COUNT(*)` of the plans that were asked for (by plan index).
+    pub local_count: HashMap<usize, u64>,
     /// METADATA or VAR_MAP hold duplicate rows.
     pub data_duplication: bool,
     /// File size in bytes.
@@ -118,14 +119,15 @@ pub enum Cmd {
     BeginById(usize),
     /// Following `Rows` are the complete remote content of this keyless plan.
     BeginWhole(usize),
-    /// Rows for the current table, values in plan column order.
-    Rows(Vec<Vec<Lite>>),
+    /// Rows for the current table: values row after row, each row in plan column order.
+    Rows(Vec<Lite>),
     /// End of the current id-keyed table: reply with rows inserted.
     EndById(oneshot::Sender<u64>),
     /// End of the current keyless table: compare, rewrite if needed, reply.
     EndWhole(oneshot::Sender<KeylessResult>),
-    /// Commit, update the DAM dump, measure (full counts for the listed plans), and stop.
-    Finish(Vec<usize>, oneshot::Sender<Finished>),
+    /// Commit, update the DAM dump, measure (`COUNT(*)` of the first list of plans, `MAX(id)` of
+    /// the second), and stop.
+    Finish(Vec<usize>, Vec<usize>, oneshot::Sender<Finished>),
 }
 
 /// What the writer thread did in total.
@@ -158,6 +160,10 @@ struct Writer {
 }
 
 const STAGING: &str = "etho_incoming";
+/// Bound parameters per INSERT (SQLite allows 32766).
+const MAX_PARAMS: usize = 30_000;
+/// Rows per multi-row INSERT.
+const MAX_ROWS_PER_INSERT: usize = 64;
 
 /// Spawns the writer thread. It ends when `Finish` is handled, on the first error, or when `rx`
 /// closes; its result is the job's local outcome.
@@ -274,7 +280,7 @@ impl Writer {
             .busy_timeout(Duration::from_secs(10))
             .map_err(|e| self.err(e))?;
         self.conn
-            .execute_batch("PRAGMA cache_size = -32768;")
+            .execute_batch("PRAGMA cache_size = -8192;")
             .map_err(|e| self.err(e))?;
         self.conn.set_prepared_statement_cache_capacity(64);
         Ok(())
@@ -306,7 +312,6 @@ impl Writer {
                 }
                 Cmd::BeginWhole(plan) => {
                     self.begin()?;
-                    self.stage(plan)?;
                     self.current = Current::Whole { plan, staged: 0 };
                 }
                 Cmd::Rows(rows) => self.rows(rows)?,
@@ -323,8 +328,8 @@ impl Writer {
                     self.current = Current::None;
                     let _ = reply.send(result);
                 }
-                Cmd::Finish(count, reply) => {
-                    let finished = self.finish(&count)?;
+                Cmd::Finish(count, max, reply) => {
+                    let finished = self.finish(&count, &max)?;
                     let _ = reply.send(finished);
                     return Ok(true);
                 }
@@ -368,27 +373,38 @@ impl Writer {
         Ok(())
     }
 
-    fn table_columns(&self, table: &str) -> Result<Vec<(String, bool)>, MirrorError> {
+    /// Every existing table's columns as `(name, part of the primary key)`, in one query.
+    fn existing_columns(&self) -> Result<HashMap<String, Vec<(String, bool)>>, MirrorError> {
         let mut stmt = self
             .conn
-            .prepare(&format!("PRAGMA table_info({})", sqlite_quote(table)))
+            .prepare(
+                "SELECT m.name, p.name, p.pk FROM sqlite_master m, pragma_table_info(m.name) p \
+                 WHERE m.type = 'table' ORDER BY m.name, p.cid",
+            )
             .map_err(|e| self.err(e))?;
-        let cols = stmt
+        let mut out: HashMap<String, Vec<(String, bool)>> = HashMap::new();
+        let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, String>(1)?, r.get::<_, i64>(5)? > 0))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)? > 0,
+                ))
             })
-            .map_err(|e| self.err(e))?
-            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
-        Ok(cols)
+        for row in rows {
+            let (table, col, pk) = row.map_err(|e| self.err(e))?;
+            out.entry(table).or_default().push((col, pk));
+        }
+        Ok(out)
     }
 
     fn prepare(&mut self, plans: Vec<TablePlan>) -> Result<Vec<Option<i64>>, MirrorError> {
         self.plans = plans;
-        let mut local_max = Vec::with_capacity(self.plans.len());
+        let existing_tables = self.existing_columns()?;
         for i in 0..self.plans.len() {
             let plan = self.plans[i].clone();
-            let existing = self.table_columns(&plan.name)?;
+            let existing = existing_tables.get(&plan.name).cloned().unwrap_or_default();
             if existing.is_empty() {
                 self.begin()?;
                 self.conn
@@ -422,12 +438,54 @@ impl Writer {
                     self.migrate_to_primary_key(&plan)?;
                 }
             }
-            local_max.push(match plan.mode {
-                CopyMode::ById => self.max_id(&plan.name)?,
-                CopyMode::WholeTable => None,
-            });
         }
-        Ok(local_max)
+        // All staging tables at once: each schema change makes SQLite re-prepare statements.
+        let staging: String = (0..self.plans.len())
+            .filter(|&i| self.plans[i].mode == CopyMode::WholeTable)
+            .map(|i| {
+                format!(
+                    "CREATE TEMP TABLE {STAGING}_{i} AS SELECT {} FROM main.{} WHERE 0;",
+                    self.plans[i].sqlite_columns(),
+                    sqlite_quote(&self.plans[i].name)
+                )
+            })
+            .collect();
+        self.conn
+            .execute_batch(&staging)
+            .map_err(|e| self.err(format!("creating staging tables: {e}")))?;
+        let by_id: Vec<usize> = (0..self.plans.len())
+            .filter(|&i| self.plans[i].mode == CopyMode::ById)
+            .collect();
+        let maxes = self.max_ids(&by_id)?;
+        Ok((0..self.plans.len())
+            .map(|i| maxes.get(&i).copied().flatten())
+            .collect())
+    }
+
+    /// `MAX(id)` of several plans in one query.
+    fn max_ids(&self, plans: &[usize]) -> Result<HashMap<usize, Option<i64>>, MirrorError> {
+        if plans.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = plans
+            .iter()
+            .map(|&i| {
+                format!(
+                    "SELECT {i}, MAX(id) FROM {}",
+                    sqlite_quote(&self.plans[i].name)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as usize, r.get::<_, Option<i64>>(1)?))
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<HashMap<_, _>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
     }
 
     /// A mirror written by a version that did not keep the key: rebuild the table with it,
@@ -473,16 +531,6 @@ impl Writer {
         Ok(())
     }
 
-    fn max_id(&self, table: &str) -> Result<Option<i64>, MirrorError> {
-        self.conn
-            .query_row(
-                &format!("SELECT MAX(id) FROM {}", sqlite_quote(table)),
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))
-    }
-
     fn count(&self, table: &str) -> Result<u64, MirrorError> {
         self.conn
             .query_row(
@@ -494,48 +542,75 @@ impl Writer {
             .map_err(|e| self.err(e))
     }
 
-    fn stage(&mut self, plan: usize) -> Result<(), MirrorError> {
-        let p = &self.plans[plan];
-        // Same declared types as the mirror table, so values get the same affinity on both sides.
-        let sql = format!(
-            "DROP TABLE IF EXISTS temp.{s}; CREATE TEMP TABLE {s} AS SELECT {cols} FROM main.{t} WHERE 0;",
-            s = STAGING,
-            cols = p.sqlite_columns(),
-            t = sqlite_quote(&p.name)
-        );
-        self.conn.execute_batch(&sql).map_err(|e| self.err(e))
+    /// The staging table of a keyless plan: a temporary table with the mirror table's declared
+    /// types, so staged values get the same affinity as stored ones.
+    fn staging(plan: usize) -> String {
+        format!("temp.{STAGING}_{plan}")
     }
 
-    fn rows(&mut self, rows: Vec<Vec<Lite>>) -> Result<(), MirrorError> {
+    fn insert_sql(table: &str, plan: &TablePlan, rows: usize) -> String {
+        let width = plan.columns.len();
+        let tuples = (0..rows)
+            .map(|r| {
+                let params = (1..=width)
+                    .map(|c| format!("?{}", r * width + c))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("({params})")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "INSERT INTO {table} ({}) VALUES {tuples}",
+            plan.sqlite_columns()
+        )
+    }
+
+    fn rows(&mut self, values: Vec<Lite>) -> Result<(), MirrorError> {
         let (plan, table) = match self.current {
             Current::ById { plan, .. } => (plan, sqlite_quote(&self.plans[plan].name)),
-            Current::Whole { plan, .. } => (plan, format!("temp.{STAGING}")),
+            Current::Whole { plan, .. } => (plan, Self::staging(plan)),
             Current::None => return Err(MirrorError::Internal("rows without a table".into())),
         };
         let p = &self.plans[plan];
-        let sql = format!(
-            "INSERT INTO {table} ({}) VALUES ({})",
-            p.sqlite_columns(),
-            (1..=p.columns.len())
-                .map(|i| format!("?{i}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let n = rows.len() as u64;
-        let mut bytes = 0u64;
+        let width = p.columns.len().max(1);
+        if !values.chunks_exact(width).remainder().is_empty() {
+            return Err(MirrorError::Internal(format!(
+                "{}: a batch of {} values for {width} columns",
+                p.name,
+                values.len()
+            )));
+        }
+        let n = (values.len() / width) as u64;
+        let bytes: u64 = values.iter().map(|v| value_size(v) as u64).sum();
+        // Several rows per statement: SQLite opens its table cursor once per execution, which
+        // is most of the per-row cost of single-row INSERTs.
+        let per_stmt = (MAX_PARAMS / width).clamp(1, MAX_ROWS_PER_INSERT);
+        let err = |e: rusqlite::Error| local_err(&self.db_path, format!("{}: {e}", p.name));
+        let mut chunks = values.chunks_exact(width * per_stmt);
         {
             let mut stmt = self
                 .conn
-                .prepare_cached(&sql)
-                .map_err(|e| local_err(&self.db_path, format!("{}: {e}", p.name)))?;
-            for row in &rows {
-                for (i, v) in row.iter().enumerate() {
-                    bytes += value_size(v) as u64;
-                    stmt.raw_bind_parameter(i + 1, v)
-                        .map_err(|e| local_err(&self.db_path, format!("{}: {e}", p.name)))?;
+                .prepare_cached(&Self::insert_sql(&table, p, per_stmt))
+                .map_err(err)?;
+            for chunk in chunks.by_ref() {
+                for (i, v) in chunk.iter().enumerate() {
+                    stmt.raw_bind_parameter(i + 1, v).map_err(err)?;
                 }
-                stmt.raw_execute()
-                    .map_err(|e| local_err(&self.db_path, format!("{}: {e}", p.name)))?;
+                stmt.raw_execute().map_err(err)?;
+            }
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&Self::insert_sql(&table, p, 1))
+                .map_err(err)?;
+            for row in rest.chunks_exact(width) {
+                for (i, v) in row.iter().enumerate() {
+                    stmt.raw_bind_parameter(i + 1, v).map_err(err)?;
+                }
+                stmt.raw_execute().map_err(err)?;
             }
         }
         match &mut self.current {
@@ -559,13 +634,14 @@ impl Writer {
     }
 
     /// Multiset difference (both directions) between the mirror table and the staged rows.
-    fn differs(&self, plan: &TablePlan) -> Result<bool, MirrorError> {
+    fn differs(&self, index: usize, plan: &TablePlan) -> Result<bool, MirrorError> {
         let cols = plan.sqlite_columns();
         let t = sqlite_quote(&plan.name);
+        let s = Self::staging(index);
         let sql = format!(
             "SELECT EXISTS (SELECT {cols}, COUNT(*) FROM main.{t} GROUP BY {cols} \
-                            EXCEPT SELECT {cols}, COUNT(*) FROM temp.{STAGING} GROUP BY {cols}) \
-                 OR EXISTS (SELECT {cols}, COUNT(*) FROM temp.{STAGING} GROUP BY {cols} \
+                            EXCEPT SELECT {cols}, COUNT(*) FROM {s} GROUP BY {cols}) \
+                 OR EXISTS (SELECT {cols}, COUNT(*) FROM {s} GROUP BY {cols} \
                             EXCEPT SELECT {cols}, COUNT(*) FROM main.{t} GROUP BY {cols})"
         );
         self.conn
@@ -579,21 +655,19 @@ impl Writer {
         };
         let p = self.plans[plan].clone();
         let mut rewritten = false;
-        if self.differs(&p)? {
+        if self.differs(plan, &p)? {
             let cols = p.sqlite_columns();
             let t = sqlite_quote(&p.name);
+            let s = Self::staging(plan);
             self.conn
                 .execute_batch(&format!(
-                    "DELETE FROM main.{t}; INSERT INTO main.{t} ({cols}) SELECT {cols} FROM temp.{STAGING};"
+                    "DELETE FROM main.{t}; INSERT INTO main.{t} ({cols}) SELECT {cols} FROM {s};"
                 ))
                 .map_err(|e| self.err(format!("rewriting {}: {e}", p.name)))?;
             rewritten = true;
         }
-        let equal = !rewritten || !self.differs(&p)?;
+        let equal = !rewritten || !self.differs(plan, &p)?;
         let local_rows = self.count(&p.name)?;
-        self.conn
-            .execute_batch(&format!("DROP TABLE temp.{STAGING}"))
-            .map_err(|e| self.err(e))?;
         Ok(KeylessResult {
             remote_rows: staged,
             local_rows,
@@ -603,7 +677,7 @@ impl Writer {
     }
 
     fn duplicates(&self, table: &str) -> Result<bool, MirrorError> {
-        if self.table_columns(table)?.is_empty() {
+        if !self.plans.iter().any(|p| p.name == table) {
             return Ok(false);
         }
         let t = sqlite_quote(table);
@@ -618,7 +692,7 @@ impl Writer {
             .map_err(|e| self.err(e))
     }
 
-    fn finish(&mut self, count: &[usize]) -> Result<Finished, MirrorError> {
+    fn finish(&mut self, count: &[usize], max: &[usize]) -> Result<Finished, MirrorError> {
         self.commit()?;
         let has_dam = self.plans.iter().any(|p| p.name == sidecar::DAM_TABLE);
         let dam_lines = if has_dam {
@@ -627,23 +701,10 @@ impl Writer {
             sidecar::touch(&self.txt_path).map_err(|e| self.err(e))?;
             0
         };
-        let mut local_max = Vec::with_capacity(self.plans.len());
-        let mut local_count = Vec::with_capacity(self.plans.len());
-        for (i, p) in self.plans.iter().enumerate() {
-            match p.mode {
-                CopyMode::ById => {
-                    local_max.push(self.max_id(&p.name)?);
-                    local_count.push(if count.contains(&i) {
-                        Some(self.count(&p.name)?)
-                    } else {
-                        None
-                    });
-                }
-                CopyMode::WholeTable => {
-                    local_max.push(None);
-                    local_count.push(Some(self.count(&p.name)?));
-                }
-            }
+        let local_max = self.max_ids(max)?;
+        let mut local_count = HashMap::new();
+        for &i in count {
+            local_count.insert(i, self.count(&self.plans[i].name)?);
         }
         let data_duplication = self.duplicates("METADATA")? || self.duplicates("VAR_MAP")?;
         let file_size = std::fs::metadata(&self.db_path)

@@ -146,6 +146,13 @@ pub fn update(conn: &Connection, txt_path: &Path) -> Result<u64, String> {
         .map_err(|e| e.to_string())?;
     let io_err = |e: io::Error| format!("{}: {e}", txt_path.display());
     let state = read_state(txt_path, id_field).map_err(io_err)?;
+    // Nothing new and nothing to repair: leave the file alone (no write, no fsync).
+    if let DumpState::Continue { keep_len, last_id } = state {
+        let len = fs::metadata(txt_path).map_err(io_err)?.len();
+        if keep_len == len && last_id == db_max {
+            return Ok(0);
+        }
+    }
     let (mut out, after, tmp): (File, i64, Option<PathBuf>) = match state {
         DumpState::Continue { keep_len, last_id }
             if last_id.unwrap_or(0) <= db_max.unwrap_or(0) =>
