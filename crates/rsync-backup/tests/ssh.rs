@@ -109,6 +109,8 @@ async fn ssh_to_an_unreachable_host_fails_within_the_connect_timeout() {
         took >= Duration::from_secs(2) && took < Duration::from_secs(8),
         "{took:?}"
     );
+    // "Connection timed out", or "... during banner exchange" when the kernel still queued the
+    // connection: either way ssh's own words, within ConnectTimeout.
     assert!(msg(&out).contains("timed out"), "{}", msg(&out));
-    assert!(msg(&out).contains("code 255"), "{}", msg(&out));
+    assert!(msg(&out).contains("ssh: "), "{}", msg(&out));
 }
