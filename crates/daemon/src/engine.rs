@@ -54,12 +54,15 @@ impl JobContext {
         }
     }
 
-    /// A context not attached to any daemon, for engine tests: reports go to a private table.
+    /// A context not attached to any daemon, for engine tests: reports go to a private table
+    /// that holds one entry for `device_id`, readable with [`JobContext::current_progress`].
     pub fn detached(device_id: &str) -> JobContext {
+        let status = StatusTable::in_memory(Map::new());
+        status.insert_placeholder(device_id);
         JobContext {
             cancel: CancellationToken::new(),
             device_id: device_id.to_string(),
-            status: Arc::new(StatusTable::in_memory(Map::new())),
+            status: Arc::new(status),
         }
     }
 
@@ -121,5 +124,24 @@ impl JobOutcome {
             .status
             .clone()
             .unwrap_or(ProgressStatus::Error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detached_context_keeps_reports() {
+        let ctx = JobContext::detached("0123456789abcdef0123456789abcdef");
+        assert_eq!(ctx.current_progress(), Some(Progress::default()));
+        ctx.report(Progress::new(ProgressStatus::Success, "half way"));
+        let p = ctx.current_progress().unwrap();
+        assert_eq!(
+            p.status,
+            Some(ProgressStatus::Running),
+            "live progress is always running"
+        );
+        assert_eq!(p.message.as_deref(), Some("half way"));
     }
 }

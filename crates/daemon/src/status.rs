@@ -352,6 +352,15 @@ impl StatusTable {
         self.persist_device(id);
     }
 
+    /// Creates an empty entry for `id` (detached job contexts).
+    pub(crate) fn insert_placeholder(&self, id: &str) {
+        let mut inner = self.lock();
+        inner
+            .devices
+            .entry(id.to_string())
+            .or_insert_with(|| DeviceStatus::new("", ""));
+    }
+
     pub(crate) fn update_progress(&self, id: &str, progress: Progress) {
         if let Some(st) = self.lock().devices.get_mut(id) {
             st.progress = progress;
