@@ -237,7 +237,7 @@ async fn one_size(args: &Args, rows_per_roi: u64) {
     assert_eq!(first.rows_copied, 0);
     assert!(first.mismatches.is_empty());
     let mut warm = Vec::new();
-    for _ in 0..50 {
+    for _ in 0..200 {
         let t = Instant::now();
         let r = mirror.run(&device, &cancel, &|_| {}).await.unwrap();
         warm.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -274,7 +274,7 @@ async fn one_size(args: &Args, rows_per_roi: u64) {
     );
     println!("| no-change job, first after a restart (full recount) | {cold_ms:.1} ms |");
     println!(
-        "| no-change job, steady state (median / p90 of 50) | {:.2} ms / {:.2} ms |",
+        "| no-change job, steady state (median / p90 of 200) | {:.2} ms / {:.2} ms |",
         median(warm.clone()),
         percentile(warm, 0.9)
     );

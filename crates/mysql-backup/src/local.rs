@@ -157,6 +157,7 @@ struct Writer {
     committed_rows: u64,
     pending_rows: u64,
     cancel: CancellationToken,
+    existing: Option<HashMap<String, Vec<(String, bool)>>>,
 }
 
 const STAGING: &str = "etho_incoming";
@@ -229,8 +230,11 @@ fn run(
         committed_rows: 0,
         pending_rows: 0,
         cancel,
+        existing: None,
     };
     w.configure()?;
+    // Read the existing layout now, while the remote side is still listing its tables.
+    w.existing = Some(w.existing_columns()?);
     let result = w.serve(&mut rx, fingerprint_before);
     match &result {
         Ok(true) => {}
@@ -401,7 +405,10 @@ impl Writer {
 
     fn prepare(&mut self, plans: Vec<TablePlan>) -> Result<Vec<Option<i64>>, MirrorError> {
         self.plans = plans;
-        let existing_tables = self.existing_columns()?;
+        let existing_tables = match self.existing.take() {
+            Some(e) => e,
+            None => self.existing_columns()?,
+        };
         for i in 0..self.plans.len() {
             let plan = self.plans[i].clone();
             let existing = existing_tables.get(&plan.name).cloned().unwrap_or_default();

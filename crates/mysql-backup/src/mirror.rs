@@ -262,23 +262,34 @@ impl Remote {
         Ok(tables)
     }
 
+    /// The distinct non-NULL `METADATA.backup_filename` values; `None` when there is no METADATA
+    /// table.
     async fn backup_filenames(
         &mut self,
         cancel: &CancellationToken,
-    ) -> Result<Vec<String>, MirrorError> {
-        let addr = self.addr.clone();
-        let values: Vec<Option<String>> = Remote::guard_addr(
-            &addr,
-            cancel,
-            "reading METADATA.backup_filename",
-            self.conn
-                .query("SELECT value FROM METADATA WHERE field = 'backup_filename'"),
-        )
-        .await?;
+    ) -> Result<Option<Vec<String>>, MirrorError> {
+        let values = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(MirrorError::Cancelled { rows_copied: 0 }),
+            r = self.conn.query::<Option<String>, _>(
+                "SELECT value FROM METADATA WHERE field = 'backup_filename'",
+            ) => r,
+        };
+        let values = match values {
+            Ok(v) => v,
+            Err(e) if is_missing_table(&e) => return Ok(None),
+            Err(e) => {
+                return Err(MirrorError::Remote {
+                    addr: self.addr.clone(),
+                    what: "reading METADATA.backup_filename".into(),
+                    reason: e.to_string(),
+                })
+            }
+        };
         let mut names: Vec<String> = values.into_iter().flatten().collect();
         names.sort();
         names.dedup();
-        Ok(names)
+        Ok(Some(names))
     }
 
     /// `(index, value)` rows of a `UNION ALL` query built from validated identifiers.
@@ -293,6 +304,11 @@ impl Remote {
             Remote::guard_addr(&addr, cancel, what, self.conn.query(sql)).await?;
         Ok(rows.into_iter().map(|(i, v)| (i as usize, v)).collect())
     }
+}
+
+/// "Table doesn't exist" (ER_NO_SUCH_TABLE).
+fn is_missing_table(e: &mysql_async::Error) -> bool {
+    matches!(e, mysql_async::Error::Server(s) if s.code == 1146)
 }
 
 /// Where the writer thread is, seen from the async side.
@@ -544,35 +560,39 @@ impl Mirror {
             addr: addr.to_string(),
         };
         remote.begin_snapshot(cancel).await?;
-        let tables = remote.tables(cancel, &db).await?;
-        if !tables.iter().any(|t| t.name == "VAR_MAP") {
-            return Err(MirrorError::NotReady {
-                db,
-                reason: "it has no VAR_MAP table".into(),
-            });
+        // Not ready yet: the experiment has no VAR_MAP table or no rows in it.
+        let vars = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(MirrorError::Cancelled { rows_copied: 0 }),
+            r = remote.conn.query_first::<u8, _>("SELECT EXISTS (SELECT 1 FROM VAR_MAP)") => r,
+        };
+        match vars {
+            Ok(Some(1)) => {}
+            Ok(_) => {
+                return Err(MirrorError::NotReady {
+                    db,
+                    reason: "VAR_MAP is empty (no tracking data written yet)".into(),
+                })
+            }
+            Err(e) if is_missing_table(&e) => {
+                return Err(MirrorError::NotReady {
+                    db,
+                    reason: "it has no VAR_MAP table".into(),
+                })
+            }
+            Err(e) => {
+                return Err(MirrorError::Remote {
+                    addr: remote.addr.clone(),
+                    what: "checking VAR_MAP".into(),
+                    reason: e.to_string(),
+                })
+            }
         }
-        let addr_s = remote.addr.clone();
-        let has_vars: Option<u8> = Remote::guard_addr(
-            &addr_s,
-            cancel,
-            "checking VAR_MAP",
-            remote
-                .conn
-                .query_first("SELECT EXISTS (SELECT 1 FROM VAR_MAP)"),
-        )
-        .await?;
-        if has_vars != Some(1) {
-            return Err(MirrorError::NotReady {
-                db,
-                reason: "VAR_MAP is empty (no tracking data written yet)".into(),
-            });
-        }
-        if !tables.iter().any(|t| t.name == "METADATA") {
+        let Some(names) = remote.backup_filenames(cancel).await? else {
             return Err(MirrorError::BadTarget(format!(
                 "{db} has no METADATA table, so the experiment file name is unknown"
             )));
-        }
-        let names = remote.backup_filenames(cancel).await?;
+        };
         let backup_filename = match names.as_slice() {
             [one] => one.clone(),
             [] => {
@@ -596,15 +616,6 @@ impl Mirror {
                     device.name
                 );
             }
-        }
-        let (plans, skipped) = plan_tables(&tables);
-        for s in &skipped {
-            tracing::warn!(
-                "{} ({db}): table {:?} skipped: {}",
-                device.name,
-                s.table,
-                s.reason
-            );
         }
 
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
@@ -640,7 +651,22 @@ impl Mirror {
                 last_report: Instant::now(),
             },
         };
-        let result = self.copy(&mut copy, &db, &target, plans, skipped).await;
+        // The writer opens and locks the file while the device lists its tables.
+        let result = match copy.remote.tables(cancel, &db).await {
+            Ok(tables) => {
+                let (plans, skipped) = plan_tables(&tables);
+                for s in &skipped {
+                    tracing::warn!(
+                        "{} ({db}): table {:?} skipped: {}",
+                        device.name,
+                        s.table,
+                        s.reason
+                    );
+                }
+                self.copy(&mut copy, &db, &target, plans, skipped).await
+            }
+            Err(e) => Err(e),
+        };
         // Whatever happened, the writer commits what it safely can and releases the lock before
         // the job ends.
         let summary = copy.writer.close().await;
@@ -822,7 +848,11 @@ impl Mirror {
             let chunk = self.config.chunk_rows.max(1);
             loop {
                 copy.remote.begin_snapshot(cancel).await?;
-                let now = copy.remote.backup_filenames(cancel).await?;
+                let now = copy
+                    .remote
+                    .backup_filenames(cancel)
+                    .await?
+                    .unwrap_or_default();
                 if now.as_slice() != [target.file_name.clone()] {
                     let _ = copy.remote.commit(cancel).await;
                     return Err(MirrorError::RolledOver(format!(
