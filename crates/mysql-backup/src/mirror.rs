@@ -52,7 +52,7 @@ use crate::target::{plan_target, Target};
 /// Rows per batch sent to the writer.
 const BATCH_ROWS: usize = 2048;
 /// Bytes per batch sent to the writer (a batch of snapshots stays small).
-const BATCH_BYTES: usize = 4 << 20;
+const BATCH_BYTES: usize = 1 << 20;
 /// Batches in flight between the remote stream and the writer.
 const CHANNEL_BATCHES: usize = 4;
 /// Minimum time between two live progress reports.
