@@ -139,15 +139,16 @@ impl MariaDbBuilder {
             Some(d) => (d.clone(), false),
             None => (rundir.path().join("data"), true),
         };
-        let needs_install = !datadir.join("mysql").is_dir();
-        if needs_install {
-            install_datadir(&self.install_binary, &datadir)?;
-        }
         // Its own tmpdir: mariadbd deletes every `#sql*` file in its tmpdir at startup, which
-        // would break other servers' internal temporary tables if they shared /tmp.
+        // would break other servers' internal temporary tables if they shared /tmp. The same
+        // holds for the bootstrap server `mariadb-install-db` runs, so it gets this tmpdir too.
         let tmpdir = rundir.path().join("tmp");
         fs::create_dir_all(&tmpdir)
             .with_context(|| format!("cannot create {}", tmpdir.display()))?;
+        let needs_install = !datadir.join("mysql").is_dir();
+        if needs_install {
+            install_datadir(&self.install_binary, &datadir, &tmpdir)?;
+        }
         let init_file = rundir.path().join("init.sql");
         fs::write(&init_file, INIT_SQL)
             .with_context(|| format!("cannot write {}", init_file.display()))?;
@@ -183,7 +184,7 @@ impl MariaDbBuilder {
     }
 }
 
-fn install_datadir(install_binary: &Path, datadir: &Path) -> anyhow::Result<()> {
+fn install_datadir(install_binary: &Path, datadir: &Path, tmpdir: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(datadir)
         .with_context(|| format!("cannot create data directory {}", datadir.display()))?;
     let out = Command::new(install_binary)
@@ -192,6 +193,9 @@ fn install_datadir(install_binary: &Path, datadir: &Path) -> anyhow::Result<()> 
         .arg(format!("--user={}", current_user()))
         .arg("--auth-root-authentication-method=socket")
         .arg("--skip-test-db")
+        // Passed through to the bootstrap mariadbd.
+        .arg(format!("--tmpdir={}", tmpdir.display()))
+        .env("TMPDIR", tmpdir)
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot run {}", install_binary.display()))?;
