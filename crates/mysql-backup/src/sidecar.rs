@@ -5,9 +5,14 @@
 //! Here the file is derived from the mirror after each commit: the id of its last complete line
 //! says where to continue, a torn last line is cut off, and a file that is ahead of the database
 //! (or unreadable) is rewritten from the database. Lines are never written twice.
+//!
+//! The results directory is shared with the rsync daemon, which copies device trees (and the
+//! symlinks inside them) there, so neither the dump nor its temporary file is ever opened
+//! through a symlink.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::types::ValueRef;
@@ -56,7 +61,11 @@ enum DumpState {
 }
 
 fn read_state(path: &Path, id_field: usize) -> io::Result<DumpState> {
-    let mut f = match File::open(path) {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path);
+    let mut f = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(DumpState::Rewrite),
         Err(e) => return Err(e),
@@ -159,6 +168,7 @@ pub fn update(conn: &Connection, txt_path: &Path) -> Result<u64, String> {
         {
             let f = OpenOptions::new()
                 .write(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
                 .open(txt_path)
                 .map_err(io_err)?;
             f.set_len(keep_len).map_err(io_err)?;
@@ -168,7 +178,17 @@ pub fn update(conn: &Connection, txt_path: &Path) -> Result<u64, String> {
         }
         _ => {
             let tmp = PathBuf::from(format!("{}.tmp", txt_path.display()));
-            let f = File::create(&tmp).map_err(io_err)?;
+            // A leftover (or planted) entry is removed, not written through.
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(e)),
+                _ => {}
+            }
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&tmp)
+                .map_err(io_err)?;
             (f, i64::MIN, Some(tmp))
         }
     };
@@ -204,6 +224,7 @@ pub fn touch(txt_path: &Path) -> Result<(), String> {
     OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(txt_path)
         .map(|_| ())
         .map_err(|e| format!("{}: {e}", txt_path.display()))
@@ -284,5 +305,24 @@ mod tests {
         assert_eq!(update(&big, &txt).unwrap(), 19_998);
         assert_eq!(update(&big, &txt).unwrap(), 0);
         assert_eq!(lines(&txt).len(), 20_000);
+    }
+
+    #[test]
+    fn never_writes_through_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim.db");
+        fs::write(&victim, b"precious").unwrap();
+        let txt = dir.path().join("x.txt");
+        // A planted temporary name: the rewrite replaces the link and leaves its target alone.
+        std::os::unix::fs::symlink(&victim, dir.path().join("x.txt.tmp")).unwrap();
+        assert_eq!(update(&db(3), &txt).unwrap(), 3);
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(lines(&txt).len(), 3);
+        // The dump itself a symlink: refused.
+        fs::remove_file(&txt).unwrap();
+        std::os::unix::fs::symlink(&victim, &txt).unwrap();
+        assert!(update(&db(3), &txt).is_err());
+        assert!(touch(&txt).is_err());
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 }
