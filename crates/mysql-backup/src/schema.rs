@@ -4,6 +4,8 @@
 //! Every name here comes from the device, so only plain identifiers (`^[A-Za-z0-9_]{1,64}$`) are
 //! used, and always quoted. A table whose name or any column name is not plain is skipped with a
 //! warning (upstream interpolated them raw into SQL, bug B1).
+//! Tables SQLite could not keep apart (names equal up to case, its reserved `sqlite_` prefix,
+//! columns equal up to case) are skipped the same way instead of failing the whole job.
 //!
 //! Types follow upstream's substring mapping (§4.3) so existing mirrors keep their layout:
 //! `int` → INTEGER, `char`/`text` → TEXT, `float`/`double`/`decimal` → REAL, `blob` → BLOB,
@@ -191,12 +193,45 @@ pub struct Skipped {
 pub fn plan_tables(remote: &[RemoteTable]) -> (Vec<TablePlan>, Vec<Skipped>) {
     let mut plans = Vec::new();
     let mut skipped = Vec::new();
+    // SQLite names are case-insensitive (MariaDB's are not on Linux): two device tables that
+    // differ only in case would be written into one mirror table.
+    let mut seen = std::collections::HashSet::new();
     for table in remote {
         let shown = || table.name.chars().take(80).collect::<String>();
         if !is_plain_identifier(&table.name) {
             skipped.push(Skipped {
                 table: shown(),
                 reason: "table name is not a plain identifier".into(),
+            });
+            continue;
+        }
+        let folded = table.name.to_ascii_lowercase();
+        if folded.starts_with("sqlite_") {
+            skipped.push(Skipped {
+                table: shown(),
+                reason: "table names starting with sqlite_ are reserved by SQLite".into(),
+            });
+            continue;
+        }
+        if !seen.insert(folded) {
+            skipped.push(Skipped {
+                table: shown(),
+                reason: "another table has the same name up to case".into(),
+            });
+            continue;
+        }
+        let mut columns_seen = std::collections::HashSet::new();
+        if let Some(dup) = table
+            .columns
+            .iter()
+            .find(|c| !columns_seen.insert(c.name.to_ascii_lowercase()))
+        {
+            skipped.push(Skipped {
+                table: shown(),
+                reason: format!(
+                    "columns named {:?} differ only in case",
+                    dup.name.chars().take(80).collect::<String>()
+                ),
             });
             continue;
         }
@@ -339,6 +374,29 @@ mod tests {
             .create_sql()
             .ends_with(r#"PRIMARY KEY ("a", "b"))"#));
         assert_eq!(plans[0].mysql_columns(), "`id`, `t`, `is_inferred`");
+    }
+
+    #[test]
+    fn names_sqlite_cannot_hold_apart_are_skipped() {
+        let table = |name: &str, cols: &[&str]| RemoteTable {
+            name: name.into(),
+            columns: cols.iter().map(|c| col(c, "int(11)", *c == "id")).collect(),
+        };
+        let remote = vec![
+            table("ROI_1", &["id", "x"]),
+            table("roi_1", &["id", "x"]),
+            table("sqlite_master", &["id"]),
+            table("SQLITE_x", &["id"]),
+            table("TWINS", &["id", "x", "X"]),
+        ];
+        let (plans, skipped) = plan_tables(&remote);
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].name, "ROI_1");
+        let names: Vec<&str> = skipped.iter().map(|s| s.table.as_str()).collect();
+        assert_eq!(names, ["roi_1", "sqlite_master", "SQLITE_x", "TWINS"]);
+        assert!(skipped[0].reason.contains("case"));
+        assert!(skipped[1].reason.contains("reserved"));
+        assert!(skipped[3].reason.contains("\"X\""), "{}", skipped[3].reason);
     }
 
     #[test]
