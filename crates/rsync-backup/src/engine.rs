@@ -34,7 +34,7 @@ use crate::parse::{
     classify_exit, error_summary, exit_meaning, source_dir_missing, ExitClass, TransferState,
 };
 use crate::promote::{promote, PromoteReport};
-use crate::runner::{run_rsync, RunEnd, RunResult};
+use crate::runner::{kill_strays, run_rsync, RunEnd, RunResult};
 use crate::sizes::{rescan, walk_tree, RescanInfo, SizeChange, SizeIndex, TreeSize};
 use crate::source::Transport;
 
@@ -412,6 +412,10 @@ fn prepare_dirs(paths: &TransferPaths) -> Result<(), String> {
     for dir in [&paths.staging, &paths.partial] {
         fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
+    // An rsync orphaned by a SIGKILLed daemon must not keep writing next to the new one.
+    let mut dest = paths.staging.as_os_str().to_owned();
+    dest.push("/");
+    kill_strays(&dest);
     // rsync's temporary files of a killed run are useless (the data went to the partial dir if
     // rsync had the chance); start clean.
     let _ = fs::remove_dir_all(&paths.temp);

@@ -5,7 +5,9 @@
 //! §8.26). Here rsync leads a new process group and every way out of [`run_rsync`] ends that
 //! group: normal exit (stragglers such as ssh), cancellation and the wall-clock deadline (SIGTERM
 //! so rsync can keep its partial file, then SIGKILL after a grace period), and dropping the
-//! future (SIGKILL from [`GroupGuard`]'s `Drop`).
+//! future (SIGKILL from [`GroupGuard`]'s `Drop`). A daemon that is itself SIGKILLed cannot kill
+//! anything, and its rsync would go on writing into the staging directory next to the one a
+//! restarted daemon starts; [`kill_strays`] ends such leftovers before a new run.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -87,6 +89,51 @@ impl Drop for GroupGuard {
     fn drop(&mut self) {
         self.signal(Signal::SIGKILL);
     }
+}
+
+/// Kills processes left over from a previous daemon instance that still write into `dest`:
+/// every process (other than this one and its group) with an argument exactly equal to `dest`,
+/// with its whole process group when it leads one (as [`run_rsync`] makes rsync do). The
+/// scheduler never runs two jobs for one device, so anything found is an orphan. Returns the
+/// pids signalled. Linux only (reads `/proc`); elsewhere it finds nothing.
+pub fn kill_strays(dest: &std::ffi::OsStr) -> Vec<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let own = std::process::id() as i32;
+    let own_group = nix::unistd::getpgrp().as_raw();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut killed = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if !cmdline.split(|&b| b == 0).any(|arg| arg == dest.as_bytes()) {
+            continue;
+        }
+        let pid = Pid::from_raw(pid);
+        let group = nix::unistd::getpgid(Some(pid)).ok();
+        tracing::warn!(
+            "killing stray process {pid} still writing into {} (left by a previous run)",
+            dest.to_string_lossy()
+        );
+        match group {
+            Some(g) if g == pid && g.as_raw() != own_group => {
+                let _ = killpg(g, Signal::SIGKILL);
+            }
+            _ => {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            }
+        }
+        killed.push(pid.as_raw());
+    }
+    killed
 }
 
 /// Runs `program args…` to completion, the deadline or cancellation. `on_update` is called with

@@ -840,3 +840,82 @@ async fn state_dir_on_another_filesystem_still_mirrors_cleanly() {
     let out = engine.backup(dev, ctx(&id)).await;
     assert!(msg(&out).contains("Results: no changes"), "{}", msg(&out));
 }
+
+/// The backup daemon itself was SIGKILLed mid-file: its rsync (leading its own process group)
+/// survives it and keeps writing into the staging area. The next job ends that orphan before it
+/// starts its own transfer, and completes the mirror with no temporary file in the archive.
+#[tokio::test]
+async fn rsync_orphaned_by_a_killed_daemon_is_stopped_by_the_next_job() {
+    use etho_rsync_backup::command::{rsync_args, TransferPaths};
+    use std::os::unix::process::CommandExt;
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("device");
+    let id = machine_id(16);
+    let tree = populate(&data, &id, "ETHOSCOPE_016");
+    write_file(
+        &tree.videos().join("ETHOSCOPE_016/zz_big.h264"),
+        &bytes(16, 2_500_000),
+    );
+    let rsyncd = RsyncDaemon::start(&data).unwrap();
+    let mut c = engine_config(work.path(), &rsyncd.url());
+    c.backup_results = false;
+    let engine = etho_rsync_backup::RsyncEngine::new(c).unwrap();
+    let dev = device(&id, "ETHOSCOPE_016", "127.0.0.1", true);
+
+    // The predecessor's rsync: the engine's own command line for this tree, slowed down.
+    let cfg = engine.config();
+    let state = &cfg.state_dir;
+    let paths = TransferPaths {
+        source: cfg.source.subtree(&dev, Kind::Videos),
+        transport: cfg.source.transport(),
+        staging: state.join("staging/videos").join(&id),
+        archive: cfg.archive_root(Kind::Videos).join(&id),
+        partial: state.join("partial/videos").join(&id),
+        temp: state.join("tmp/videos").join(&id),
+    };
+    for d in [&paths.staging, &paths.partial, &paths.temp, &paths.archive] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let mut slow = cfg.clone();
+    slow.bwlimit = Some("100".into());
+    let mut orphan = std::process::Command::new(&cfg.rsync_program)
+        .args(rsync_args(&slow, &paths).unwrap())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let temp = paths.temp.clone();
+    wait_for("the orphan to be writing", Duration::from_secs(30), || {
+        listing(&temp, &|_| false)
+            .values()
+            .any(|n| matches!(n, Node::File { data, .. } if !data.is_empty()))
+    })
+    .await;
+    assert!(orphan.try_wait().unwrap().is_none());
+
+    let out = engine.backup(dev, ctx(&id)).await;
+    let mut gone = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if orphan.try_wait().unwrap().is_some() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !gone {
+        let _ = orphan.kill();
+        let _ = orphan.wait();
+    }
+    assert!(gone, "the orphaned rsync is still running");
+    assert_eq!(out.status(), ProgressStatus::Success, "{}", msg(&out));
+    let archive = work.path().join("archive");
+    assert_mirror(&tree.videos(), &archive.join("videos").join(&id));
+    assert!(
+        temp_files(&archive).is_empty(),
+        "{:?}",
+        temp_files(&archive)
+    );
+}
