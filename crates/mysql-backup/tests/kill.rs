@@ -32,6 +32,16 @@ fn daemon_for(node: &str, port: u16, results: &str, state: &str) -> Arc<Daemon> 
     Daemon::new(Arc::new(MysqlEngine::new(cfg)), c).unwrap()
 }
 
+/// Kills the child daemon if the test fails before it does, so no process outlives the test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The child: one daemon cycle, reporting progress on stdout.
 #[test]
 #[ignore = "child process of daemon_sigkilled_mid_copy_resumes_after_restart"]
@@ -88,6 +98,7 @@ async fn daemon_sigkilled_mid_copy_resumes_after_restart() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let pid = child.id() as i32;
+    let mut child = KillOnDrop(child);
     // Read progress lines on a blocking thread; kill at 20 000 rows.
     let seen = tokio::task::spawn_blocking(move || {
         for line in BufReader::new(stdout).lines() {
@@ -114,7 +125,7 @@ async fn daemon_sigkilled_mid_copy_resumes_after_restart() {
         .expect("child progress")
         .unwrap()
         .unwrap();
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(!status.success(), "killed, not finished");
     assert!(killed_at < 150_000);
 
