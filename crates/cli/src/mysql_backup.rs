@@ -82,8 +82,8 @@ pub struct Args {
     pub safe: bool,
 }
 
-/// `ADDR:PORT`, or `ADDR` with the `--port` value.
-fn listen_addr(listen: &str, port: u16) -> anyhow::Result<SocketAddr> {
+/// `ADDR:PORT`, or `ADDR` with the `--port` value (shared with `rsync-backup`).
+pub(crate) fn listen_addr(listen: &str, port: u16) -> anyhow::Result<SocketAddr> {
     if let Ok(addr) = listen.parse::<SocketAddr>() {
         return Ok(addr);
     }

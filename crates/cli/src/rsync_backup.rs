@@ -2,7 +2,6 @@
 //! of chosen devices with `-e`.
 
 use std::io::IsTerminal;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -30,9 +29,9 @@ pub struct Args {
     #[arg(short = 'p', long, default_value_t = 8093)]
     pub port: u16,
 
-    /// Address the status API listens on.
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
-    pub listen: IpAddr,
+    /// Address of the status API: `ADDR` (with `--port`) or `ADDR:PORT`.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen: String,
 
     /// Results archive (default: the config's folders.results.path).
     #[arg(short = 'r', long)]
@@ -169,7 +168,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
     }
 
-    let listener = etho_daemon::server::bind(SocketAddr::new(args.listen, args.port)).await?;
+    let addr = crate::mysql_backup::listen_addr(&args.listen, args.port)?;
+    let listener = etho_daemon::server::bind(addr).await?;
     tracing::info!(
         "rsync-backup listening on http://{}; results {}, videos {}",
         listener.local_addr()?,
