@@ -15,7 +15,12 @@
 //!   link;
 //! - falls back to copy-then-rename when the state dir is on another filesystem (reported, so
 //!   the operator can move it);
-//! - records per-file size changes, so archive sizes stay current without a rescan.
+//! - records per-file size changes, so archive sizes stay current without a rescan;
+//! - never replaces a file the MySQL mirror owns. Both daemons write under
+//!   `<results>/<machine_id>/`, and a device reporting both kinds of database could ship a file
+//!   named like its MariaDB mirror; the mirror marks its files with a `<name>.db.lock` next to
+//!   them, so `X.db` (with `X.db.lock`), its `X.txt` sidecar and the lock itself are left alone
+//!   and reported.
 
 use std::fs;
 use std::io::{self, Read};
@@ -208,6 +213,13 @@ fn promote_entry(
         return;
     };
     let target = parent.join(name);
+    if owned_by_mysql_mirror(&target) {
+        let _ = fs::remove_file(&staged);
+        report.errors.push(format!(
+            "{shown}: not copied: the MySQL mirror owns this file (a .db.lock marks it)"
+        ));
+        return;
+    }
     let old = fs::symlink_metadata(&target).ok();
     if old.as_ref().is_some_and(fs::Metadata::is_dir) {
         report.errors.push(format!(
@@ -244,6 +256,23 @@ fn promote_entry(
     } else {
         report.links += 1;
     }
+}
+
+/// True for the files of a MySQL mirror in the archive: `X.db` next to `X.db.lock`, the `X.txt`
+/// sidecar of such a file, and any `*.db.lock`.
+fn owned_by_mysql_mirror(target: &Path) -> bool {
+    let Some(name) = target.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let sibling = |n: String| fs::symlink_metadata(target.with_file_name(n)).is_ok();
+    if name.ends_with(".db.lock") {
+        return true;
+    }
+    if name.ends_with(".db") && sibling(format!("{name}.lock")) {
+        return true;
+    }
+    name.strip_suffix(".txt")
+        .is_some_and(|stem| sibling(format!("{stem}.db.lock")))
 }
 
 /// Cross-filesystem fallback: copy under a hidden temporary name next to the target, then rename,
@@ -368,6 +397,41 @@ mod tests {
             Path::new("b/new.txt")
         );
         assert!(!st.exists() || fs::read_dir(&st).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn files_of_the_mysql_mirror_are_never_replaced() {
+        let t = tempfile::tempdir().unwrap();
+        let (st, ar) = (t.path().join("staging"), t.path().join("archive"));
+        let dir = "ETHOSCOPE_001/2025-07-10_10-00-00";
+        let db = "2025-07-10_10-00-00_0123456789abcdef0123456789abcdef";
+        write(&ar.join(format!("{dir}/{db}.db")), b"mirror");
+        write(&ar.join(format!("{dir}/{db}.txt")), b"dam");
+        write(&ar.join(format!("{dir}/{db}.db.lock")), b"");
+        write(&st.join(format!("{dir}/{db}.db")), b"device file");
+        write(&st.join(format!("{dir}/{db}.txt")), b"device txt");
+        write(&st.join(format!("{dir}/{db}.db.lock")), b"device lock");
+        write(&st.join(format!("{dir}/other.txt")), b"plain");
+        let r = promote(&st, &ar, &|| false);
+        assert_eq!(r.errors.len(), 3, "{:?}", r.errors);
+        assert!(r.errors.iter().all(|e| e.contains("MySQL mirror owns")));
+        assert_eq!(
+            fs::read(ar.join(format!("{dir}/{db}.db"))).unwrap(),
+            b"mirror"
+        );
+        assert_eq!(
+            fs::read(ar.join(format!("{dir}/{db}.txt"))).unwrap(),
+            b"dam"
+        );
+        assert_eq!(
+            fs::read(ar.join(format!("{dir}/{db}.db.lock"))).unwrap(),
+            b""
+        );
+        assert_eq!(
+            fs::read(ar.join(format!("{dir}/other.txt"))).unwrap(),
+            b"plain"
+        );
+        assert_eq!(r.files, 1);
     }
 
     #[test]
