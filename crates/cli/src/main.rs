@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod daemon_cli;
 mod demo;
 mod logging;
 mod mysql_backup;

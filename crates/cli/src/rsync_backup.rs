@@ -1,18 +1,18 @@
 //! `etho-backup rsync-backup`: the rsync results/videos daemon (port 8093), or a one-shot backup
 //! of chosen devices with `-e`.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use etho_daemon::{Daemon, DaemonConfig, SchedulerConfig};
+use etho_daemon::{Daemon, DaemonConfig};
 use etho_rsync_backup::config::DEFAULT_SSH_KEY;
 use etho_rsync_backup::source::DEFAULT_SOURCE;
 use etho_rsync_backup::{api, RsyncBackupConfig, RsyncEngine, SourceTemplate};
-use tokio_util::sync::CancellationToken;
+
+use crate::daemon_cli::{listen_addr, CommonArgs, DaemonRun};
 
 /// Default state directory (status database, staging, known hosts). Keep it on the archive's
 /// filesystem so finished files are renamed into place.
@@ -29,9 +29,8 @@ pub struct Args {
     #[arg(short = 'p', long, default_value_t = 8093)]
     pub port: u16,
 
-    /// Address of the status API: `ADDR` (with `--port`) or `ADDR:PORT`.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub listen: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
 
     /// Results archive (default: the config's folders.results.path).
     #[arg(short = 'r', long)]
@@ -40,18 +39,6 @@ pub struct Args {
     /// Videos archive (default: the config's folders.video.path).
     #[arg(short = 'v', long)]
     pub videos_dir: Option<PathBuf>,
-
-    /// Node address for device discovery (`host`, `host:port` or an http URL).
-    #[arg(short = 'i', long, default_value = "localhost")]
-    pub server: String,
-
-    /// Configuration directory holding ethoscope.conf (read only).
-    #[arg(short = 'c', long = "configuration")]
-    pub configuration: Option<PathBuf>,
-
-    /// Debug logging.
-    #[arg(short = 'D', long)]
-    pub debug: bool,
 
     /// Back up results (SQLite) trees only.
     #[arg(long, conflicts_with = "videos_only")]
@@ -82,18 +69,6 @@ pub struct Args {
     #[arg(long)]
     pub bwlimit: Option<String>,
 
-    /// Seconds between backup cycles.
-    #[arg(long, default_value_t = 300)]
-    pub interval: u64,
-
-    /// Devices backed up at once.
-    #[arg(long, default_value_t = 4)]
-    pub max_jobs: usize,
-
-    /// Wall-clock limit of one device's job in seconds; rsync is killed after it.
-    #[arg(long, default_value_t = 600)]
-    pub job_timeout: u64,
-
     /// rsync's I/O inactivity timeout in seconds.
     #[arg(long, default_value_t = 300)]
     pub io_timeout: u64,
@@ -106,21 +81,13 @@ pub struct Args {
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 
-    /// One-shot: back up these devices now and exit (e.g. `7`, `004,007`, a name or an id).
-    #[arg(short = 'e', long = "ethoscope")]
-    pub ethoscope: Option<String>,
-
-    /// Accepted for compatibility with upstream; no effect.
-    #[arg(short = 's', long, hide = true)]
-    pub safe: bool,
-
     /// Accepted for compatibility with upstream; no effect.
     #[arg(long, hide = true)]
     pub unified: bool,
 }
 
 fn engine_config(args: &Args) -> anyhow::Result<RsyncBackupConfig> {
-    let folders = etho_daemon::config::load_folders(args.configuration.as_deref())?;
+    let folders = etho_daemon::config::load_folders(args.common.configuration.as_deref())?;
     let results = args.results_dir.clone().unwrap_or(folders.results);
     let videos = args.videos_dir.clone().unwrap_or(folders.videos);
     let source: SourceTemplate = args
@@ -137,7 +104,7 @@ fn engine_config(args: &Args) -> anyhow::Result<RsyncBackupConfig> {
         config.ssh.known_hosts = kh.clone();
     }
     config.bwlimit = args.bwlimit.clone();
-    config.job_timeout = Duration::from_secs(args.job_timeout.max(1));
+    config.job_timeout = args.common.job_timeout();
     config.io_timeout = Duration::from_secs(args.io_timeout.max(1));
     config.rescan_interval = Duration::from_secs(args.rescan_interval.max(1));
     Ok(config)
@@ -145,66 +112,33 @@ fn engine_config(args: &Args) -> anyhow::Result<RsyncBackupConfig> {
 
 /// Runs the subcommand.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    crate::logging::init(args.debug);
+    crate::logging::init(args.common.debug);
     let engine = RsyncEngine::new(engine_config(&args)?)?;
-    let mut daemon_config = DaemonConfig::new(args.server.clone());
+    let mut daemon_config = DaemonConfig::new(args.common.server.clone());
     daemon_config.state_dir = Some(engine.config().state_dir.clone());
-    daemon_config.scheduler = SchedulerConfig {
-        interval: Duration::from_secs(args.interval.max(1)),
-        max_jobs: args.max_jobs.max(1),
-        job_timeout: engine.config().job_timeout + SCHEDULER_MARGIN,
-        ..SchedulerConfig::default()
-    };
+    daemon_config.scheduler = args
+        .common
+        .scheduler(engine.config().job_timeout + SCHEDULER_MARGIN);
     let daemon = Daemon::new(Arc::new(engine.clone()), daemon_config)?;
-
-    if let Some(targets) = &args.ethoscope {
-        let ok = daemon
-            .run_once(targets, std::io::stderr().is_terminal())
-            .await;
-        return Ok(if ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        });
-    }
-
-    let addr = crate::mysql_backup::listen_addr(&args.listen, args.port)?;
-    let listener = etho_daemon::server::bind(addr).await?;
-    tracing::info!(
-        "rsync-backup listening on http://{}; results {}, videos {}",
-        listener.local_addr()?,
-        if engine.config().backup_results {
-            engine.config().results_dir.display().to_string()
+    let shown = |on: bool, dir: &std::path::Path| {
+        if on {
+            dir.display().to_string()
         } else {
             "off".to_string()
-        },
-        if engine.config().backup_videos {
-            engine.config().videos_dir.display().to_string()
-        } else {
-            "off".to_string()
-        },
-    );
-    let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        crate::logging::shutdown_signal().await;
-        tracing::info!("shutting down");
-        signal.cancel();
-    });
-    let rescans = engine.spawn_rescan_loop(shutdown.clone());
-    let server = tokio::spawn(etho_daemon::serve(
-        listener,
-        api::router(Arc::clone(&daemon), engine.clone()),
-        shutdown.clone(),
-    ));
-    Arc::clone(&daemon).run(shutdown.clone()).await;
-    shutdown.cancel();
-    let _ = rescans.await;
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!("status server: {e}"),
-        Err(e) => tracing::error!("status server task: {e}"),
-    }
-    daemon.status().flush().await;
-    Ok(ExitCode::SUCCESS)
+        }
+    };
+    let run = DaemonRun {
+        router: api::router(Arc::clone(&daemon), engine.clone()),
+        daemon,
+        listen: listen_addr(&args.common.listen, args.port)?,
+        banner: format!(
+            "results {}, videos {}",
+            shown(engine.config().backup_results, &engine.config().results_dir),
+            shown(engine.config().backup_videos, &engine.config().videos_dir),
+        ),
+    };
+    run.run(args.common.ethoscope.as_deref(), |shutdown| {
+        vec![engine.spawn_rescan_loop(shutdown)]
+    })
+    .await
 }
