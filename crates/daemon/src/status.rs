@@ -63,6 +63,8 @@ pub struct ServiceInfo {
 struct Inner {
     devices: BTreeMap<String, DeviceStatus>,
     service: ServiceInfo,
+    /// Bumped by every change of `devices`, so readers can cache what they derive from it.
+    version: u64,
 }
 
 enum Write {
@@ -122,6 +124,7 @@ impl StatusTable {
             inner: Mutex::new(Inner {
                 devices: BTreeMap::new(),
                 service: fresh_service(),
+                version: 0,
             }),
             default_extra,
             writer: None,
@@ -180,7 +183,11 @@ impl StatusTable {
             .spawn(move || writer_loop(conn, rx))
             .context("cannot start the status writer thread")?;
         let table = StatusTable {
-            inner: Mutex::new(Inner { devices, service }),
+            inner: Mutex::new(Inner {
+                devices,
+                service,
+                version: 0,
+            }),
             default_extra,
             writer: Some(Mutex::new(tx)),
             path: Some(path),
@@ -253,6 +260,18 @@ impl StatusTable {
         self.lock().devices.clone()
     }
 
+    /// All entries with the table's version: the same version means the same entries, so a
+    /// reader may reuse whatever it derived from an earlier snapshot of that version.
+    pub fn versioned_snapshot(&self) -> (u64, BTreeMap<String, DeviceStatus>) {
+        let inner = self.lock();
+        (inner.version, inner.devices.clone())
+    }
+
+    /// The table's version (see [`StatusTable::versioned_snapshot`]).
+    pub fn version(&self) -> u64 {
+        self.lock().version
+    }
+
     /// One entry, cloned.
     pub fn get(&self, id: &str) -> Option<DeviceStatus> {
         self.lock().devices.get(id).cloned()
@@ -301,6 +320,7 @@ impl StatusTable {
                 Some(st) if st.name != device.name || st.status != device.status => {
                     st.name = device.name.clone();
                     st.status = device.status.clone();
+                    inner.version += 1;
                     true
                 }
                 _ => false,
@@ -328,6 +348,7 @@ impl StatusTable {
             st.processing = true;
             st.count += 1;
             st.progress = Progress::new(ProgressStatus::Running, "Backup started");
+            inner.version += 1;
         }
         self.persist_device(&device.id);
     }
@@ -348,6 +369,7 @@ impl StatusTable {
             for (k, v) in outcome.extra {
                 st.extra.insert(k, v);
             }
+            inner.version += 1;
         }
         self.persist_device(id);
     }
@@ -359,17 +381,22 @@ impl StatusTable {
             .devices
             .entry(id.to_string())
             .or_insert_with(|| DeviceStatus::new("", ""));
+        inner.version += 1;
     }
 
     pub(crate) fn update_progress(&self, id: &str, progress: Progress) {
-        if let Some(st) = self.lock().devices.get_mut(id) {
+        let mut inner = self.lock();
+        if let Some(st) = inner.devices.get_mut(id) {
             st.progress = progress;
+            inner.version += 1;
         }
     }
 
     pub(crate) fn update_synced(&self, id: &str, synced: Value) {
-        if let Some(st) = self.lock().devices.get_mut(id) {
+        let mut inner = self.lock();
+        if let Some(st) = inner.devices.get_mut(id) {
             st.synced = synced;
+            inner.version += 1;
         }
     }
 
@@ -444,7 +471,12 @@ mod tests {
         t.start_job(&d);
         d.status = "stopped".into();
         d.name = "ETHOSCOPE_002".into();
+        let before = t.version();
         t.refresh_device(&d);
+        assert!(t.version() > before, "a change bumps the version");
+        let same = t.version();
+        t.refresh_device(&d);
+        assert_eq!(t.version(), same, "no change, same version");
         let st = t.get(&d.id).unwrap();
         assert_eq!(
             (st.name.as_str(), st.status.as_str()),
