@@ -2,12 +2,21 @@
 //!
 //! Both answers are built from in-memory state only: the status table's snapshot (a short lock)
 //! and the size index (a short read lock). No request walks the archive or waits for a job.
+//!
+//! The `/status` body (tens of KB for a full fleet) is rendered once per change, not once per
+//! request: it is cached together with the two versions it is derived from, the status
+//! table's ([`etho_daemon::StatusTable::version`]) and the size index's
+//! ([`crate::sizes::SizeIndex::version`]). A request reads both versions (two short locks) and
+//! serves the cached bytes while they match; otherwise it renders and stores a new body.
+//! Concurrent renders after a change are harmless: each renders a correct body, and an older
+//! one never replaces a newer one.
 //! The wire shape is upstream's (reference §3.2, §3.3), with `synced` per device subtree and
 //! `disk_usage_summary` the sum over devices.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -28,6 +37,62 @@ use crate::engine::RsyncEngine;
 pub struct ApiState {
     daemon: Arc<Daemon>,
     engine: RsyncEngine,
+    status_cache: Arc<Mutex<Option<CachedBody>>>,
+}
+
+/// A rendered `/status` body and the versions it was rendered from.
+struct CachedBody {
+    table_version: u64,
+    sizes_version: u64,
+    body: Bytes,
+}
+
+impl ApiState {
+    /// State for [`router`].
+    pub fn new(daemon: Arc<Daemon>, engine: RsyncEngine) -> ApiState {
+        ApiState {
+            daemon,
+            engine,
+            status_cache: Arc::default(),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Option<CachedBody>> {
+        // The guarded value is replaced in one assignment: a poisoned lock still holds a whole
+        // (possibly older, hence re-rendered) entry.
+        self.status_cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current `GET /status` body: the cached one while neither the status table nor the
+    /// size index changed since it was rendered, a fresh rendering otherwise.
+    pub fn status_bytes(&self) -> Bytes {
+        // The size version is read before any size (here and in the render below), so a change
+        // racing with this request can only make a body newer than its key, never older.
+        let sizes_version = self.engine.sizes().version();
+        let table_version = self.daemon.status().version();
+        if let Some(hit) = self
+            .cache()
+            .as_ref()
+            .filter(|c| c.table_version == table_version && c.sizes_version == sizes_version)
+        {
+            return hit.body.clone();
+        }
+        // The snapshot and its version come from one lock, so the table part of the key is exact.
+        let (table_version, snapshot) = self.daemon.status().versioned_snapshot();
+        let body = Bytes::from(status_body(&snapshot, &self.engine));
+        let mut cache = self.cache();
+        let newer_cached = cache
+            .as_ref()
+            .is_some_and(|c| c.table_version >= table_version && c.sizes_version >= sizes_version);
+        if !newer_cached {
+            *cache = Some(CachedBody {
+                table_version,
+                sizes_version,
+                body: body.clone(),
+            });
+        }
+        body
+    }
 }
 
 /// The router: `GET /status`, `GET /`.
@@ -35,14 +100,13 @@ pub fn router(daemon: Arc<Daemon>, engine: RsyncEngine) -> Router {
     Router::new()
         .route("/", get(service_get))
         .route("/status", get(status_get))
-        .with_state(ApiState { daemon, engine })
+        .with_state(ApiState::new(daemon, engine))
 }
 
 async fn status_get(State(state): State<ApiState>) -> impl IntoResponse {
-    let snapshot = state.daemon.status().snapshot();
     (
         [(header::CONTENT_TYPE, "application/json")],
-        status_body(&snapshot, &state.engine),
+        state.status_bytes(),
     )
 }
 
@@ -224,4 +288,101 @@ pub fn status_body(snapshot: &BTreeMap<String, DeviceStatus>, engine: &RsyncEngi
 /// [`status_body`] as a JSON value (tests, callers that post-process).
 pub fn status_document(snapshot: &BTreeMap<String, DeviceStatus>, engine: &RsyncEngine) -> Value {
     serde_json::to_value(build(snapshot, engine)).unwrap_or_else(|_| json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RsyncBackupConfig;
+    use crate::sizes::{SizeChange, TreeSize};
+    use etho_daemon::{DaemonConfig, JobOutcome};
+    use etho_model::device::DeviceInfo;
+
+    const ID: &str = "42424242424242424242424242424242";
+
+    fn state(work: &std::path::Path) -> ApiState {
+        let engine = RsyncEngine::new(RsyncBackupConfig::new(
+            &work.join("results"),
+            &work.join("videos"),
+            &work.join("state"),
+        ))
+        .unwrap();
+        // Port 1 on loopback: nothing is asked of the node here.
+        let daemon =
+            Daemon::new(Arc::new(engine.clone()), DaemonConfig::new("127.0.0.1:1")).unwrap();
+        ApiState::new(daemon, engine)
+    }
+
+    fn doc(body: &Bytes) -> Value {
+        serde_json::from_slice(body).unwrap()
+    }
+
+    #[test]
+    fn status_body_is_reused_until_the_table_or_the_size_index_changes() {
+        let work = tempfile::tempdir().unwrap();
+        let st = state(work.path());
+        let first = st.status_bytes();
+        let again = st.status_bytes();
+        assert_eq!(first, again);
+        assert_eq!(
+            first.as_ptr(),
+            again.as_ptr(),
+            "no change: the cached body itself"
+        );
+        assert_eq!(doc(&first)["devices"], json!({}));
+
+        // A job starts and ends: the status table changes.
+        let id = ID;
+        let dev = DeviceInfo::from_entry(
+            id,
+            &json!({"id": id, "name": "ETHOSCOPE_042", "ip": "127.0.0.42", "status": "running"}),
+        )
+        .unwrap();
+        st.daemon.status().start_job(&dev);
+        let running = st.status_bytes();
+        assert_ne!(running.as_ptr(), first.as_ptr());
+        assert_eq!(doc(&running)["devices"][id]["processing"], json!(true));
+        st.daemon
+            .status()
+            .finish_job(id, JobOutcome::success("done"), false);
+        let ended = st.status_bytes();
+        assert_eq!(doc(&ended)["devices"][id]["processing"], json!(false));
+        assert_eq!(
+            doc(&ended)["devices"][id]["progress"]["status"],
+            json!("success")
+        );
+        assert_eq!(st.status_bytes().as_ptr(), ended.as_ptr());
+
+        // Only the size index changes (a job's update, then a rescan finding the tree gone).
+        let size = TreeSize {
+            files: 3,
+            bytes: 1234,
+        };
+        st.engine.sizes().begin_update(Kind::Videos, id);
+        st.engine
+            .sizes()
+            .end_update(Kind::Videos, id, SizeChange::Absolute(size));
+        let sized = st.status_bytes();
+        let d = doc(&sized);
+        assert_eq!(
+            d["devices"][id]["synced"]["videos"]["local_files"],
+            json!(3)
+        );
+        assert_eq!(
+            d["disk_usage_summary"]["videos"]["total_size_bytes"],
+            json!(1234)
+        );
+        assert_eq!(st.status_bytes().as_ptr(), sized.as_ptr());
+        let before = st.engine.sizes().versions();
+        st.engine
+            .sizes()
+            .commit_rescan(Kind::Videos, &BTreeMap::new(), &before);
+        let rescanned = doc(&st.status_bytes());
+        // An empty tree the job did not report is not listed.
+        assert_eq!(rescanned["devices"][id]["synced"], json!({}));
+        assert_eq!(
+            rescanned["disk_usage_summary"]["videos"]["total_files"],
+            json!(0)
+        );
+    }
 }

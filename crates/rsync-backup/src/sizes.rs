@@ -12,6 +12,9 @@
 //!   drift (files removed by hand, ...). A rescan never overwrites an entry a job changed while
 //!   it was walking (each entry carries a version).
 //!
+//! The index as a whole also has a version, bumped by every change (job updates, rescans), so
+//! `GET /status` can reuse its rendered body until either the index or the status table changes.
+//!
 //! Counted: regular files and their apparent size (`st_size`), as `find -type f` and `stat -c %s`
 //! would; symlinks and directories are not files and have no size here.
 
@@ -148,6 +151,8 @@ pub struct SizeIndex {
 struct IndexInner {
     entries: HashMap<(Kind, String), Entry>,
     rescan: RescanInfo,
+    /// Bumped by every write lock taken, i.e. by every change (see [`SizeIndex::version`]).
+    version: u64,
 }
 
 /// A versioned view used by a rescan to detect concurrent job updates.
@@ -164,8 +169,19 @@ impl SizeIndex {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Every change goes through here, so bumping the version here cannot miss one (a write
+    /// that changes nothing bumps it too, which only costs a reader a re-render).
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, IndexInner> {
-        self.inner.write().unwrap_or_else(|p| p.into_inner())
+        let mut w = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        w.version = w.version.wrapping_add(1);
+        w
+    }
+
+    /// The index's version: the same version means the same sizes, so a reader may reuse what
+    /// it derived from the index while the version stays put. Read it *before* reading sizes:
+    /// a change in between then only makes the derived value newer than its version.
+    pub fn version(&self) -> u64 {
+        self.read().version
     }
 
     /// The known size of a device tree.
@@ -440,5 +456,40 @@ mod tests {
             })
         );
         assert_eq!(idx.get(Kind::Videos, A), None);
+    }
+
+    #[test]
+    fn every_change_bumps_the_version_and_reads_do_not() {
+        let idx = SizeIndex::new();
+        let mut last = idx.version();
+        let mut changed = |idx: &SizeIndex, what: &str| {
+            let v = idx.version();
+            assert!(v > last, "{what} must bump the version ({last} -> {v})");
+            last = v;
+        };
+        idx.begin_update(Kind::Videos, A);
+        changed(&idx, "begin_update");
+        idx.end_update(
+            Kind::Videos,
+            A,
+            SizeChange::Delta(SizeDelta { files: 1, bytes: 9 }),
+        );
+        changed(&idx, "end_update (job delta)");
+        let before = idx.versions();
+        let measured: BTreeMap<String, TreeSize> =
+            [(B.to_string(), TreeSize { files: 2, bytes: 4 })].into();
+        idx.commit_rescan(Kind::Results, &measured, &before);
+        changed(&idx, "commit_rescan");
+        idx.set_rescan_info(RescanInfo::default());
+        changed(&idx, "set_rescan_info");
+        let v = idx.version();
+        let _ = (
+            idx.get(Kind::Videos, A),
+            idx.totals(),
+            idx.has(Kind::Results, B),
+            idx.versions(),
+        );
+        let _ = idx.rescan_info();
+        assert_eq!(idx.version(), v, "reads leave the version alone");
     }
 }

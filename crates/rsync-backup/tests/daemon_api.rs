@@ -259,3 +259,75 @@ async fn status_answers_at_once_while_a_job_runs() {
         Some(find_count(&work.path().join("archive/videos").join(&id)))
     );
 }
+
+async fn get_raw(router: &axum::Router, path: &str) -> axum::body::Bytes {
+    let resp = router
+        .clone()
+        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap().to_bytes()
+}
+
+/// `/status` is served from a cached body: identical bytes while nothing changes, and a new body
+/// as soon as a job ends (status table) or the sizes change (size index) — never a stale one.
+#[tokio::test]
+async fn cached_status_follows_jobs_and_rescans() {
+    let work = tempfile::tempdir().unwrap();
+    let id = machine_id(0x41);
+    let tree = populate(&work.path().join("dev"), &id, "ETHOSCOPE_041");
+    let rsyncd = RsyncDaemon::start(&tree.data).unwrap();
+    let engine = RsyncEngine::new(engine_config(work.path(), &rsyncd.url())).unwrap();
+    let daemon = daemon_for(&engine);
+    let router = api::router(Arc::clone(&daemon), engine.clone());
+
+    let empty = get_raw(&router, "/status").await;
+    assert_eq!(get_raw(&router, "/status").await, empty, "no change");
+    let doc: Value = serde_json::from_slice(&empty).unwrap();
+    assert_eq!(doc["devices"], json!({}));
+
+    // A job finishing shows up on the next request.
+    let dev = device(&id, "ETHOSCOPE_041", "127.0.0.1", true);
+    let st = spawn_job(&daemon, &dev).await.unwrap();
+    assert_eq!(
+        st.progress.status,
+        Some(etho_model::status::ProgressStatus::Success),
+        "{:?}",
+        st.progress.message
+    );
+    let after_job = get_raw(&router, "/status").await;
+    assert_ne!(after_job, empty);
+    let doc: Value = serde_json::from_slice(&after_job).unwrap();
+    assert_eq!(doc["devices"][&id]["count"], json!(1));
+    assert_eq!(doc["devices"][&id]["progress"]["status"], json!("success"));
+    let videos = work.path().join("archive/videos").join(&id);
+    assert_eq!(tree_of(&doc, &id, "videos"), find_count(&videos));
+    assert_eq!(get_raw(&router, "/status").await, after_job, "no change");
+
+    // A file added to the archive by hand is not seen until the rescan changes the size index
+    // (the status table does not change), and then at once.
+    write_file(&videos.join("by_hand.h264"), &bytes(41, 4321));
+    let table_version = daemon.status().version();
+    assert_eq!(get_raw(&router, "/status").await, after_job);
+    let info = engine.rescan().await;
+    assert!(info.errors.is_empty(), "{info:?}");
+    assert_eq!(
+        daemon.status().version(),
+        table_version,
+        "only the sizes changed"
+    );
+    let after_rescan = get_raw(&router, "/status").await;
+    let doc2: Value = serde_json::from_slice(&after_rescan).unwrap();
+    assert_eq!(tree_of(&doc2, &id, "videos"), find_count(&videos));
+    let (files, bytes_before) = tree_of(&doc, &id, "videos");
+    assert_eq!(
+        tree_of(&doc2, &id, "videos"),
+        (files + 1, bytes_before + 4321)
+    );
+    assert_eq!(
+        doc2["disk_usage_summary"]["videos"]["total_files"],
+        json!(files + 1)
+    );
+    assert_eq!(get_raw(&router, "/status").await, after_rescan, "no change");
+}
