@@ -215,6 +215,11 @@ ${rows}
   \`readdir\`), relative to the open directory, in parallel over subdirectories (rayon, $(nproc) threads).
 - Why \`/status\` does not depend on the file count: it reads a per-device size index in memory;
   walks happen in a background task and job deltas keep the index current.
+- Why \`/status\` is cheap per request: the rendered body is cached with the status table's and
+  the size index's versions and re-rendered only when one of them changed (here: never during a
+  wrk run), so a request costs two short locks and a copy of the bytes to the socket. Before
+  this cache (every request rendered the ${big_bytes} B body), an earlier run of this script
+  measured 1.150 ms / 6.470 ms p99 at 1 / 10 connections (load average 2.08 at start).
 EOF
 echo "== wrote $OUT"
 cat "$OUT"
