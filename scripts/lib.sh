@@ -33,7 +33,7 @@ need_packages() {
 
 need_cargo() {
     if ! command -v cargo >/dev/null 2>&1; then
-        echo "cargo (Rust 1.85 or newer) is needed. Install it with rustup (https://rustup.rs) and retry." >&2
+        echo "cargo (Rust 1.89 or newer) is needed. Install it with rustup (https://rustup.rs) and retry." >&2
         return 1
     fi
 }
