@@ -72,11 +72,6 @@ impl JobContext {
         self.status.update_progress(&self.device_id, progress);
     }
 
-    /// Replaces `synced` while the job runs.
-    pub fn set_synced(&self, synced: Value) {
-        self.status.update_synced(&self.device_id, synced);
-    }
-
     /// The latest progress published for this device (mainly for tests).
     pub fn current_progress(&self) -> Option<Progress> {
         self.status.get(&self.device_id).map(|s| s.progress)

@@ -7,7 +7,7 @@
 //! loaded as an error with `ended = -1` (as upstream marks killed jobs): its job did not finish.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard};
 
@@ -78,7 +78,6 @@ pub struct StatusTable {
     inner: Mutex<Inner>,
     default_extra: Map<String, Value>,
     writer: Option<Mutex<mpsc::Sender<Write>>>,
-    path: Option<PathBuf>,
 }
 
 fn open_db(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
@@ -128,7 +127,6 @@ impl StatusTable {
             }),
             default_extra,
             writer: None,
-            path: None,
         }
     }
 
@@ -190,7 +188,6 @@ impl StatusTable {
             }),
             default_extra,
             writer: Some(Mutex::new(tx)),
-            path: Some(path),
         };
         // Persist the interrupted entries' new state right away.
         let ids: Vec<String> = table.lock().devices.keys().cloned().collect();
@@ -198,11 +195,6 @@ impl StatusTable {
             table.persist_device(&id);
         }
         Ok(table)
-    }
-
-    /// Path of the SQLite file, when persisted.
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -388,14 +380,6 @@ impl StatusTable {
         let mut inner = self.lock();
         if let Some(st) = inner.devices.get_mut(id) {
             st.progress = progress;
-            inner.version += 1;
-        }
-    }
-
-    pub(crate) fn update_synced(&self, id: &str, synced: Value) {
-        let mut inner = self.lock();
-        if let Some(st) = inner.devices.get_mut(id) {
-            st.synced = synced;
             inner.version += 1;
         }
     }
