@@ -809,9 +809,10 @@ fn open_store(path: &Path) -> anyhow::Result<Connection> {
     }
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    // Rollback journal (SQLite's default), not WAL: the bundled SQLite can deadlock in WAL mode
+    // when one thread closes the file while another opens it (see etho-daemon's status table).
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         CREATE TABLE IF NOT EXISTS devices (
+        "CREATE TABLE IF NOT EXISTS devices (
              id TEXT PRIMARY KEY, name TEXT NOT NULL, host TEXT NOT NULL, ip TEXT NOT NULL,
              port INTEGER NOT NULL, first_seen REAL NOT NULL, last_seen REAL,
              status TEXT NOT NULL);
