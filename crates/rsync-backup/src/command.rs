@@ -133,6 +133,10 @@ pub fn rsync_args(
         "-v",
         "--partial",
         "--safe-links",
+        // Compare modification times to the nanosecond: by default rsync treats a file whose size
+        // is unchanged and whose mtime is in the same second as already copied, so the last
+        // write to a live database could stay unbacked forever.
+        "--modify-window=-1",
         "--chmod=ugo-s,u+rwX",
         "--exclude=.cache/",
         "--exclude=*-wal",
@@ -216,6 +220,7 @@ mod tests {
         for must in [
             "--partial",
             "--safe-links",
+            "--modify-window=-1",
             "--exclude=.cache/",
             "--exclude=*-wal",
             "--exclude=*-shm",

@@ -17,6 +17,54 @@ fn msg(o: &etho_daemon::JobOutcome) -> String {
     o.progress.message.clone().unwrap_or_default()
 }
 
+/// A file rewritten with the same size within the same second as the last copy (the last write
+/// to a live database, at rest) must be copied again: rsync's default quick check compares
+/// mtimes only to the second.
+#[tokio::test]
+async fn same_size_rewrite_within_the_same_second_is_copied() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("device");
+    let id = machine_id(21);
+    let tree = populate(&data, &id, "ETHOSCOPE_021");
+    let chunk = tree
+        .videos()
+        .join("ETHOSCOPE_021/2025-07-11_09-00-00/chunk.h264");
+    let set_mtime = |nanos: u32| {
+        let t = std::time::UNIX_EPOCH + Duration::new(1_752_224_400, nanos);
+        fs::File::options()
+            .write(true)
+            .open(&chunk)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    };
+    write_file(&chunk, &bytes(1, 4096));
+    set_mtime(100_000_000);
+    let rsyncd = RsyncDaemon::start(&data).unwrap();
+    let engine = engine(work.path(), &rsyncd.url());
+    let dev = device(&id, "ETHOSCOPE_021", "127.0.0.1", true);
+    let first = engine.backup(dev.clone(), ctx(&id)).await;
+    assert_eq!(first.status(), ProgressStatus::Success, "{}", msg(&first));
+
+    write_file(&chunk, &bytes(2, 4096));
+    set_mtime(900_000_000);
+    let second = engine.backup(dev.clone(), ctx(&id)).await;
+    assert_eq!(second.status(), ProgressStatus::Success, "{}", msg(&second));
+    let copy = work
+        .path()
+        .join("archive/videos")
+        .join(&id)
+        .join("ETHOSCOPE_021/2025-07-11_09-00-00/chunk.h264");
+    assert!(
+        fs::read(&copy).unwrap() == bytes(2, 4096),
+        "the rewrite was not copied"
+    );
+    assert_mirror(
+        &tree.videos(),
+        &work.path().join("archive/videos").join(&id),
+    );
+}
+
 #[tokio::test]
 async fn pulls_byte_identical_trees_then_nothing_then_new_files() {
     let work = tempfile::tempdir().unwrap();
