@@ -220,7 +220,7 @@ fn sqlite_tables(path: &Path) -> BTreeMap<String, (Vec<String>, Vec<Vec<Cell>>)>
     let mut out = BTreeMap::new();
     for t in names {
         let mut stmt = conn.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
-        let cols: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+        let cols: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
         let n = cols.len();
         let rows = stmt
             .query_map([], |r| {
