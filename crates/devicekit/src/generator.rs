@@ -8,7 +8,7 @@
 //! tracking row. Nothing reads the clock, so tests never sleep to make data appear.
 
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, RngExt, SeedableRng};
 
 use crate::schema::{self, ExperimentSpec, TableDef, UtcTime, ROI_VARIABLES};
 

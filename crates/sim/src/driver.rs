@@ -15,7 +15,7 @@ use etho_devicekit::schema::ExperimentSpec;
 use etho_devicekit::writer_mariadb::MariaDbExperiment;
 use etho_devicekit::writer_sqlite::SqliteExperiment;
 use mysql_async::Opts;
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 
 use crate::config::{DbKind, Rates, Role};
 use crate::device::{now_f64, SimDevice};

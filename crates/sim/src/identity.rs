@@ -8,7 +8,7 @@
 
 use std::net::Ipv4Addr;
 
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 
 /// The identity of one simulated device.
 #[derive(Debug, Clone, PartialEq, Eq)]
