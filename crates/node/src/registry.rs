@@ -809,8 +809,10 @@ fn open_store(path: &Path) -> anyhow::Result<Connection> {
     }
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    // Rollback journal (SQLite's default), not WAL: the bundled SQLite can deadlock in WAL mode
-    // when one thread closes the file while another opens it (see etho-daemon's status table).
+    // Rollback journal (SQLite's default), not WAL: one connection behind one lock does every
+    // read and write, and writes are rare (a device's status change, or its last_seen once a
+    // minute), so WAL's concurrent readers buy nothing; one file with no `-wal`/`-shm` companions
+    // is simpler to back up and inspect.
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS devices (
              id TEXT PRIMARY KEY, name TEXT NOT NULL, host TEXT NOT NULL, ip TEXT NOT NULL,
