@@ -57,12 +57,12 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
-    /// The scheduler settings; `job_timeout` is the scheduler's wall-clock limit.
-    pub fn scheduler(&self, job_timeout: Duration) -> SchedulerConfig {
+    /// The scheduler settings; the scheduler alone enforces `--job-timeout`.
+    pub fn scheduler(&self) -> SchedulerConfig {
         SchedulerConfig {
             interval: Duration::from_secs(self.interval.max(1)),
             max_jobs: self.max_jobs.max(1),
-            job_timeout,
+            job_timeout: self.job_timeout(),
             ..SchedulerConfig::default()
         }
     }
@@ -113,14 +113,7 @@ impl DaemonRun {
             banner,
         } = self;
         if let Some(targets) = targets {
-            let ok = daemon
-                .run_once(targets, std::io::stderr().is_terminal())
-                .await;
-            return Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
+            return Ok(run_once(&daemon, targets).await);
         }
         let listener = etho_daemon::server::bind(listen).await?;
         tracing::info!(
@@ -149,6 +142,23 @@ impl DaemonRun {
         }
         daemon.status().flush().await;
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `-e` mode: backs the targets up once, showing progress; exit code 0 only if all were good.
+async fn run_once(daemon: &Arc<Daemon>, targets: &str) -> ExitCode {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let display = tokio::spawn(crate::oneshot_ui::show(rx, std::io::stderr().is_terminal()));
+    let result = daemon.run_once(targets, Some(tx)).await;
+    // The sender is gone with `run_once`: the display drains the last events and ends.
+    let _ = display.await;
+    match result {
+        Ok(report) if report.all_good() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("{}", crate::oneshot_ui::failure_line(&err));
+            ExitCode::from(1)
+        }
     }
 }
 

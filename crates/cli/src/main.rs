@@ -12,6 +12,7 @@ mod demo;
 mod logging;
 mod mysql_backup;
 mod node;
+mod oneshot_ui;
 mod rsync_backup;
 mod sim;
 

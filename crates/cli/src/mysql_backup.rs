@@ -63,7 +63,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let engine = MysqlEngine::new(mirror_config(&args)?);
     let mut daemon_config = DaemonConfig::new(args.common.server.clone());
     daemon_config.state_dir = Some(args.state_dir.clone());
-    daemon_config.scheduler = args.common.scheduler(args.common.job_timeout());
+    daemon_config.scheduler = args.common.scheduler();
     let daemon = Daemon::new(Arc::new(engine.clone()), daemon_config)?;
     let run = DaemonRun {
         router: http::router(Arc::clone(&daemon), engine.clone()),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use etho_node::registry::{DiscoveryConfig, Target};
-use etho_node::{AppState, DaemonUrl, NodeConfig};
+use etho_node::{AppState, NodeConfig, ServiceUrl};
 
 /// Flags of `etho-backup node`.
 #[derive(clap::Args, Debug)]
@@ -17,12 +17,12 @@ pub struct Args {
     pub listen: SocketAddr,
 
     /// Base URL of the MySQL backup daemon (its status is <URL>/status).
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8090")]
-    pub mysql_backup_url: DaemonUrl,
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8090", value_parser = ServiceUrl::daemon)]
+    pub mysql_backup_url: ServiceUrl,
 
     /// Base URL of the rsync backup daemon (its status is <URL>/status).
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8093")]
-    pub rsync_backup_url: DaemonUrl,
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8093", value_parser = ServiceUrl::daemon)]
+    pub rsync_backup_url: ServiceUrl,
 
     /// Longest wait for one daemon's complete status reply (connect + body); fractions allowed.
     #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = parse_seconds)]
@@ -145,11 +145,11 @@ mod tests {
         assert_eq!(args.listen, "0.0.0.0:80".parse().unwrap());
         let config = args.config();
         assert_eq!(
-            config.mysql_backup_url.status_url().as_str(),
+            config.mysql_backup_url.endpoint().as_str(),
             "http://127.0.0.1:8090/status"
         );
         assert_eq!(
-            config.rsync_backup_url.status_url().as_str(),
+            config.rsync_backup_url.endpoint().as_str(),
             "http://127.0.0.1:8093/status"
         );
         assert_eq!(config.daemon_timeout, Duration::from_secs(2));
@@ -176,7 +176,7 @@ mod tests {
         assert_eq!(args.daemon_timeout, Duration::from_millis(250));
         let config = args.config();
         assert_eq!(
-            config.rsync_backup_url.status_url().as_str(),
+            config.rsync_backup_url.endpoint().as_str(),
             "http://127.0.0.3:9001/status"
         );
         assert_eq!(config.state_dir, PathBuf::from("/tmp/x"));

@@ -18,10 +18,6 @@ use crate::daemon_cli::{listen_addr, CommonArgs, DaemonRun};
 /// filesystem so finished files are renamed into place.
 const DEFAULT_STATE_DIR: &str = "/var/lib/etho-backup/rsync-backup";
 
-/// Extra time the scheduler allows beyond the engine's own job timeout, so the engine reports the
-/// timeout itself (and stops rsync) before the scheduler has to cancel it.
-const SCHEDULER_MARGIN: Duration = Duration::from_secs(15);
-
 /// Flags of `etho-backup rsync-backup`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -104,6 +100,8 @@ fn engine_config(args: &Args) -> anyhow::Result<RsyncBackupConfig> {
         config.ssh.known_hosts = kh.clone();
     }
     config.bwlimit = args.bwlimit.clone();
+    // The scheduler owns the job timeout and hands each job its deadline (JobContext); the
+    // engine still reads its own copy of the same value until it uses that deadline.
     config.job_timeout = args.common.job_timeout();
     config.io_timeout = Duration::from_secs(args.io_timeout.max(1));
     config.rescan_interval = Duration::from_secs(args.rescan_interval.max(1));
@@ -116,9 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let engine = RsyncEngine::new(engine_config(&args)?)?;
     let mut daemon_config = DaemonConfig::new(args.common.server.clone());
     daemon_config.state_dir = Some(engine.config().state_dir.clone());
-    daemon_config.scheduler = args
-        .common
-        .scheduler(engine.config().job_timeout + SCHEDULER_MARGIN);
+    daemon_config.scheduler = args.common.scheduler();
     let daemon = Daemon::new(Arc::new(engine.clone()), daemon_config)?;
     let shown = |on: bool, dir: &std::path::Path| {
         if on {

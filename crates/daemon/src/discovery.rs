@@ -4,12 +4,12 @@
 //! `localhost` i.e. port 80) instead of talking to devices. The answer is untrusted: a node error
 //! answer (`{"error": "<traceback>"}` with HTTP 200, which crashed upstream's discovery), a
 //! non-object, an oversized body or invalid entries all become clear errors or rejected entries,
-//! never a panic.
+//! never a panic. The fetch itself is [`etho_http::fetch_json`].
 
 use std::time::Duration;
 
-use etho_model::device::{parse_device_map, DeviceInfo};
-use futures::StreamExt;
+use etho_http::{FetchError, ServiceUrl, UrlError};
+use etho_model::device::{parse_device_map, DeviceInfo, DeviceMapError};
 
 /// Largest `/devices` body accepted.
 pub const MAX_BODY: usize = 32 * 1024 * 1024;
@@ -23,114 +23,89 @@ pub struct Discovered {
     pub rejected: Vec<String>,
 }
 
+/// Why the node's device list could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// Nothing usable came back: refused, timed out, network failure.
+    #[error("cannot reach the node at {url}")]
+    Unreachable {
+        /// The `/devices` URL asked.
+        url: String,
+        /// What went wrong.
+        #[source]
+        source: FetchError,
+    },
+    /// The node answered, but not with a JSON document of acceptable size.
+    #[error("unusable answer from the node at {url}")]
+    BadAnswer {
+        /// The `/devices` URL asked.
+        url: String,
+        /// What was wrong with it.
+        #[source]
+        source: FetchError,
+    },
+    /// The JSON is not a device map (an array, the node's own error answer, ...).
+    #[error("the node at {url} sent no device list")]
+    NotADeviceMap {
+        /// The `/devices` URL asked.
+        url: String,
+        /// What it sent instead.
+        #[source]
+        source: DeviceMapError,
+    },
+}
+
 /// Client for the node's `GET /devices`.
 #[derive(Debug, Clone)]
 pub struct NodeClient {
-    url: String,
+    url: ServiceUrl,
     http: reqwest::Client,
+    timeout: Duration,
 }
 
-/// Turns upstream's `-i` value (`host`, `host:port`, or a full `http://` URL) into the devices URL.
-pub fn devices_url(server: &str) -> String {
-    let server = server.trim().trim_end_matches('/');
-    if server.starts_with("http://") || server.starts_with("https://") {
-        if server.ends_with("/devices") {
-            server.to_string()
-        } else {
-            format!("{server}/devices")
-        }
-    } else {
-        format!("http://{server}/devices")
-    }
+/// Why a [`NodeClient`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeClientError {
+    /// The node address is not usable.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client")]
+    Client(#[from] reqwest::Error),
 }
 
 impl NodeClient {
-    /// A client for `server` with the given whole-request timeout.
-    pub fn new(server: &str, timeout: Duration) -> anyhow::Result<NodeClient> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .no_proxy()
-            .build()?;
+    /// A client for `server` (upstream's `-i`: `host`, `host:port` or an `http://` URL) with the
+    /// given whole-request timeout.
+    pub fn new(server: &str, timeout: Duration) -> Result<NodeClient, NodeClientError> {
         Ok(NodeClient {
-            url: devices_url(server),
-            http,
+            url: ServiceUrl::node(server)?,
+            http: etho_http::client(timeout)?,
+            timeout,
         })
     }
 
     /// The URL asked.
     pub fn url(&self) -> &str {
-        &self.url
+        self.url.endpoint().as_str()
     }
 
-    /// Fetches and validates the device list. `Err` is a one-line reason.
-    pub async fn fetch(&self) -> Result<Discovered, String> {
-        let url = &self.url;
-        let resp = self
-            .http
-            .get(url)
-            .header("Content-Type", "application/json")
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the node at {url}: {}", error_chain(&e)))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(format!("node at {url} answered HTTP {status}"));
-        }
-        let mut body = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                format!(
-                    "error reading the node's answer from {url}: {}",
-                    error_chain(&e)
-                )
-            })?;
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(format!(
-                    "node answer from {url} exceeds {} MiB",
-                    MAX_BODY >> 20
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let doc: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("node at {url} answered invalid JSON: {e}"))?;
-        let (devices, rejected) = parse_device_map(&doc)?;
+    /// Fetches and validates the device list.
+    pub async fn fetch(&self) -> Result<Discovered, DiscoveryError> {
+        let url = || self.url().to_string();
+        let doc: serde_json::Value =
+            etho_http::fetch_json(&self.http, self.url.endpoint(), MAX_BODY, self.timeout)
+                .await
+                .map_err(|source| match source {
+                    FetchError::Refused(_) | FetchError::Timeout(_) | FetchError::Network(_) => {
+                        DiscoveryError::Unreachable { url: url(), source }
+                    }
+                    FetchError::Status(_) | FetchError::TooLarge(_) | FetchError::Json(_) => {
+                        DiscoveryError::BadAnswer { url: url(), source }
+                    }
+                })?;
+        let (devices, rejected) = parse_device_map(&doc)
+            .map_err(|source| DiscoveryError::NotADeviceMap { url: url(), source })?;
         Ok(Discovered { devices, rejected })
-    }
-}
-
-/// `err` and its sources joined with `": "`, for one-line messages.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut src = err.source();
-    while let Some(e) = src {
-        let msg = e.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        src = e.source();
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn devices_url_forms() {
-        assert_eq!(devices_url("localhost"), "http://localhost/devices");
-        assert_eq!(
-            devices_url("127.0.0.1:8080"),
-            "http://127.0.0.1:8080/devices"
-        );
-        assert_eq!(
-            devices_url("http://127.0.0.1:8080/"),
-            "http://127.0.0.1:8080/devices"
-        );
-        assert_eq!(devices_url("http://h/devices"), "http://h/devices");
     }
 }

@@ -7,8 +7,9 @@
 //! that keeps writing is how upstream ended up with two writers on one file.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use etho_model::device::DeviceInfo;
+use etho_model::device::{DeviceInfo, Ineligible};
 use etho_model::status::{Progress, ProgressStatus};
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
@@ -21,9 +22,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Short name for logs, e.g. `"mysql-backup"`.
     fn name(&self) -> &'static str;
 
-    /// Engine-specific eligibility on top of [`DeviceInfo::backup_eligibility`]; `Err` carries the
-    /// reason. Devices refused here are not attempted and get no status entry.
-    fn accepts(&self, device: &DeviceInfo) -> Result<(), String>;
+    /// Engine-specific eligibility on top of [`DeviceInfo::backup_eligibility`]; `Err` says why
+    /// not. Devices refused here are not attempted and get no status entry.
+    fn accepts(&self, device: &DeviceInfo) -> Result<(), Ineligible>;
 
     /// Top-level fields of a fresh status entry (`{"data_duplication": false}`, `{"metadata": {}}`).
     fn default_extra(&self) -> Map<String, Value>;
@@ -32,11 +33,15 @@ pub trait Engine: Send + Sync + 'static {
     fn run(&self, device: DeviceInfo, ctx: JobContext) -> BoxFuture<'static, JobOutcome>;
 }
 
+/// The job timeout of a [`JobContext::detached`] context (upstream's 600 s).
+pub const DETACHED_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// What a running job can see and do besides copying.
 #[derive(Clone)]
 pub struct JobContext {
     /// Cancelled when the job times out or the daemon shuts down.
     pub cancel: CancellationToken,
+    deadline: Instant,
     device_id: String,
     status: Arc<StatusTable>,
 }
@@ -44,26 +49,43 @@ pub struct JobContext {
 impl JobContext {
     pub(crate) fn new(
         cancel: CancellationToken,
+        deadline: Instant,
         device_id: String,
         status: Arc<StatusTable>,
     ) -> Self {
         JobContext {
             cancel,
+            deadline,
             device_id,
             status,
         }
     }
 
     /// A context not attached to any daemon, for engine tests: reports go to a private table
-    /// that holds one entry for `device_id`, readable with [`JobContext::current_progress`].
+    /// that holds one entry for `device_id`, readable with [`JobContext::current_progress`]; the
+    /// deadline is [`DETACHED_TIMEOUT`] from now (see [`JobContext::with_deadline`]).
     pub fn detached(device_id: &str) -> JobContext {
         let status = StatusTable::in_memory(Map::new());
         status.insert_placeholder(device_id);
         JobContext {
             cancel: CancellationToken::new(),
+            deadline: Instant::now() + DETACHED_TIMEOUT,
             device_id: device_id.to_string(),
             status: Arc::new(status),
         }
+    }
+
+    /// The same context with another deadline.
+    pub fn with_deadline(mut self, deadline: Instant) -> JobContext {
+        self.deadline = deadline;
+        self
+    }
+
+    /// When the scheduler stops this job: at this instant it cancels [`JobContext::cancel`],
+    /// then aborts the job after its grace period. An engine that runs a child process bounds
+    /// it by this deadline, so the child is stopped even if the engine is not polled.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
     }
 
     /// Publishes live progress; `progress.status` is forced to `running`.
@@ -130,6 +152,9 @@ mod tests {
     fn detached_context_keeps_reports() {
         let ctx = JobContext::detached("0123456789abcdef0123456789abcdef");
         assert_eq!(ctx.current_progress(), Some(Progress::default()));
+        assert!(ctx.deadline() > Instant::now() + DETACHED_TIMEOUT / 2);
+        let soon = Instant::now() + Duration::from_secs(1);
+        assert_eq!(ctx.clone().with_deadline(soon).deadline(), soon);
         ctx.report(Progress::new(ProgressStatus::Success, "half way"));
         let p = ctx.current_progress().unwrap();
         assert_eq!(

@@ -6,11 +6,14 @@
 //!   the untrusted answer into validated [`etho_model::device::DeviceInfo`]s.
 //! - [`scheduler`]: cycles every `interval` (measured from cycle start), at most `max_jobs` jobs at
 //!   once, never two jobs for one device, and a wall-clock timeout per job that cancels the job's
-//!   token and, after a short grace, aborts it.
+//!   token and, after a short grace, aborts it. The scheduler alone owns that timeout; engines
+//!   see it as [`JobContext::deadline`].
 //! - [`status`]: the per-device status table served on `GET /status`, persisted in SQLite under
 //!   the state directory so counts and outcomes survive a restart.
-//! - [`oneshot`]: the `-e/--ethoscope` mode: resolve targets through the node, back each up once.
-//! - [`server`]: serving a daemon's axum router until shutdown.
+//! - [`oneshot`]: the `-e/--ethoscope` mode: resolve targets through the node, back each up once,
+//!   and return per-target outcomes (progress goes to a channel; the binary draws it).
+//! - [`server`]: serving a daemon's axum router until shutdown, with a request timeout and a body
+//!   limit.
 //! - [`config`]: reading (never rewriting) upstream's `ethoscope.conf`.
 //!
 //! What it does not do: copy data. Engines do, and they own their `GET /status` document shape.
@@ -24,6 +27,7 @@ pub mod server;
 pub mod status;
 
 pub use engine::{Engine, JobContext, JobOutcome};
+pub use oneshot::{OneShotEvent, OneShotReport, TargetOutcome};
 pub use scheduler::{CycleReport, Daemon, DaemonConfig, SchedulerConfig};
 pub use server::serve;
-pub use status::{ServiceInfo, StatusTable};
+pub use status::{DiscoverySource, ServiceInfo, StatusTable};

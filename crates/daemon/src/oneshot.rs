@@ -3,17 +3,25 @@
 //! Targets are resolved through the node's device list (upstream guessed names and even database
 //! names from IP addresses, reference bug A11): `7` or `007` is `ETHOSCOPE_007`, a 32-hex string is
 //! a machine id, an IP address is a device address, anything else is a device name. Every target
-//! is attempted even when an earlier one fails; the result is true only if all succeeded.
+//! is attempted even when an earlier one fails.
+//!
+//! [`Daemon::run_once`] returns one [`TargetOutcome`] per target and, while it runs, sends
+//! [`OneShotEvent`]s (job started, live progress, outcome) to an optional channel. It prints
+//! nothing: the binary decides how to show them (progress bars on a terminal, lines otherwise).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etho_model::device::{is_valid_machine_id, DeviceInfo};
+use etho_model::device::{is_valid_machine_id, DeviceInfo, Ineligible};
 use etho_model::status::{DeviceStatus, ProgressStatus};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tokio::sync::mpsc::UnboundedSender;
 
+use crate::discovery::DiscoveryError;
 use crate::scheduler::Daemon;
+
+/// How often live progress is sampled for [`OneShotEvent::Progress`].
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 /// One `-e` target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +46,27 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// Why a target list or a target could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// The list names nothing (`""`, `" , "`).
+    #[error("no device named in {0:?}")]
+    Empty(String),
+    /// No device in the node's list matches.
+    #[error("{0}: not in the node's device list")]
+    NotFound(Target),
+    /// Several devices match (by name or address); their ids are listed.
+    #[error("{target}: matches {} devices ({}); name it by id", ids.len(), ids.join(", "))]
+    Ambiguous {
+        /// The target.
+        target: Target,
+        /// Ids of every matching device.
+        ids: Vec<String>,
+    },
+}
+
 /// Parses a comma-separated target list.
-pub fn parse_targets(list: &str) -> Result<Vec<Target>, String> {
+pub fn parse_targets(list: &str) -> Result<Vec<Target>, TargetError> {
     let targets: Vec<Target> = list
         .split(',')
         .map(str::trim)
@@ -57,13 +84,16 @@ pub fn parse_targets(list: &str) -> Result<Vec<Target>, String> {
         })
         .collect();
     if targets.is_empty() {
-        return Err(format!("no device named in {list:?}"));
+        return Err(TargetError::Empty(list.to_string()));
     }
     Ok(targets)
 }
 
 /// Finds the device a target names.
-pub fn resolve<'a>(target: &Target, devices: &'a [DeviceInfo]) -> Result<&'a DeviceInfo, String> {
+pub fn resolve<'a>(
+    target: &Target,
+    devices: &'a [DeviceInfo],
+) -> Result<&'a DeviceInfo, TargetError> {
     let found: Vec<&DeviceInfo> = devices
         .iter()
         .filter(|d| match target {
@@ -75,15 +105,11 @@ pub fn resolve<'a>(target: &Target, devices: &'a [DeviceInfo]) -> Result<&'a Dev
         .collect();
     match found.as_slice() {
         [one] => Ok(one),
-        [] => Err(format!("{target}: not in the node's device list")),
-        many => Err(format!(
-            "{target}: matches {} devices ({}); name it by id",
-            many.len(),
-            many.iter()
-                .map(|d| d.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+        [] => Err(TargetError::NotFound(target.clone())),
+        many => Err(TargetError::Ambiguous {
+            target: target.clone(),
+            ids: many.iter().map(|d| d.id.clone()).collect(),
+        }),
     }
 }
 
@@ -95,118 +121,181 @@ pub fn is_good(status: &DeviceStatus) -> bool {
     )
 }
 
-fn summary_line(device: &DeviceInfo, status: Option<&DeviceStatus>) -> String {
-    match status {
-        Some(st) => format!(
-            "{} ({}): {} - {}",
-            device.name,
-            device.id,
-            st.progress
-                .status
-                .as_ref()
-                .map_or("unknown", |s| s.as_str()),
-            st.progress.message.as_deref().unwrap_or("")
-        ),
-        None => format!(
-            "{} ({}): a job for this device is already running",
-            device.name, device.id
-        ),
+/// What became of one target.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetOutcome {
+    /// The target names no single device.
+    Unresolved(TargetError),
+    /// The device is not backed up by this daemon.
+    Ineligible {
+        /// The device.
+        device: DeviceInfo,
+        /// Why.
+        reason: Ineligible,
+    },
+    /// A job for the device was already running; nothing was started.
+    Busy(DeviceInfo),
+    /// The job ran; its final status entry.
+    Finished {
+        /// The device.
+        device: DeviceInfo,
+        /// The entry after the job.
+        status: Box<DeviceStatus>,
+    },
+}
+
+impl TargetOutcome {
+    /// A finished job whose outcome counts as good ([`is_good`]).
+    pub fn is_good(&self) -> bool {
+        matches!(self, TargetOutcome::Finished { status, .. } if is_good(status))
     }
 }
 
+/// What one `run_once` did, one entry per resolved device or refused target.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OneShotReport {
+    /// Refused targets first, then finished jobs, each in target order (a device named twice
+    /// appears once).
+    pub outcomes: Vec<TargetOutcome>,
+}
+
+impl OneShotReport {
+    /// True only if every target was backed up with a good outcome.
+    pub fn all_good(&self) -> bool {
+        self.outcomes.iter().all(TargetOutcome::is_good)
+    }
+}
+
+/// Why `run_once` could not start at all.
+#[derive(Debug, thiserror::Error)]
+pub enum OneShotError {
+    /// The target list is empty.
+    #[error(transparent)]
+    Targets(#[from] TargetError),
+    /// The node could not be asked, so no target can be resolved.
+    #[error("cannot resolve targets")]
+    Discovery(#[from] DiscoveryError),
+}
+
+/// Live news from `run_once`, for a progress display.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OneShotEvent {
+    /// A job for this device starts (refused targets come as [`OneShotEvent::Done`] first).
+    Started(DeviceInfo),
+    /// The job's live progress changed.
+    Progress {
+        /// Device id.
+        id: String,
+        /// `progress.percent`, when the engine reports one.
+        percent: Option<f64>,
+        /// `progress.message`.
+        message: String,
+    },
+    /// A target's final outcome.
+    Done(TargetOutcome),
+}
+
 impl Daemon {
-    /// Backs up each target once. With `progress_bars`, shows one bar per device (for a
-    /// terminal); otherwise prints plain lines. True only if every target succeeded.
-    pub async fn run_once(self: &Arc<Self>, targets: &str, progress_bars: bool) -> bool {
-        let targets = match parse_targets(targets) {
-            Ok(t) => t,
-            Err(err) => {
-                eprintln!("{err}");
-                return false;
+    /// Backs up each target once; progress goes to `events` when given. Refused targets are
+    /// reported, not fatal: every other target still runs.
+    pub async fn run_once(
+        self: &Arc<Self>,
+        targets: &str,
+        events: Option<UnboundedSender<OneShotEvent>>,
+    ) -> Result<OneShotReport, OneShotError> {
+        let targets = parse_targets(targets)?;
+        let found = self.discover().await?;
+        let send = |event: OneShotEvent| {
+            if let Some(tx) = &events {
+                let _ = tx.send(event);
             }
         };
-        let found = match self.discover().await {
-            Ok(found) => found,
-            Err(err) => {
-                eprintln!("cannot resolve targets: {err}");
-                return false;
-            }
-        };
-        let mut all_good = true;
+        let mut report = OneShotReport::default();
         let mut chosen: Vec<DeviceInfo> = Vec::new();
         for target in &targets {
-            match resolve(target, &found.devices) {
-                Ok(device) => {
-                    if let Some(reason) = self.ineligibility(device) {
-                        eprintln!("{} ({}): not backed up: {reason}", device.name, device.id);
-                        all_good = false;
-                    } else if !chosen.iter().any(|d| d.id == device.id) {
-                        chosen.push(device.clone());
+            let refused = match resolve(target, &found.devices) {
+                Err(err) => TargetOutcome::Unresolved(err),
+                Ok(device) => match self.ineligibility(device) {
+                    Some(reason) => TargetOutcome::Ineligible {
+                        device: device.clone(),
+                        reason,
+                    },
+                    None => {
+                        if !chosen.iter().any(|d| d.id == device.id) {
+                            chosen.push(device.clone());
+                        }
+                        continue;
                     }
-                }
-                Err(err) => {
-                    eprintln!("{err}");
-                    all_good = false;
-                }
+                },
+            };
+            send(OneShotEvent::Done(refused.clone()));
+            report.outcomes.push(refused);
+        }
+        let jobs: Vec<_> = chosen
+            .into_iter()
+            .map(|device| {
+                send(OneShotEvent::Started(device.clone()));
+                tokio::spawn(Arc::clone(self).run_target(device, events.clone()))
+            })
+            .collect();
+        for job in jobs {
+            match job.await {
+                Ok(outcome) => report.outcomes.push(outcome),
+                Err(err) => tracing::error!("one-shot job task failed: {err}"),
             }
         }
-        let multi = MultiProgress::new();
-        let style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos:>3}% {wide_msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-        let mut jobs = Vec::new();
-        for device in chosen {
-            let bar = if progress_bars {
-                let bar = multi.add(ProgressBar::new(100));
-                bar.set_style(style.clone());
-                bar.set_prefix(device.name.clone());
-                Some(bar)
-            } else {
-                println!("{} ({}): backup started", device.name, device.id);
-                None
-            };
-            let daemon = Arc::clone(self);
-            jobs.push(tokio::spawn(async move {
-                let id = device.id.clone();
-                let watcher = bar.clone().map(|bar| {
-                    let daemon = Arc::clone(&daemon);
-                    let id = id.clone();
-                    tokio::spawn(async move {
-                        loop {
-                            if let Some(st) = daemon.status().get(&id) {
-                                if let Some(p) =
-                                    st.progress.extra.get("percent").and_then(|v| v.as_f64())
-                                {
-                                    bar.set_position(p.clamp(0.0, 100.0) as u64);
-                                }
-                                bar.set_message(st.progress.message.clone().unwrap_or_default());
-                            }
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    })
-                });
-                let result = daemon.run_device(device.clone()).await;
-                if let Some(w) = watcher {
-                    w.abort();
-                }
-                let line = summary_line(&device, result.as_ref());
-                match &bar {
-                    Some(bar) => {
-                        if result.as_ref().is_some_and(is_good) {
-                            bar.set_position(100);
-                        }
-                        bar.finish_with_message(line.clone());
-                    }
-                    None => println!("{line}"),
-                }
-                result.as_ref().is_some_and(is_good)
-            }));
-        }
-        for job in jobs {
-            all_good &= job.await.unwrap_or(false);
-        }
         self.status().flush().await;
-        all_good
+        Ok(report)
+    }
+
+    /// One device's job, with a watcher that relays its live progress.
+    async fn run_target(
+        self: Arc<Self>,
+        device: DeviceInfo,
+        events: Option<UnboundedSender<OneShotEvent>>,
+    ) -> TargetOutcome {
+        let watcher = events
+            .clone()
+            .map(|tx| tokio::spawn(Arc::clone(&self).relay_progress(device.id.clone(), tx)));
+        let result = self.run_device(device.clone()).await;
+        if let Some(w) = watcher {
+            w.abort();
+        }
+        let outcome = match result {
+            Some(status) => TargetOutcome::Finished {
+                device,
+                status: Box::new(status),
+            },
+            None => TargetOutcome::Busy(device),
+        };
+        if let Some(tx) = &events {
+            let _ = tx.send(OneShotEvent::Done(outcome.clone()));
+        }
+        outcome
+    }
+
+    /// Sends the device's live progress whenever it changes, until aborted.
+    async fn relay_progress(self: Arc<Self>, id: String, tx: UnboundedSender<OneShotEvent>) {
+        let mut last = None;
+        loop {
+            if let Some(st) = self.status().get(&id) {
+                let percent = st.progress.extra.get("percent").and_then(|v| v.as_f64());
+                let message = st.progress.message.unwrap_or_default();
+                let now = (percent, message);
+                if last.as_ref() != Some(&now) {
+                    let event = OneShotEvent::Progress {
+                        id: id.clone(),
+                        percent: now.0,
+                        message: now.1.clone(),
+                    };
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                    last = Some(now);
+                }
+            }
+            tokio::time::sleep(PROGRESS_EVERY).await;
+        }
     }
 }
 
@@ -239,11 +328,13 @@ mod tests {
         assert_eq!(resolve(&t[3], &devices).unwrap().id, b);
         assert!(resolve(&Target::Number(8), &devices)
             .unwrap_err()
+            .to_string()
             .contains("ETHOSCOPE_008"));
         assert!(parse_targets(" , ").is_err());
         let dup = vec![dev(a, "X", "127.0.0.10"), dev(b, "x", "127.0.0.11")];
         assert!(resolve(&Target::Name("X".into()), &dup)
             .unwrap_err()
+            .to_string()
             .contains("matches 2"));
     }
 }

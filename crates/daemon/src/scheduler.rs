@@ -15,17 +15,17 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use etho_model::device::DeviceInfo;
-use etho_model::now_epoch;
+use etho_model::device::{DeviceInfo, Ineligible};
 use etho_model::status::{DeviceStatus, ProgressStatus};
+use etho_model::{error_chain, now_epoch};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::discovery::{Discovered, NodeClient};
+use crate::discovery::{Discovered, DiscoveryError, NodeClient};
 use crate::engine::{Engine, JobContext, JobOutcome};
-use crate::status::StatusTable;
+use crate::status::{DiscoverySource, StatusTable};
 
 /// Default time a cancelled job may take to stop before its task is aborted.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(10);
@@ -37,7 +37,8 @@ pub struct SchedulerConfig {
     pub interval: Duration,
     /// Jobs running at once (upstream: 4).
     pub max_jobs: usize,
-    /// Wall-clock limit of one job (upstream: 600 s, never enforced).
+    /// Wall-clock limit of one job (upstream: 600 s, never enforced). The scheduler alone
+    /// enforces it; engines see it as [`JobContext::deadline`].
     pub job_timeout: Duration,
     /// How long a cancelled job may take to stop before its task is aborted.
     pub cancel_grace: Duration,
@@ -85,14 +86,14 @@ impl DaemonConfig {
 /// What one cycle did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CycleReport {
-    /// Discovery error, if the node could not be asked.
+    /// Discovery error (with its causes), if the node could not be asked.
     pub discovery_error: Option<String>,
     /// Devices whose job this cycle ran, with the outcome word.
     pub jobs: Vec<(String, ProgressStatus)>,
     /// Devices skipped because a job for them was still live.
     pub busy: Vec<String>,
     /// Devices not attempted, with the reason.
-    pub skipped: Vec<(String, String)>,
+    pub skipped: Vec<(String, Ineligible)>,
 }
 
 /// A backup daemon: one engine, its status table, and the cycle loop.
@@ -169,49 +170,54 @@ impl Daemon {
         self.shutdown.cancel();
     }
 
-    /// Asks the node for devices (up to 3 attempts), recording the result in the
-    /// service info.
-    pub async fn discover(&self) -> Result<Discovered, String> {
-        let mut last = String::new();
-        for attempt in 0..3 {
-            if attempt > 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.config.discovery_retry_delay) => {}
-                    _ = self.shutdown.cancelled() => break,
-                }
-            }
+    /// Asks the node for devices (up to 3 attempts, fewer if the daemon shuts down), recording
+    /// the result in the service info. `Err` is the last attempt's error.
+    pub async fn discover(&self) -> Result<Discovered, DiscoveryError> {
+        let mut attempts = 0;
+        let err = loop {
             match self.node.fetch().await {
                 Ok(found) => {
-                    for r in &found.rejected {
-                        tracing::warn!("node device entry rejected: {r}");
-                    }
-                    let (n, rejected) = (found.devices.len(), found.rejected.clone());
-                    self.status.update_service(|s| {
-                        s.discovery.source = "node".into();
-                        s.discovery.last_time = Some(now_epoch());
-                        s.discovery.total_discovered = n;
-                        s.discovery.rejected = rejected;
-                        s.discovery.last_error = None;
-                    });
+                    self.record_discovery(&found);
                     return Ok(found);
                 }
                 Err(err) => {
-                    tracing::warn!("device discovery failed: {err}");
-                    last = err;
+                    tracing::warn!("device discovery failed: {}", error_chain(&err));
+                    attempts += 1;
+                    if attempts == 3 {
+                        break err;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.discovery_retry_delay) => {}
+                        _ = self.shutdown.cancelled() => break err,
+                    }
                 }
             }
-        }
-        let err = last.clone();
+        };
+        let text = error_chain(&err);
         self.status.update_service(|s| {
-            s.discovery.source = "failed".into();
+            s.discovery.source = DiscoverySource::Failed;
             s.discovery.last_time = Some(now_epoch());
-            s.discovery.last_error = Some(err);
+            s.discovery.last_error = Some(text);
         });
-        Err(last)
+        Err(err)
+    }
+
+    fn record_discovery(&self, found: &Discovered) {
+        for r in &found.rejected {
+            tracing::warn!("node device entry rejected: {r}");
+        }
+        let (n, rejected) = (found.devices.len(), found.rejected.clone());
+        self.status.update_service(|s| {
+            s.discovery.source = DiscoverySource::Node;
+            s.discovery.last_time = Some(now_epoch());
+            s.discovery.total_discovered = n;
+            s.discovery.rejected = rejected;
+            s.discovery.last_error = None;
+        });
     }
 
     /// Why this daemon would not back `device` up, if it would not.
-    pub fn ineligibility(&self, device: &DeviceInfo) -> Option<String> {
+    pub fn ineligibility(&self, device: &DeviceInfo) -> Option<Ineligible> {
         device
             .backup_eligibility()
             .and_then(|()| self.engine.accepts(device))
@@ -229,7 +235,7 @@ impl Daemon {
         let found = match self.discover().await {
             Ok(found) => found,
             Err(err) => {
-                report.discovery_error = Some(err);
+                report.discovery_error = Some(error_chain(&err));
                 return report;
             }
         };
@@ -239,7 +245,7 @@ impl Daemon {
             self.status.refresh_device(&device);
             if let Some(reason) = self.ineligibility(&device) {
                 tracing::debug!("{} ({}) not attempted: {reason}", device.name, device.id);
-                skipped.insert(device.id.clone(), reason.clone());
+                skipped.insert(device.id.clone(), reason.to_string());
                 report.skipped.push((device.id.clone(), reason));
                 continue;
             }
@@ -297,13 +303,19 @@ impl Daemon {
         self.status.start_job(&device);
         tracing::info!("{} backup of {name} ({id}) started", self.engine.name());
         let cancel = self.shutdown.child_token();
-        let ctx = JobContext::new(cancel.clone(), id.clone(), Arc::clone(&self.status));
-        let mut task = tokio::spawn(self.engine.run(device, ctx));
         let timeout = self.config.scheduler.job_timeout;
+        let deadline = Instant::now() + timeout;
+        let ctx = JobContext::new(
+            cancel.clone(),
+            deadline,
+            id.clone(),
+            Arc::clone(&self.status),
+        );
+        let mut task = tokio::spawn(self.engine.run(device, ctx));
         let grace = self.config.scheduler.cancel_grace;
         let (outcome, killed) = tokio::select! {
             joined = &mut task => (joined_outcome(joined), false),
-            _ = tokio::time::sleep(timeout) => {
+            _ = tokio::time::sleep_until(deadline.into()) => {
                 stop_task(&cancel, &mut task, grace).await;
                 (JobOutcome::error(format!("Backup timed out after {} seconds", timeout.as_secs_f64())), true)
             }

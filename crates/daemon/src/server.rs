@@ -1,16 +1,20 @@
-//! Serving a daemon's (or the node's) axum router until shutdown.
+//! Serving a daemon's axum router until shutdown, with the request timeout and body limit every
+//! server gets ([`etho_http::ServerLimits`]).
 
+use etho_http::ServerLimits;
 use tokio_util::sync::CancellationToken;
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then finishes in-flight requests.
+/// Serves `router` on `listener` until `shutdown` is cancelled, then finishes in-flight requests
+/// (each bounded by the request timeout).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    etho_http::serve(listener, router, ServerLimits::default(), async move {
+        shutdown.cancelled().await
+    })
+    .await
 }
 
 /// Binds `addr`, with a message naming the address on failure.

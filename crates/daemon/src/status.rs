@@ -21,11 +21,24 @@ use serde_json::{Map, Value};
 pub const INTERRUPTED_MESSAGE: &str =
     "Backup interrupted: the daemon stopped during this job; it runs again next cycle";
 
+/// How the last discovery went (`discovery_source` on `GET /`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoverySource {
+    /// No discovery yet.
+    #[default]
+    Unknown,
+    /// The node answered with a device list.
+    Node,
+    /// The last attempt failed (see [`DiscoveryInfo::last_error`]).
+    Failed,
+}
+
 /// Where discovery last got its devices from, and what it saw.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DiscoveryInfo {
-    /// `"node"` after a good answer, `"failed"` after a failed one, `"unknown"` before the first.
-    pub source: String,
+    /// How the last discovery went.
+    pub source: DiscoverySource,
     /// The node URL asked.
     pub node_url: String,
     /// Epoch seconds of the last attempt.
@@ -397,10 +410,6 @@ impl StatusTable {
 fn fresh_service() -> ServiceInfo {
     ServiceInfo {
         started_at: now_epoch(),
-        discovery: DiscoveryInfo {
-            source: "unknown".into(),
-            ..Default::default()
-        },
         ..Default::default()
     }
 }
@@ -449,6 +458,22 @@ mod tests {
         assert_eq!(st.progress.message.as_deref(), Some(INTERRUPTED_MESSAGE));
         assert_eq!(t.service().cycle_number, 7);
         assert_eq!(t.outcome_counts().get("error"), Some(&1));
+    }
+
+    #[test]
+    fn discovery_source_wire_words() {
+        for (source, word) in [
+            (DiscoverySource::Unknown, "unknown"),
+            (DiscoverySource::Node, "node"),
+            (DiscoverySource::Failed, "failed"),
+        ] {
+            assert_eq!(serde_json::to_value(source).unwrap(), json!(word));
+            assert_eq!(
+                serde_json::from_value::<DiscoverySource>(json!(word)).unwrap(),
+                source
+            );
+        }
+        assert_eq!(fresh_service().discovery.source, DiscoverySource::Unknown);
     }
 
     #[test]

@@ -6,8 +6,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etho_daemon::{Daemon, DaemonConfig, Engine, JobContext, JobOutcome, SchedulerConfig};
-use etho_model::device::DeviceInfo;
+use etho_daemon::oneshot::OneShotError;
+use etho_daemon::{
+    Daemon, DaemonConfig, DiscoverySource, Engine, JobContext, JobOutcome, OneShotEvent,
+    OneShotReport, SchedulerConfig, TargetOutcome,
+};
+use etho_model::device::{DeviceInfo, Ineligible};
 use etho_model::status::{Progress, ProgressStatus};
 use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
@@ -44,9 +48,9 @@ impl Engine for ScriptEngine {
     fn name(&self) -> &'static str {
         "test-engine"
     }
-    fn accepts(&self, device: &DeviceInfo) -> Result<(), String> {
+    fn accepts(&self, device: &DeviceInfo) -> Result<(), Ineligible> {
         if device.name == "ETHOSCOPE_099" {
-            Err("engine says no".into())
+            Err(Ineligible::Engine("engine says no".into()))
         } else {
             Ok(())
         }
@@ -314,7 +318,7 @@ async fn node_errors_are_reported_not_fatal() {
         let err = report.discovery_error.expect("discovery must fail");
         assert!(err.contains(needle), "{err}");
         let svc = d.status().service();
-        assert_eq!(svc.discovery.source, "failed");
+        assert_eq!(svc.discovery.source, DiscoverySource::Failed);
         assert!(svc.discovery.last_error.unwrap().contains(needle));
         assert_eq!(probe.runs.load(Ordering::SeqCst), 0);
     }
@@ -326,7 +330,7 @@ async fn unreachable_node_is_a_clear_error() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let (d, _) = daemon(addr.to_string(), &[], sched(4, 5000));
-    let err = d.discover().await.unwrap_err();
+    let err = d.discover().await.unwrap_err().to_string();
     assert!(err.contains("cannot reach the node"), "{err}");
 }
 
@@ -360,15 +364,97 @@ async fn one_shot_resolves_targets_and_reports_failure() {
     ]))
     .await;
     let (d, probe) = daemon(node, &[], sched(4, 5000));
-    assert!(d.run_once("1", false).await);
+    let good = |r: Result<OneShotReport, OneShotError>| r.is_ok_and(|r| r.all_good());
+    assert!(good(d.run_once("1", None).await));
     assert_eq!(probe.runs.load(Ordering::SeqCst), 1);
     assert!(
-        !d.run_once("1,7", false).await,
+        !good(d.run_once("1,7", None).await),
         "offline target fails the run"
     );
     assert!(
-        !d.run_once("ETHOSCOPE_042,ETHOSCOPE_001", false).await,
+        !good(d.run_once("ETHOSCOPE_042,ETHOSCOPE_001", None).await),
         "unknown target fails, others still run"
     );
     assert_eq!(probe.runs.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn one_shot_reports_each_target_and_streams_progress() {
+    let node = node_stub(devices(&[
+        (1, "ETHOSCOPE_001", "running"),
+        (7, "ETHOSCOPE_007", "offline"),
+    ]))
+    .await;
+    let (d, _probe) = daemon(node, &[], sched(4, 5000));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let report = d.run_once("7,1,ETHOSCOPE_042", Some(tx)).await.unwrap();
+    assert!(!report.all_good());
+    match &report.outcomes[..] {
+        [TargetOutcome::Ineligible { device, reason }, TargetOutcome::Unresolved(unknown), TargetOutcome::Finished {
+            device: done,
+            status,
+        }] => {
+            assert_eq!(device.id, id(7));
+            assert_eq!(*reason, Ineligible::Status("offline".into()));
+            assert!(unknown.to_string().contains("ETHOSCOPE_042"), "{unknown}");
+            assert_eq!(done.id, id(1));
+            assert_eq!(status.progress.status, Some(ProgressStatus::Success));
+        }
+        other => panic!("unexpected outcomes {other:?}"),
+    }
+    let mut events = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        events.push(event);
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, OneShotEvent::Started(dev) if dev.id == id(1))),
+        "{events:?}"
+    );
+    let done: Vec<&TargetOutcome> = events
+        .iter()
+        .filter_map(|e| match e {
+            OneShotEvent::Done(outcome) => Some(outcome),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done.len(), 3, "every outcome is also sent as an event");
+    assert!(matches!(done.last(), Some(TargetOutcome::Finished { .. })));
+    // An empty target list is an error, not an empty success.
+    assert!(matches!(
+        d.run_once(" , ", None).await,
+        Err(OneShotError::Targets(_))
+    ));
+}
+
+#[tokio::test]
+async fn jobs_see_the_scheduler_deadline() {
+    let node = node_stub(devices(&[(1, "ETHOSCOPE_001", "running")])).await;
+    let seen = Arc::new(Mutex::new(None));
+    struct DeadlineEngine(Arc<Mutex<Option<std::time::Instant>>>);
+    impl Engine for DeadlineEngine {
+        fn name(&self) -> &'static str {
+            "deadline-engine"
+        }
+        fn accepts(&self, _: &DeviceInfo) -> Result<(), Ineligible> {
+            Ok(())
+        }
+        fn default_extra(&self) -> Map<String, Value> {
+            Map::new()
+        }
+        fn run(&self, _: DeviceInfo, ctx: JobContext) -> BoxFuture<'static, JobOutcome> {
+            *self.0.lock().unwrap() = Some(ctx.deadline());
+            Box::pin(async { JobOutcome::success("ok") })
+        }
+    }
+    let mut config = DaemonConfig::new(node);
+    config.scheduler = sched(4, 7000);
+    let d = Daemon::new(Arc::new(DeadlineEngine(Arc::clone(&seen))), config).unwrap();
+    let before = std::time::Instant::now();
+    d.run_cycle().await;
+    let deadline = seen.lock().unwrap().expect("the job ran");
+    let after = std::time::Instant::now();
+    assert!(deadline >= before + Duration::from_millis(7000));
+    assert!(deadline <= after + Duration::from_millis(7000));
 }

@@ -68,6 +68,56 @@ impl std::fmt::Display for DeviceProblem {
 
 impl std::error::Error for DeviceProblem {}
 
+/// Why a backup daemon does not attempt a (valid) device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ineligible {
+    /// The node reports a status in [`SKIPPED_STATUSES`].
+    Status(String),
+    /// The device still carries [`PLACEHOLDER_NAME`].
+    PlaceholderName,
+    /// The device reports no MariaDB database (the MySQL mirror has nothing to copy).
+    NoMariaDb,
+    /// An engine's own reason, in its words.
+    Engine(String),
+}
+
+impl std::fmt::Display for Ineligible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ineligible::Status(status) => write!(f, "device status is {status}"),
+            Ineligible::PlaceholderName => {
+                write!(f, "{PLACEHOLDER_NAME} is the unconfigured placeholder name")
+            }
+            Ineligible::NoMariaDb => write!(f, "the device reports no MariaDB database"),
+            Ineligible::Engine(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl std::error::Error for Ineligible {}
+
+/// Why a whole `GET /devices` answer could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceMapError {
+    /// The answer is JSON, but not an object (the JSON type is named).
+    NotAnObject(&'static str),
+    /// The node answered `{"error": ...}` (upstream's traceback answer), shortened.
+    NodeError(String),
+}
+
+impl std::fmt::Display for DeviceMapError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceMapError::NotAnObject(kind) => {
+                write!(f, "node answered a JSON {kind} instead of an object")
+            }
+            DeviceMapError::NodeError(text) => write!(f, "node reported an error: {text}"),
+        }
+    }
+}
+
+impl std::error::Error for DeviceMapError {}
+
 /// A validated device entry from the node's `GET /devices` map.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceInfo {
@@ -124,15 +174,13 @@ impl DeviceInfo {
     }
 
     /// Whether a backup daemon should attempt this device at all (status and name rules shared by
-    /// both daemons). `Err` carries the reason, for logs and one-shot mode.
-    pub fn backup_eligibility(&self) -> Result<(), String> {
+    /// both daemons). `Err` says why not, for logs and one-shot mode.
+    pub fn backup_eligibility(&self) -> Result<(), Ineligible> {
         if SKIPPED_STATUSES.contains(&self.status.as_str()) {
-            return Err(format!("device status is {}", self.status));
+            return Err(Ineligible::Status(self.status.clone()));
         }
         if self.name == PLACEHOLDER_NAME {
-            return Err(format!(
-                "{PLACEHOLDER_NAME} is the unconfigured placeholder name"
-            ));
+            return Err(Ineligible::PlaceholderName);
         }
         Ok(())
     }
@@ -186,15 +234,12 @@ fn legacy_flag(raw: &Map<String, Value>, kind: &str) -> bool {
 /// Parses a whole `GET /devices` answer. Returns the valid devices and one problem line per
 /// rejected entry (`"<key>: <problem>"`). A non-object answer, or an object with an `"error"` key
 /// (upstream's traceback answer), is an error.
-pub fn parse_device_map(doc: &Value) -> Result<(Vec<DeviceInfo>, Vec<String>), String> {
-    let map = doc.as_object().ok_or_else(|| {
-        format!(
-            "node answered a JSON {} instead of an object",
-            json_kind(doc)
-        )
-    })?;
+pub fn parse_device_map(doc: &Value) -> Result<(Vec<DeviceInfo>, Vec<String>), DeviceMapError> {
+    let map = doc
+        .as_object()
+        .ok_or_else(|| DeviceMapError::NotAnObject(json_kind(doc)))?;
     if let Some(err) = map.get("error") {
-        return Err(format!("node reported an error: {}", shown(Some(err))));
+        return Err(DeviceMapError::NodeError(shown(Some(err))));
     }
     let mut devices = Vec::new();
     let mut problems = Vec::new();
@@ -313,6 +358,19 @@ mod tests {
         }
         let d = DeviceInfo::from_entry(ID, &entry(PLACEHOLDER_NAME, "running")).unwrap();
         assert!(d.backup_eligibility().is_err());
+        assert_eq!(
+            d.backup_eligibility().unwrap_err().to_string(),
+            "ETHOSCOPE_000 is the unconfigured placeholder name"
+        );
+        let d = DeviceInfo::from_entry(ID, &entry("ETHOSCOPE_001", "busy")).unwrap();
+        assert_eq!(
+            d.backup_eligibility(),
+            Err(Ineligible::Status("busy".into()))
+        );
+        assert_eq!(
+            Ineligible::Status("busy".into()).to_string(),
+            "device status is busy"
+        );
     }
 
     #[test]
@@ -337,7 +395,11 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert!(parse_device_map(&json!({"error": "Traceback ..."}))
             .unwrap_err()
+            .to_string()
             .contains("error"));
-        assert!(parse_device_map(&json!([])).unwrap_err().contains("array"));
+        assert!(parse_device_map(&json!([]))
+            .unwrap_err()
+            .to_string()
+            .contains("array"));
     }
 }

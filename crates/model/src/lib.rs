@@ -19,6 +19,24 @@ pub mod merge;
 pub mod size;
 pub mod status;
 
+/// `err` and its sources joined with `": "`, for one-line messages in status documents and logs.
+///
+/// A cause whose text the message already contains is left out (HTTP and driver errors often
+/// repeat their source's text).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let msg = cause.to_string();
+        if !text.contains(&msg) {
+            text.push_str(": ");
+            text.push_str(&msg);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Current time as whole seconds since the Unix epoch, the unit every status document uses.
 ///
 /// This is the one place the model reads the clock; everything else takes time as an argument.
@@ -27,4 +45,39 @@ pub fn now_epoch() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn error_chain_joins_causes_once() {
+        let refused = Layer("connection refused", None);
+        let connect = Layer(
+            "tcp connect error: connection refused",
+            Some(Box::new(refused)),
+        );
+        let top = Layer("error sending request", Some(Box::new(connect)));
+        assert_eq!(
+            error_chain(&top),
+            "error sending request: tcp connect error: connection refused"
+        );
+        assert_eq!(error_chain(&Layer("alone", None)), "alone");
+    }
 }

@@ -3,9 +3,10 @@
 //! The node asks both backup daemons for their `GET /status` and answers
 //! `{"mysql_backup": <doc>, "rsync_backup": <doc>, "unified_devices": {<id>: UnifiedDevice}}`:
 //!
-//! - each daemon's JSON object goes through verbatim (clients of the old proxy read
-//!   `mysql_backup` unchanged), or, when the daemon could not be used, the fixed error object of
-//!   [`Service::unavailable_document`];
+//! - each daemon's JSON object goes through byte for byte ([`DaemonDocument`] keeps the text it
+//!   was parsed from, so numbers such as `0.13999999999999999` are not re-printed as `0.14`, and
+//!   clients of the old proxy read `mysql_backup` unchanged), or, when the daemon could not be
+//!   used, the fixed error object of [`Service::unavailable_document`];
 //! - `unified_devices` is [`unify`]: one entry per device id known to either *usable* daemon,
 //!   sorted by id so the reply is deterministic (upstream iterated a Python set).
 //!
@@ -18,6 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::status::ProgressStatus;
@@ -57,11 +59,89 @@ impl Service {
     }
 }
 
+/// A daemon's JSON object: the exact text it sent, and the object parsed from it.
+#[derive(Debug, Clone)]
+pub struct DaemonDocument {
+    raw: Box<RawValue>,
+    map: Map<String, Value>,
+}
+
+/// Why a daemon's reply body is not a document.
+#[derive(Debug)]
+pub enum DocumentError {
+    /// Not JSON.
+    Json(serde_json::Error),
+    /// JSON, but not an object (the JSON type is named).
+    NotAnObject(&'static str),
+}
+
+impl std::fmt::Display for DocumentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DocumentError::Json(_) => f.write_str("body is not JSON"),
+            DocumentError::NotAnObject(kind) => write!(f, "body is a JSON {kind}, not an object"),
+        }
+    }
+}
+
+impl std::error::Error for DocumentError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DocumentError::Json(e) => Some(e),
+            DocumentError::NotAnObject(_) => None,
+        }
+    }
+}
+
+impl DaemonDocument {
+    /// Parses a reply body; only a JSON object is a document. The text is kept as sent
+    /// (surrounding whitespace aside).
+    pub fn parse(body: &[u8]) -> Result<DaemonDocument, DocumentError> {
+        let raw: Box<RawValue> = serde_json::from_slice(body).map_err(DocumentError::Json)?;
+        match serde_json::from_str::<Value>(raw.get()).map_err(DocumentError::Json)? {
+            Value::Object(map) => Ok(DaemonDocument { raw, map }),
+            other => Err(DocumentError::NotAnObject(crate::device::json_kind(&other))),
+        }
+    }
+
+    /// A document from an object built in memory (its text is the object's serialization).
+    pub fn from_map(map: Map<String, Value>) -> DaemonDocument {
+        let text = serde_json::to_string(&map).unwrap_or_else(|_| "{}".to_string());
+        let raw = RawValue::from_string(text).unwrap_or_else(|_| empty_raw_object());
+        DaemonDocument { raw, map }
+    }
+
+    /// The parsed object.
+    pub fn map(&self) -> &Map<String, Value> {
+        &self.map
+    }
+
+    /// The text as received.
+    pub fn raw(&self) -> &RawValue {
+        &self.raw
+    }
+
+    fn into_raw(self) -> Box<RawValue> {
+        self.raw
+    }
+}
+
+impl PartialEq for DaemonDocument {
+    /// Equal texts (the parsed objects then agree too).
+    fn eq(&self, other: &DaemonDocument) -> bool {
+        self.raw.get() == other.raw.get()
+    }
+}
+
+fn empty_raw_object() -> Box<RawValue> {
+    RawValue::from_string("{}".to_string()).expect("{} is JSON")
+}
+
 /// One daemon's `GET /status` reply as the node received it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServiceReport {
-    /// The daemon answered with a JSON object (kept verbatim, key order included).
-    Available(Map<String, Value>),
+    /// The daemon answered with a JSON object (kept byte for byte).
+    Available(DaemonDocument),
     /// Down, refused, timed out, non-2xx, oversized, not JSON, or JSON that is not an object.
     Unavailable,
 }
@@ -71,7 +151,7 @@ impl ServiceReport {
     /// (array, string, number, null) is [`ServiceReport::Unavailable`].
     pub fn from_document(doc: Value) -> ServiceReport {
         match doc {
-            Value::Object(map) => ServiceReport::Available(map),
+            Value::Object(map) => ServiceReport::Available(DaemonDocument::from_map(map)),
             _ => ServiceReport::Unavailable,
         }
     }
@@ -86,6 +166,7 @@ impl ServiceReport {
         let ServiceReport::Available(doc) = self else {
             return None;
         };
+        let doc = doc.map();
         if doc.contains_key("error") {
             return None;
         }
@@ -97,10 +178,12 @@ impl ServiceReport {
     }
 
     /// The document as it appears in the unified reply: verbatim, or the fixed error object.
-    pub fn into_document(self, service: Service) -> Map<String, Value> {
+    pub fn into_document(self, service: Service) -> Box<RawValue> {
         match self {
-            ServiceReport::Available(doc) => doc,
-            ServiceReport::Unavailable => service.unavailable_document(),
+            ServiceReport::Available(doc) => doc.into_raw(),
+            ServiceReport::Unavailable => {
+                DaemonDocument::from_map(service.unavailable_document()).into_raw()
+            }
         }
     }
 }
@@ -202,14 +285,23 @@ pub struct UnifiedDevice {
 }
 
 /// The whole `GET /backup/status` reply.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UnifiedStatus {
-    /// The MySQL daemon's document verbatim, or its unavailable error object.
-    pub mysql_backup: Map<String, Value>,
-    /// The rsync daemon's document verbatim, or its unavailable error object.
-    pub rsync_backup: Map<String, Value>,
+    /// The MySQL daemon's document byte for byte, or its unavailable error object.
+    pub mysql_backup: Box<RawValue>,
+    /// The rsync daemon's document byte for byte, or its unavailable error object.
+    pub rsync_backup: Box<RawValue>,
     /// The merged per-device view, sorted by device id.
     pub unified_devices: BTreeMap<String, UnifiedDevice>,
+}
+
+impl PartialEq for UnifiedStatus {
+    /// Same document texts and the same merged view.
+    fn eq(&self, other: &UnifiedStatus) -> bool {
+        self.mysql_backup.get() == other.mysql_backup.get()
+            && self.rsync_backup.get() == other.rsync_backup.get()
+            && self.unified_devices == other.unified_devices
+    }
 }
 
 impl UnifiedStatus {
@@ -343,6 +435,57 @@ mod tests {
         ServiceReport::from_document(v)
     }
 
+    fn parsed(raw: &RawValue) -> Value {
+        serde_json::from_str(raw.get()).unwrap()
+    }
+
+    /// A daemon's text goes through byte for byte: a float that a parse-and-print round trip
+    /// would shorten (`0.13999999999999999` printed as `0.14` by a lossy parser), an exponent, a
+    /// trailing `.0`, an escape and the daemon's own spacing all survive; the merged view reads
+    /// the same float exactly.
+    #[test]
+    fn documents_pass_through_byte_for_byte() {
+        let text = format!(
+            r#"{{"{ID}": {{"name": "ETHOSCOPE_001", "progress": {{"status": "success", "duration_s": 0.13999999999999999, "big": 1e300, "one": 1.0, "esc": "é"}}}}}}"#
+        );
+        let doc = DaemonDocument::parse(
+            format!(
+                "  {text}
+"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let status =
+            UnifiedStatus::from_reports(ServiceReport::Available(doc), ServiceReport::Unavailable);
+        let out = serde_json::to_string(&status).unwrap();
+        assert!(
+            out.starts_with(&format!(r#"{{"mysql_backup":{text},"rsync_backup":"#)),
+            "{out}"
+        );
+        let block = serde_json::to_string(&status.unified_devices[ID].mysql_backup).unwrap();
+        assert!(
+            block.contains(r#""duration_s":0.13999999999999999"#),
+            "{block}"
+        );
+    }
+
+    #[test]
+    fn only_json_objects_are_documents() {
+        assert!(matches!(
+            DaemonDocument::parse(b"[1, 2]"),
+            Err(DocumentError::NotAnObject("array"))
+        ));
+        assert!(matches!(
+            DaemonDocument::parse(b"{\"a\": "),
+            Err(DocumentError::Json(_))
+        ));
+        assert_eq!(
+            DaemonDocument::parse(b"{\"a\": 1}").unwrap().map()["a"],
+            json!(1)
+        );
+    }
+
     /// A daemon entry whose `progress` is described by `side`.
     fn side_entry(side: &str) -> Option<Map<String, Value>> {
         let progress = match side {
@@ -393,8 +536,8 @@ mod tests {
                     }
                     let rdoc = obj(json!({ "devices": rdoc }));
                     let out = unify(
-                        &ServiceReport::Available(mdoc),
-                        &ServiceReport::Available(rdoc),
+                        &ServiceReport::Available(DaemonDocument::from_map(mdoc)),
+                        &ServiceReport::Available(DaemonDocument::from_map(rdoc)),
                     );
                     assert_eq!(out[ID].overall_status.as_str(), expected, "{m}/{r}");
                 }
@@ -540,7 +683,7 @@ mod tests {
         // The error document itself still passes through verbatim.
         let status = UnifiedStatus::from_reports(err.clone(), ServiceReport::Unavailable);
         assert_eq!(
-            Value::Object(status.mysql_backup),
+            parsed(&status.mysql_backup),
             json!({"status": "initializing",
             "error": "Backup wrapper not initialized", ID: {"name": "A"}})
         );
@@ -831,15 +974,16 @@ mod tests {
                     prop_assert!(dev.mysql_backup.metadata.is_none());
                 }
                 // Documents pass through verbatim when they are objects.
+                let unavailable = |s: Service| Value::Object(s.unavailable_document());
                 match &m {
-                    Value::Object(doc) => prop_assert_eq!(&status.mysql_backup, doc),
-                    _ => prop_assert_eq!(&status.mysql_backup,
-                                         &Service::MysqlBackup.unavailable_document()),
+                    Value::Object(_) => prop_assert_eq!(parsed(&status.mysql_backup), m.clone()),
+                    _ => prop_assert_eq!(parsed(&status.mysql_backup),
+                                         unavailable(Service::MysqlBackup)),
                 }
                 match &r {
-                    Value::Object(doc) => prop_assert_eq!(&status.rsync_backup, doc),
-                    _ => prop_assert_eq!(&status.rsync_backup,
-                                         &Service::RsyncBackup.unavailable_document()),
+                    Value::Object(_) => prop_assert_eq!(parsed(&status.rsync_backup), r.clone()),
+                    _ => prop_assert_eq!(parsed(&status.rsync_backup),
+                                         unavailable(Service::RsyncBackup)),
                 }
             }
         }

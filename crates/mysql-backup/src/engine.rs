@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use etho_daemon::{Engine, JobContext, JobOutcome};
-use etho_model::device::DeviceInfo;
+use etho_model::device::{DeviceInfo, Ineligible};
 use etho_model::now_epoch;
 use etho_model::status::{Progress, ProgressStatus};
 use futures::future::BoxFuture;
@@ -185,11 +185,11 @@ impl Engine for MysqlEngine {
         "mysql-backup"
     }
 
-    fn accepts(&self, device: &DeviceInfo) -> Result<(), String> {
+    fn accepts(&self, device: &DeviceInfo) -> Result<(), Ineligible> {
         if device.has_mariadb() {
             Ok(())
         } else {
-            Err("the device reports no MariaDB database".into())
+            Err(Ineligible::NoMariaDb)
         }
     }
 

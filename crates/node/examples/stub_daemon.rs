@@ -141,8 +141,13 @@ async fn main() {
     if let Ok(local) = listener.local_addr() {
         println!("listening on {local}");
     }
-    let serve = axum::serve(listener, app)
-        .with_graceful_shutdown(tokio::time::sleep(Duration::from_secs(lifetime)));
+    // The node's own serving stack, request timeout and body limit included.
+    let serve = etho_http::serve(
+        listener,
+        app,
+        etho_http::ServerLimits::default(),
+        tokio::time::sleep(Duration::from_secs(lifetime)),
+    );
     if let Err(err) = serve.await {
         eprintln!("stub_daemon: {err}");
         std::process::exit(1);

@@ -3,10 +3,12 @@
 //! The dashboard polls this endpoint, and upstream's version made it wait for two sequential
 //! 5 s fetches with no cache, so one slow daemon stalled the whole UI. Here:
 //!
-//! - both daemons are asked at the same time; each fetch (connect and whole body) is bounded by
-//!   [`NodeConfig::daemon_timeout`] and its body by [`NodeConfig::daemon_body_limit`], streamed
-//!   and abandoned at the cap. Any failure turns that side into the seed's "unavailable" object
-//!   ([`etho_model::merge::ServiceReport::Unavailable`]); the other side still works;
+//! - both daemons are asked at the same time ([`etho_http::fetch_bytes`]); each fetch (connect
+//!   and whole body) is bounded by [`NodeConfig::daemon_timeout`] and its body by
+//!   [`NodeConfig::daemon_body_limit`], streamed and abandoned at the cap. Any failure turns that
+//!   side into the seed's "unavailable" object ([`etho_model::merge::ServiceReport::Unavailable`]);
+//!   the other side still works;
+//! - a daemon's document is relayed byte for byte ([`etho_model::merge::DaemonDocument`]);
 //! - the reply is built once ([`etho_model::merge::UnifiedStatus`]), serialized once and kept as
 //!   shared bytes for [`NodeConfig::status_cache_ttl`] (at most 1 s by default), so a busy
 //!   dashboard costs about two fetches per daemon per TTL, not one per request;
@@ -18,7 +20,6 @@
 //!   background, so steady polling never waits for a fetch (see `bench/status.sh`).
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -29,111 +30,12 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{routing::get, Router};
 use bytes::Bytes;
-use etho_model::merge::{Service, ServiceReport, UnifiedStatus};
+use etho_http::{FetchError, ServiceUrl};
+use etho_model::error_chain;
+use etho_model::merge::{DaemonDocument, DocumentError, Service, ServiceReport, UnifiedStatus};
 use futures::future::{BoxFuture, FutureExt, Shared};
-use reqwest::Url;
-use serde_json::Value;
 
 use crate::{AppState, NodeConfig};
-
-/// Base URL of a backup daemon; its status document is at `<base>/status`.
-///
-/// Accepts `http://HOST:PORT[/prefix]`, or `HOST:PORT` (as upstream's `-i` did) which means
-/// `http://HOST:PORT`. Only plain HTTP: the daemons listen on the node itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DaemonUrl {
-    base: Url,
-    status: Url,
-}
-
-/// Why a daemon URL was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid daemon URL {input:?}: {reason}")]
-pub struct DaemonUrlError {
-    input: String,
-    reason: String,
-}
-
-impl DaemonUrl {
-    /// Parses and validates a daemon base URL.
-    pub fn parse(input: &str) -> Result<DaemonUrl, DaemonUrlError> {
-        let err = |reason: &str| DaemonUrlError {
-            input: input.to_string(),
-            reason: reason.to_string(),
-        };
-        let text = input.trim();
-        let text = if text.contains("://") {
-            text.to_string()
-        } else {
-            format!("http://{text}")
-        };
-        let mut base = Url::parse(&text).map_err(|e| err(&e.to_string()))?;
-        if base.scheme() != "http" {
-            return Err(err("only http:// is supported"));
-        }
-        if base.host_str().is_none_or(str::is_empty) {
-            return Err(err("no host"));
-        }
-        if base.query().is_some() || base.fragment().is_some() {
-            return Err(err("a query or fragment is not allowed"));
-        }
-        if !base.username().is_empty() || base.password().is_some() {
-            return Err(err("credentials are not allowed"));
-        }
-        // `<base>/status`, also when the base has a path prefix or already names /status.
-        let path = base.path().trim_end_matches('/').to_string();
-        let path = path.strip_suffix("/status").unwrap_or(&path).to_string();
-        base.set_path(&format!("{path}/"));
-        let status = base.join("status").map_err(|e| err(&e.to_string()))?;
-        Ok(DaemonUrl { base, status })
-    }
-
-    /// The base URL (always ends with `/`).
-    pub fn base(&self) -> &Url {
-        &self.base
-    }
-
-    /// The daemon's `GET /status` URL.
-    pub fn status_url(&self) -> &Url {
-        &self.status
-    }
-}
-
-impl FromStr for DaemonUrl {
-    type Err = DaemonUrlError;
-    fn from_str(s: &str) -> Result<DaemonUrl, DaemonUrlError> {
-        DaemonUrl::parse(s)
-    }
-}
-
-impl fmt::Display for DaemonUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.base.as_str().trim_end_matches('/'))
-    }
-}
-
-/// Why one daemon fetch did not produce a usable document (logged, never sent to clients).
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// Connecting, sending or reading failed (the message includes the underlying causes).
-    #[error("request failed: {0}")]
-    Request(String),
-    /// The daemon answered with a non-2xx status.
-    #[error("HTTP status {0}")]
-    Status(reqwest::StatusCode),
-    /// The body is larger than the cap.
-    #[error("body larger than {0} bytes")]
-    TooLarge(usize),
-    /// Connect plus whole body took longer than the daemon timeout.
-    #[error("no complete answer within {0:?}")]
-    Timeout(Duration),
-    /// The body is not JSON.
-    #[error("body is not JSON: {0}")]
-    Json(#[source] serde_json::Error),
-    /// The body is JSON but not an object.
-    #[error("body is JSON but not an object")]
-    NotAnObject,
-}
 
 /// Last known reachability of a daemon, to log changes once instead of every refresh.
 const HEALTH_UNKNOWN: u8 = 0;
@@ -143,8 +45,17 @@ const HEALTH_DOWN: u8 = 2;
 #[derive(Debug)]
 struct Daemon {
     service: Service,
-    url: DaemonUrl,
+    url: ServiceUrl,
     health: AtomicU8,
+}
+
+/// Why one daemon's reply could not be used (logged, never sent to clients).
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Document(#[from] DocumentError),
 }
 
 /// A refresh in flight, shared by every request waiting for it. `None` output: the refresh task
@@ -186,16 +97,9 @@ impl fmt::Debug for BackupStatusService {
 impl BackupStatusService {
     /// Builds the service (HTTP client with connection reuse, empty cache).
     pub fn new(config: &NodeConfig) -> anyhow::Result<BackupStatusService> {
-        let client = reqwest::Client::builder()
-            // The daemons are on the node: never route through an environment proxy, never
-            // follow a redirect somewhere else.
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.daemon_timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
+        let client = etho_http::client(config.daemon_timeout)
             .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
-        let daemon = |service, url: &DaemonUrl| Daemon {
+        let daemon = |service, url: &ServiceUrl| Daemon {
             service,
             url: url.clone(),
             health: AtomicU8::new(HEALTH_UNKNOWN),
@@ -288,54 +192,28 @@ impl BackupStatusService {
 
     /// GET `<daemon>/status`: connect and whole body within the daemon timeout, body streamed
     /// and abandoned at the cap.
-    async fn fetch_body(&self, daemon: &Daemon) -> Result<Vec<u8>, FetchError> {
-        let fetch = async {
-            let mut response = self
-                .client
-                .get(daemon.url.status_url().clone())
-                .header(header::ACCEPT, "application/json")
-                .send()
-                .await
-                .map_err(request_error)?;
-            if !response.status().is_success() {
-                return Err(FetchError::Status(response.status()));
-            }
-            let limit = self.body_limit;
-            let announced = response.content_length().unwrap_or(0);
-            if announced > limit as u64 {
-                return Err(FetchError::TooLarge(limit));
-            }
-            let mut body = Vec::with_capacity(announced as usize);
-            while let Some(chunk) = response.chunk().await.map_err(request_error)? {
-                if body.len() + chunk.len() > limit {
-                    return Err(FetchError::TooLarge(limit));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(body)
-        };
-        match tokio::time::timeout(self.timeout, fetch).await {
-            Ok(result) => result,
-            Err(_) => Err(FetchError::Timeout(self.timeout)),
-        }
+    async fn fetch_body(&self, daemon: &Daemon) -> Result<Bytes, Unusable> {
+        let url = daemon.url.endpoint();
+        Ok(etho_http::fetch_bytes(&self.client, url, self.body_limit, self.timeout).await?)
     }
 }
 
 impl Daemon {
     /// Turns a fetch result into a report; logs when the daemon's reachability changes (and at
     /// debug level while it stays down), so a dead daemon does not flood the log.
-    fn report(&self, result: Result<serde_json::Map<String, Value>, FetchError>) -> ServiceReport {
+    fn report(&self, result: Result<DaemonDocument, Unusable>) -> ServiceReport {
         let key = self.service.key();
         match result {
             Ok(doc) => {
                 if self.health.swap(HEALTH_UP, Ordering::Relaxed) == HEALTH_DOWN {
-                    tracing::info!("{key} reachable again at {}", self.url.status_url());
+                    tracing::info!("{key} reachable again at {}", self.url.endpoint());
                 }
                 ServiceReport::Available(doc)
             }
             Err(err) => {
+                let err = error_chain(&err);
                 if self.health.swap(HEALTH_DOWN, Ordering::Relaxed) != HEALTH_DOWN {
-                    tracing::warn!("{key} unavailable at {}: {err}", self.url.status_url());
+                    tracing::warn!("{key} unavailable at {}: {err}", self.url.endpoint());
                 } else {
                     tracing::debug!("{key} still unavailable: {err}");
                 }
@@ -345,25 +223,9 @@ impl Daemon {
     }
 }
 
-/// A reqwest error with its causes ("error sending request" alone does not say "refused").
-fn request_error(err: reqwest::Error) -> FetchError {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    FetchError::Request(text)
-}
-
-/// A daemon body as a JSON object.
-fn parse_document(body: Vec<u8>) -> Result<serde_json::Map<String, Value>, FetchError> {
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(doc)) => Ok(doc),
-        Ok(_) => Err(FetchError::NotAnObject),
-        Err(e) => Err(FetchError::Json(e)),
-    }
+/// A daemon body as a document (an object, kept byte for byte).
+fn parse_document(body: Bytes) -> Result<DaemonDocument, Unusable> {
+    Ok(DaemonDocument::parse(&body)?)
 }
 
 /// The reply when nothing could be used (also the fallback if serialization ever failed).
@@ -410,55 +272,5 @@ async fn backup_status_get(State(state): State<AppState>) -> Response {
         )
             .into_response(),
         None => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn daemon_url_forms() {
-        let cases = [
-            ("http://127.0.0.1:8090", "http://127.0.0.1:8090/status"),
-            ("http://127.0.0.1:8090/", "http://127.0.0.1:8090/status"),
-            ("127.0.0.1:8093", "http://127.0.0.1:8093/status"),
-            ("localhost", "http://localhost/status"),
-            ("http://node/backup", "http://node/backup/status"),
-            ("http://node/backup/", "http://node/backup/status"),
-            (
-                "http://127.0.0.1:8090/status",
-                "http://127.0.0.1:8090/status",
-            ),
-        ];
-        for (input, status) in cases {
-            let url = DaemonUrl::parse(input).unwrap();
-            assert_eq!(url.status_url().as_str(), status, "{input}");
-        }
-        assert_eq!(
-            DaemonUrl::parse("http://127.0.0.1:8090/")
-                .unwrap()
-                .to_string(),
-            "http://127.0.0.1:8090"
-        );
-    }
-
-    #[test]
-    fn daemon_url_rejects() {
-        for input in [
-            "https://127.0.0.1:8090",
-            "ftp://x",
-            "http://",
-            "http://a/?q=1",
-            "http://u:p@127.0.0.1/",
-            "http://127.0.0.1:99999",
-            "",
-        ] {
-            let err = DaemonUrl::parse(input).unwrap_err();
-            assert!(
-                err.to_string().contains("invalid daemon URL"),
-                "{input}: {err}"
-            );
-        }
     }
 }

@@ -27,15 +27,15 @@ pub mod mdns;
 pub mod poller;
 pub mod registry;
 
-pub use backup_status::DaemonUrl;
+pub use etho_http::ServiceUrl;
 
 /// Configuration of the node, built by the binary from its flags.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// Base URL of the MySQL backup daemon; its status is `<url>/status`.
-    pub mysql_backup_url: DaemonUrl,
+    pub mysql_backup_url: ServiceUrl,
     /// Base URL of the rsync backup daemon; its status is `<url>/status`.
-    pub rsync_backup_url: DaemonUrl,
+    pub rsync_backup_url: ServiceUrl,
     /// Bound on each daemon fetch: connecting plus reading the whole body.
     pub daemon_timeout: Duration,
     /// Largest daemon `/status` body accepted; a larger one makes that daemon "unavailable".
@@ -55,9 +55,9 @@ impl Default for NodeConfig {
     /// Upstream's ports on loopback, a 2 s daemon timeout and a 1 s status cache.
     fn default() -> NodeConfig {
         NodeConfig {
-            mysql_backup_url: DaemonUrl::parse("http://127.0.0.1:8090")
+            mysql_backup_url: ServiceUrl::daemon("http://127.0.0.1:8090")
                 .expect("static URL is valid"),
-            rsync_backup_url: DaemonUrl::parse("http://127.0.0.1:8093")
+            rsync_backup_url: ServiceUrl::daemon("http://127.0.0.1:8093")
                 .expect("static URL is valid"),
             daemon_timeout: Duration::from_secs(2),
             daemon_body_limit: DEFAULT_DAEMON_BODY_LIMIT,
@@ -111,14 +111,19 @@ async fn healthz_get() -> &'static str {
     "ok\n"
 }
 
-/// Serves [`app`] on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// Serves [`app`] on `listener`, with the request timeout and body limit of
+/// [`etho_http::ServerLimits`], until `shutdown` resolves, then finishes in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let _discovery = state.devices.start();
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    etho_http::serve(
+        listener,
+        app(state),
+        etho_http::ServerLimits::default(),
+        shutdown,
+    )
+    .await
 }

@@ -13,12 +13,14 @@
 //!   connections (nothing listens: the device is off) or after [`Thresholds::unreached_timeout`]
 //!   of other failures (timeouts, garbage).
 //!
-//! [`poll_device`] does the HTTP side with short timeouts and a body-size cap.
+//! [`poll_device`] does the HTTP side with short timeouts and a body-size cap
+//! ([`etho_http::fetch_json`]).
 
-use std::net::IpAddr;
 use std::time::Duration;
 
+use etho_http::{FetchError, ServiceUrl};
 use etho_model::device::{is_valid_device_name, is_valid_machine_id, json_kind};
+use etho_model::error_chain;
 use serde_json::{Map, Value};
 
 /// Largest device answer accepted (a real `/data` document is a few kB).
@@ -352,83 +354,6 @@ impl PollState {
     }
 }
 
-/// Why a fetch failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FetchError {
-    /// Nothing listens.
-    #[error("connection refused")]
-    Refused,
-    /// No answer within the timeout.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    /// Any other network failure.
-    #[error("{0}")]
-    Network(String),
-    /// A non-2xx answer.
-    #[error("HTTP {0}")]
-    Status(u16),
-    /// Larger than [`MAX_ANSWER_BYTES`].
-    #[error("answer larger than {MAX_ANSWER_BYTES} bytes")]
-    TooLarge,
-    /// Not JSON.
-    #[error("invalid JSON: {0}")]
-    BadJson(String),
-}
-
-fn is_refused(err: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// GETs `url` and parses JSON, within `timeout` for the whole exchange and [`MAX_ANSWER_BYTES`].
-pub async fn fetch_json(
-    client: &reqwest::Client,
-    url: &str,
-    timeout: Duration,
-) -> Result<Value, FetchError> {
-    let exchange = async {
-        let mut resp = client
-            .get(url)
-            .header("User-Agent", "EthoscopeNode/1.0 (etho-backup)")
-            .send()
-            .await
-            .map_err(|e| {
-                if is_refused(&e) {
-                    FetchError::Refused
-                } else {
-                    FetchError::Network(e.without_url().to_string())
-                }
-            })?;
-        if !resp.status().is_success() {
-            return Err(FetchError::Status(resp.status().as_u16()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| FetchError::Network(e.without_url().to_string()))?
-        {
-            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(FetchError::TooLarge);
-            }
-            body.extend_from_slice(&chunk);
-        }
-        serde_json::from_slice::<Value>(&body).map_err(|e| FetchError::BadJson(e.to_string()))
-    };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(r) => r,
-        Err(_) => Err(FetchError::Timeout(timeout)),
-    }
-}
-
 /// What one poll found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PollReport {
@@ -477,22 +402,30 @@ impl PollReport {
     }
 }
 
-/// Base URL of a device's API: `http://IP:PORT`.
-pub fn base_url(ip: IpAddr, port: u16) -> String {
-    match ip {
-        IpAddr::V4(v4) => format!("http://{v4}:{port}"),
-        IpAddr::V6(v6) => format!("http://[{v6}]:{port}"),
+/// A failed fetch, for `poll_error`: short for a refusal, with its causes otherwise.
+fn fetch_problem(what: &str, err: &FetchError) -> String {
+    match err {
+        FetchError::Refused(_) => format!("{what}: {err}"),
+        _ => format!("{what}: {}", error_chain(err)),
     }
 }
 
-/// Polls a device: `/id`, then `/data/<id>`, then `/data/databases/<id>`.
-pub async fn poll_device(client: &reqwest::Client, base: &str, timeout: Duration) -> PollReport {
-    let id_doc = match fetch_json(client, &format!("{base}/id"), timeout).await {
+/// Polls a device: `/id`, then `/data/<id>`, then `/data/databases/<id>`, each a capped fetch
+/// ([`etho_http::fetch_json`], at most [`MAX_ANSWER_BYTES`]) within `timeout`.
+pub async fn poll_device(
+    client: &reqwest::Client,
+    base: &ServiceUrl,
+    timeout: Duration,
+) -> PollReport {
+    let fetch = |path: String| async move {
+        etho_http::fetch_json::<Value>(client, &base.join(&path), MAX_ANSWER_BYTES, timeout).await
+    };
+    let id_doc = match fetch("id".into()).await {
         Ok(v) => v,
         Err(e) => {
             return PollReport::Unreachable {
-                refused: e == FetchError::Refused,
-                error: format!("/id: {e}"),
+                refused: e.is_refused(),
+                error: fetch_problem("/id", &e),
             }
         }
     };
@@ -506,7 +439,7 @@ pub async fn poll_device(client: &reqwest::Client, base: &str, timeout: Duration
             }
         }
     };
-    let data = match fetch_json(client, &format!("{base}/data/{id}"), timeout).await {
+    let data = match fetch(format!("data/{id}")).await {
         Ok(v) => match validate_info(&id, &v) {
             Ok(d) => d,
             Err(AnswerError::Rejected(reason)) => {
@@ -525,11 +458,11 @@ pub async fn poll_device(client: &reqwest::Client, base: &str, timeout: Duration
         Err(e) => {
             return PollReport::IdOnly {
                 id,
-                error: format!("/data: {e}"),
+                error: fetch_problem("/data", &e),
             }
         }
     };
-    let databases = fetch_json(client, &format!("{base}/data/databases/{id}"), timeout)
+    let databases = fetch(format!("data/databases/{id}"))
         .await
         .ok()
         .as_ref()

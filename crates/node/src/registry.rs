@@ -24,6 +24,8 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use etho_http::ServiceUrl;
+
 use crate::poller::{self, PollReport, PollState, Thresholds};
 
 /// The device API port of an ethoscope (`device_server.py -p 9000`).
@@ -302,12 +304,7 @@ impl DeviceRegistry {
     /// A registry with nothing loaded yet; `state_dir` holds `devices.sqlite` when persistence is
     /// on. Opening the database and polling begin with [`DeviceRegistry::start`].
     pub fn new(config: DiscoveryConfig, state_dir: &Path) -> anyhow::Result<DeviceRegistry> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(config.device_timeout)
-            .timeout(config.device_timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()?;
+        let client = etho_http::client(config.device_timeout)?;
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(DeviceRegistry {
             db_path: config.persist.then(|| state_dir.join("devices.sqlite")),
@@ -581,7 +578,7 @@ impl DeviceRegistry {
                 }
             }
         };
-        let base = poller::base_url(ip, target.port);
+        let base = ServiceUrl::device(ip, target.port);
         (
             Some(ip),
             poller::poll_device(&self.client, &base, self.config.device_timeout).await,

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use etho_node::{AppState, DaemonUrl, NodeConfig};
+use etho_node::{AppState, NodeConfig, ServiceUrl};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -195,8 +195,8 @@ async fn start_node(mysql: &str, rsync: &str, ttl: Duration) -> Node {
     let state_dir = tempfile::tempdir().unwrap();
     let config = NodeConfig {
         state_dir: state_dir.path().to_path_buf(),
-        mysql_backup_url: DaemonUrl::parse(mysql).unwrap(),
-        rsync_backup_url: DaemonUrl::parse(rsync).unwrap(),
+        mysql_backup_url: ServiceUrl::daemon(mysql).unwrap(),
+        rsync_backup_url: ServiceUrl::daemon(rsync).unwrap(),
         daemon_timeout: TIMEOUT,
         status_cache_ttl: ttl,
         ..NodeConfig::default()
@@ -429,6 +429,32 @@ async fn both_daemons_down_gives_the_seed_error_document() {
         format!(
             r#"{{"mysql_backup":{MYSQL_UNAVAILABLE},"rsync_backup":{RSYNC_UNAVAILABLE},"unified_devices":{{}}}}"#
         )
+    );
+}
+
+/// The MySQL daemon's own text (its spacing, a float that a lossy parse-and-print round trip
+/// turns into `0.14`, an exponent, an escape) comes out of the node byte for byte, and the merged
+/// view carries the same float.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_documents_pass_through_byte_for_byte() {
+    let text = format!(
+        r#"{{"{DEV_A}": {{"name": "ETHOSCOPE_001", "status": "running",
+  "progress": {{"status": "success", "message": "ok", "duration_s": 0.13999999999999999,
+                "percent": 100.0, "huge": 1e300, "who": "\u00e9"}}}}}}"#
+    );
+    let mysql = stub(Behaviour::Json(text.clone(), Duration::ZERO)).await;
+    let rsync = stub(json_stub(&rsync_fixture())).await;
+    let node = start_node(&mysql.url, &rsync.url, Duration::ZERO).await;
+    let (_, body, _) = get_status(&node).await;
+    assert!(
+        body.starts_with(&format!(r#"{{"mysql_backup":{text},"rsync_backup":"#)),
+        "{body}"
+    );
+    let unified_at = body.find(r#""unified_devices":"#).unwrap();
+    assert!(
+        body[unified_at..].contains(r#""duration_s":0.13999999999999999"#),
+        "{}",
+        &body[unified_at..]
     );
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etho_daemon::{Engine, JobContext, JobOutcome};
-use etho_model::device::{is_valid_machine_id, DeviceInfo};
+use etho_model::device::{is_valid_machine_id, DeviceInfo, Ineligible};
 use etho_model::size::format_bytes;
 use etho_model::status::{Progress, ProgressStatus};
 use futures::future::BoxFuture;
@@ -711,12 +711,12 @@ impl Engine for RsyncEngine {
         "rsync-backup"
     }
 
-    fn accepts(&self, device: &DeviceInfo) -> Result<(), String> {
+    fn accepts(&self, device: &DeviceInfo) -> Result<(), Ineligible> {
         if self.kinds_for(device).is_empty() {
-            Err(format!(
+            Err(Ineligible::Engine(format!(
                 "Device {} does not have a SQLite database and only results are backed up",
                 device.id
-            ))
+            )))
         } else {
             Ok(())
         }
