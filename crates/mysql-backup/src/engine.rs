@@ -6,19 +6,22 @@
 //! `percent`, rows and bytes copied and the target file; `synced.tracking_db` describes the
 //! mirror; `data_duplication` is measured on the mirror after every job.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use etho_daemon::{Engine, JobContext, JobOutcome};
 use etho_model::device::{DeviceInfo, Ineligible};
-use etho_model::now_epoch;
 use etho_model::status::{Progress, ProgressStatus};
+use etho_model::{error_chain, now_epoch};
 use futures::future::BoxFuture;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use crate::config::MirrorConfig;
 use crate::error::MirrorError;
 use crate::mirror::{Mirror, MirrorProgress, MirrorReport};
+use crate::schema::Skipped;
 
 /// The MySQL mirror engine (cheap to clone; clones share remembered verification counts).
 #[derive(Debug, Clone)]
@@ -45,6 +48,67 @@ impl MysqlEngine {
     }
 }
 
+/// `progress` fields of a running job (after `status` and `message`), in wire order.
+#[derive(Debug, Serialize)]
+struct LiveExtra<'a> {
+    percent: f64,
+    rows_copied: u64,
+    rows_total: u64,
+    bytes_copied: u64,
+    table: &'a str,
+    target_file: &'a str,
+}
+
+/// `progress` fields of a finished job (after `status` and `message`), in wire order.
+#[derive(Debug, Serialize)]
+struct FinalExtra<'a> {
+    percent: f64,
+    rows_copied: u64,
+    bytes_copied: u64,
+    target_file: String,
+    duration_s: f64,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    skipped_tables: &'a [Skipped],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    mismatches: &'a [String],
+}
+
+/// The entry's `synced`: what the mirror holds.
+#[derive(Debug, Serialize)]
+struct Synced<'a> {
+    tracking_db: TrackingDb<'a>,
+}
+
+/// `synced.tracking_db`.
+#[derive(Debug, Serialize)]
+struct TrackingDb<'a> {
+    backup_filename: &'a str,
+    path: String,
+    db_name: &'a str,
+    size_bytes: u64,
+    rows: u64,
+    tables: BTreeMap<&'a str, TableCounts>,
+    verified: bool,
+    last_backup: i64,
+}
+
+/// One table of `synced.tracking_db.tables`.
+#[derive(Debug, Serialize)]
+struct TableCounts {
+    rows: u64,
+    remote_rows: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_id: Option<i64>,
+}
+
+/// The fields of a serialisable struct, as a JSON object.
+fn object_of(value: &impl Serialize) -> Map<String, Value> {
+    match serde_json::to_value(value) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    }
+}
+
 /// Live progress as a status `progress` object.
 pub fn live_progress(p: &MirrorProgress) -> Progress {
     let mut progress = Progress::new(
@@ -58,13 +122,14 @@ pub fn live_progress(p: &MirrorProgress) -> Progress {
             )
         },
     );
-    let e = &mut progress.extra;
-    e.insert("percent".into(), json!(round1(p.percent)));
-    e.insert("rows_copied".into(), json!(p.rows_copied));
-    e.insert("rows_total".into(), json!(p.rows_total));
-    e.insert("bytes_copied".into(), json!(p.bytes_copied));
-    e.insert("table".into(), json!(p.table));
-    e.insert("target_file".into(), json!(p.target_file));
+    progress.extra = object_of(&LiveExtra {
+        percent: round1(p.percent),
+        rows_copied: p.rows_copied,
+        rows_total: p.rows_total,
+        bytes_copied: p.bytes_copied,
+        table: &p.table,
+        target_file: &p.target_file,
+    });
     progress
 }
 
@@ -72,11 +137,11 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-/// The final status of a finished job.
-pub fn outcome_of_report(device: &DeviceInfo, report: &MirrorReport) -> JobOutcome {
+/// The outcome word and message of a finished job.
+fn verdict(device: &DeviceInfo, report: &MirrorReport) -> (ProgressStatus, String) {
     let secs = report.duration.as_secs_f64();
     let verified = report.tables.len();
-    let (status, message) = if !report.mismatches.is_empty() {
+    if !report.mismatches.is_empty() {
         (
             ProgressStatus::Error,
             format!(
@@ -86,6 +151,11 @@ pub fn outcome_of_report(device: &DeviceInfo, report: &MirrorReport) -> JobOutco
             ),
         )
     } else if !report.skipped.is_empty() {
+        let skipped: Vec<String> = report
+            .skipped
+            .iter()
+            .map(|s| format!("{:?} ({})", s.table, s.reason))
+            .collect();
         (
             ProgressStatus::Warning,
             format!(
@@ -93,12 +163,7 @@ pub fn outcome_of_report(device: &DeviceInfo, report: &MirrorReport) -> JobOutco
                 device.id,
                 report.rows_copied,
                 report.skipped.len(),
-                report
-                    .skipped
-                    .iter()
-                    .map(|s| format!("{:?} ({})", s.table, s.reason))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                skipped.join(", ")
             ),
         )
     } else {
@@ -109,72 +174,76 @@ pub fn outcome_of_report(device: &DeviceInfo, report: &MirrorReport) -> JobOutco
                 device.id, report.rows_copied
             ),
         )
-    };
+    }
+}
+
+/// The final status of a finished job.
+pub fn outcome_of_report(device: &DeviceInfo, report: &MirrorReport) -> JobOutcome {
+    outcome_at(device, report, now_epoch())
+}
+
+/// [`outcome_of_report`] at `now` (epoch seconds, the `synced.tracking_db.last_backup`).
+fn outcome_at(device: &DeviceInfo, report: &MirrorReport, now: i64) -> JobOutcome {
+    let (status, message) = verdict(device, report);
     let mut progress = Progress::new(status, message);
-    let e = &mut progress.extra;
-    e.insert("percent".into(), json!(round1(report.percent)));
-    e.insert("rows_copied".into(), json!(report.rows_copied));
-    e.insert("bytes_copied".into(), json!(report.bytes_copied));
-    e.insert(
-        "target_file".into(),
-        json!(report.relative_path.display().to_string()),
-    );
-    e.insert("duration_s".into(), json!(round1(secs * 10.0) / 10.0));
-    if !report.skipped.is_empty() {
-        e.insert(
-            "skipped_tables".into(),
-            json!(report
-                .skipped
-                .iter()
-                .map(|s| json!({"table": s.table, "reason": s.reason}))
-                .collect::<Vec<_>>()),
-        );
-    }
-    if !report.mismatches.is_empty() {
-        e.insert("mismatches".into(), json!(report.mismatches));
-    }
-    let tables: Map<String, Value> = report
-        .tables
-        .iter()
-        .map(|(name, t)| {
-            let mut v = json!({"rows": t.local_rows, "remote_rows": t.remote_rows});
-            if let Some(max) = t.local_max_id {
-                v["max_id"] = json!(max);
-            }
-            (name.clone(), v)
-        })
-        .collect();
-    let synced = json!({
-        "tracking_db": {
-            "backup_filename": report.backup_filename,
-            "path": report.relative_path.display().to_string(),
-            "db_name": report.db_name,
-            "size_bytes": report.file_size,
-            "rows": report.tables.values().map(|t| t.local_rows).sum::<u64>(),
-            "tables": tables,
-            "verified": report.mismatches.is_empty(),
-            "last_backup": now_epoch(),
-        }
+    let secs = report.duration.as_secs_f64();
+    let path = report.relative_path.display().to_string();
+    progress.extra = object_of(&FinalExtra {
+        percent: round1(report.percent),
+        rows_copied: report.rows_copied,
+        bytes_copied: report.bytes_copied,
+        target_file: path.clone(),
+        // Hundredths of a second, computed as it always was (1.4 / 10 is 0.13999999999999999).
+        duration_s: round1(secs * 10.0) / 10.0,
+        skipped_tables: &report.skipped,
+        mismatches: &report.mismatches,
     });
+    let synced = Synced {
+        tracking_db: TrackingDb {
+            backup_filename: &report.backup_filename,
+            path,
+            db_name: &report.db_name,
+            size_bytes: report.file_size,
+            rows: report.tables.values().map(|t| t.local_rows).sum(),
+            tables: report
+                .tables
+                .iter()
+                .map(|(name, t)| {
+                    let counts = TableCounts {
+                        rows: t.local_rows,
+                        remote_rows: t.remote_rows,
+                        max_id: t.local_max_id,
+                    };
+                    (name.as_str(), counts)
+                })
+                .collect(),
+            verified: report.mismatches.is_empty(),
+            last_backup: now,
+        },
+    };
     let mut extra = Map::new();
-    extra.insert("data_duplication".into(), json!(report.data_duplication));
+    extra.insert(
+        "data_duplication".into(),
+        Value::Bool(report.data_duplication),
+    );
     JobOutcome {
         progress,
-        synced: Some(synced),
+        synced: Some(Value::Object(object_of(&synced))),
         extra,
     }
 }
 
-/// The final status of a failed or refused job.
+/// The final status of a failed or refused job; the message carries the error's causes.
 pub fn outcome_of_error(device: &DeviceInfo, err: &MirrorError, secs: f64) -> JobOutcome {
+    let text = error_chain(err);
     if err.is_warning() {
         JobOutcome::warning(format!(
-            "Backup of device {} postponed after {secs:.1}s: {err}",
+            "Backup of device {} postponed after {secs:.1}s: {text}",
             device.id
         ))
     } else {
         JobOutcome::error(format!(
-            "Backup failed for device {} after {secs:.1}s: {err}",
+            "Backup failed for device {} after {secs:.1}s: {text}",
             device.id
         ))
     }
@@ -195,7 +264,7 @@ impl Engine for MysqlEngine {
 
     fn default_extra(&self) -> Map<String, Value> {
         let mut m = Map::new();
-        m.insert("data_duplication".into(), json!(false));
+        m.insert("data_duplication".into(), Value::Bool(false));
         m
     }
 
@@ -210,5 +279,162 @@ impl Engine for MysqlEngine {
                 Err(err) => outcome_of_error(&device, &err, started.elapsed().as_secs_f64()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::TableReport;
+    use crate::schema::CopyMode;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    fn device() -> DeviceInfo {
+        DeviceInfo::from_entry(
+            ID,
+            &serde_json::json!({"id": ID, "name": "ETHOSCOPE_001", "ip": "127.0.0.10"}),
+        )
+        .unwrap()
+    }
+
+    fn report() -> MirrorReport {
+        let by_id = TableReport {
+            mode: CopyMode::ById,
+            remote_rows: 2200,
+            local_rows: 2200,
+            remote_max_id: Some(2200),
+            local_max_id: Some(2200),
+            copied: 700,
+        };
+        let keyless = TableReport {
+            mode: CopyMode::WholeTable,
+            remote_rows: 7,
+            local_rows: 7,
+            remote_max_id: None,
+            local_max_id: None,
+            copied: 0,
+        };
+        MirrorReport {
+            db_name: "ETHOSCOPE_001_db".into(),
+            backup_filename: format!("2025-07-10_10-00-00_{ID}.db"),
+            path: PathBuf::from("/results/x.db"),
+            relative_path: PathBuf::from(format!(
+                "{ID}/ETHOSCOPE_001/2025-07-10_10-00-00/2025-07-10_10-00-00_{ID}.db"
+            )),
+            tables: [
+                ("ROI_1".to_string(), by_id),
+                ("VAR_MAP".to_string(), keyless),
+            ]
+            .into(),
+            rows_copied: 700,
+            bytes_copied: 56_000,
+            skipped: Vec::new(),
+            mismatches: Vec::new(),
+            data_duplication: false,
+            percent: 100.0,
+            file_size: 409_600,
+            dam_lines: 0,
+            duration: Duration::from_millis(139),
+        }
+    }
+
+    /// The wire text of a finished job's `progress` and `synced`, key order included (as the
+    /// `json!` literals this replaced wrote them).
+    #[test]
+    fn finished_job_wire_shape() {
+        let out = outcome_at(&device(), &report(), 1_752_137_404);
+        let path = format!("{ID}/ETHOSCOPE_001/2025-07-10_10-00-00/2025-07-10_10-00-00_{ID}.db");
+        assert_eq!(
+            serde_json::to_string(&out.progress).unwrap(),
+            format!(
+                r#"{{"status":"success","message":"Backup completed successfully for device {ID} in 0.1s: 700 new rows, 2 tables verified","percent":100.0,"rows_copied":700,"bytes_copied":56000,"target_file":"{path}","duration_s":0.13999999999999999}}"#
+            )
+        );
+        assert_eq!(
+            serde_json::to_string(&out.synced).unwrap(),
+            format!(
+                r#"{{"tracking_db":{{"backup_filename":"2025-07-10_10-00-00_{ID}.db","path":"{path}","db_name":"ETHOSCOPE_001_db","size_bytes":409600,"rows":2207,"tables":{{"ROI_1":{{"rows":2200,"remote_rows":2200,"max_id":2200}},"VAR_MAP":{{"rows":7,"remote_rows":7}}}},"verified":true,"last_backup":1752137404}}}}"#
+            )
+        );
+        assert_eq!(
+            serde_json::to_string(&out.extra).unwrap(),
+            r#"{"data_duplication":false}"#
+        );
+    }
+
+    #[test]
+    fn skipped_and_mismatched_tables_on_the_wire() {
+        let mut r = report();
+        r.skipped.push(Skipped {
+            table: "bad name".into(),
+            reason: "not a plain name".into(),
+        });
+        let out = outcome_at(&device(), &r, 0);
+        assert_eq!(out.status(), ProgressStatus::Warning);
+        let text = serde_json::to_string(&out.progress).unwrap();
+        assert!(
+            text.ends_with(
+                r#""duration_s":0.13999999999999999,"skipped_tables":[{"table":"bad name","reason":"not a plain name"}]}"#
+            ),
+            "{text}"
+        );
+        r.mismatches
+            .push("ROI_1: mirror has 1 rows up to id 1, device 2 rows up to id 2".into());
+        let out = outcome_at(&device(), &r, 0);
+        assert_eq!(out.status(), ProgressStatus::Error);
+        let text = serde_json::to_string(&out.progress).unwrap();
+        assert!(
+            text.ends_with(r#""skipped_tables":[{"table":"bad name","reason":"not a plain name"}],"mismatches":["ROI_1: mirror has 1 rows up to id 1, device 2 rows up to id 2"]}"#),
+            "{text}"
+        );
+        assert_eq!(out.synced.unwrap()["tracking_db"]["verified"], false);
+    }
+
+    #[test]
+    fn live_progress_wire_shape() {
+        let p = live_progress(&MirrorProgress {
+            table: "ROI_1".into(),
+            rows_copied: 100,
+            rows_total: 300,
+            bytes_copied: 8000,
+            percent: 33.3333,
+            target_file: "a/b.db".into(),
+        });
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"status":"running","message":"Copying ROI_1: 100 of 300 new rows","percent":33.3,"rows_copied":100,"rows_total":300,"bytes_copied":8000,"table":"ROI_1","target_file":"a/b.db"}"#
+        );
+    }
+
+    #[test]
+    fn errors_keep_their_causes_in_the_message() {
+        let err = MirrorError::NotReady {
+            db: "ETHOSCOPE_001_db".into(),
+            reason: crate::error::NotReady::EmptyVarMap,
+        };
+        let out = outcome_of_error(&device(), &err, 1.0);
+        assert_eq!(out.status(), ProgressStatus::Warning);
+        assert_eq!(
+            out.progress.message.as_deref(),
+            Some(
+                "Backup of device 0123456789abcdef0123456789abcdef postponed after 1.0s: database \
+                 ETHOSCOPE_001_db is not ready yet: VAR_MAP is empty (no tracking data written \
+                 yet); will retry next cycle"
+            )
+        );
+        let err = MirrorError::local(
+            "/r/x.db",
+            crate::error::LocalError::Io(std::io::Error::other("disk full")),
+        );
+        let out = outcome_of_error(&device(), &err, 2.0);
+        assert_eq!(out.status(), ProgressStatus::Error);
+        assert!(out
+            .progress
+            .message
+            .unwrap()
+            .ends_with("after 2.0s: SQLite error on /r/x.db: disk full"));
     }
 }

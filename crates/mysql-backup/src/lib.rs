@@ -8,6 +8,8 @@
 //! - [`mirror`]: one job ([`mirror::Mirror::run`], [`mirror::mirror_device`]) returning a verified
 //!   [`mirror::MirrorReport`] or a [`MirrorError`]. Rows are streamed from the device and written by
 //!   a dedicated SQLite thread ([`local`]), so memory stays flat whatever the table size.
+//! - [`plan`]: the job's decisions as pure functions ([`plan::CopyPlan`], [`plan::Chunks`],
+//!   [`plan::verify`]): ranges to copy, refused regressions, reused counts, chunk bounds, verdict.
 //! - [`target`]: the file name comes from the device's `METADATA.backup_filename`, validated so a
 //!   device cannot write outside the results directory or into another device's tree.
 //! - [`schema`] and [`convert`]: identifier checks, the reference type mapping, value conversion.
@@ -25,6 +27,7 @@ pub mod error;
 pub mod http;
 pub mod local;
 pub mod mirror;
+pub mod plan;
 pub mod schema;
 pub mod sidecar;
 pub mod target;

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::convert::value_size;
-use crate::error::MirrorError;
+use crate::error::{LocalError, MirrorError};
 use crate::schema::{sqlite_quote, CopyMode, TablePlan};
 use crate::sidecar;
 use crate::target::{check_regular_or_missing, create_dir_under};
@@ -111,23 +111,50 @@ pub struct Finished {
     pub dam_lines: u64,
 }
 
-/// Messages from the remote side.
+/// Messages from the remote side. Plans are named by their index in the list sent with
+/// [`Cmd::Prepare`].
 pub enum Cmd {
     /// Create or complete the tables; reply with the local state.
-    Prepare(Vec<TablePlan>, oneshot::Sender<Prepared>),
-    /// Following `Rows` go to the plan with this index (id-keyed: inserted).
-    BeginById(usize),
+    Prepare {
+        /// Every table to mirror.
+        plans: Vec<TablePlan>,
+        /// Gets the file's state before the job.
+        reply: oneshot::Sender<Prepared>,
+    },
+    /// Following `Rows` go to this id-keyed plan (inserted).
+    BeginById {
+        /// Plan index.
+        plan: usize,
+    },
     /// Following `Rows` are the complete remote content of this keyless plan.
-    BeginWhole(usize),
-    /// Rows for the current table: values row after row, each row in plan column order.
-    Rows(Vec<Lite>),
-    /// End of the current id-keyed table: reply with rows inserted.
-    EndById(oneshot::Sender<u64>),
-    /// End of the current keyless table: compare, rewrite if needed, reply.
-    EndWhole(oneshot::Sender<KeylessResult>),
-    /// Commit, update the DAM dump, measure (`COUNT(*)` of the first list of plans, `MAX(id)` of
-    /// the second), and stop.
-    Finish(Vec<usize>, Vec<usize>, oneshot::Sender<Finished>),
+    BeginWhole {
+        /// Plan index.
+        plan: usize,
+    },
+    /// Rows for the current table.
+    Rows {
+        /// Values row after row, each row in plan column order.
+        values: Vec<Lite>,
+    },
+    /// End of the current id-keyed table.
+    EndById {
+        /// Gets the rows inserted.
+        reply: oneshot::Sender<u64>,
+    },
+    /// End of the current keyless table: compare, rewrite if needed.
+    EndWhole {
+        /// Gets the comparison.
+        reply: oneshot::Sender<KeylessResult>,
+    },
+    /// Commit, update the DAM dump, measure, and stop.
+    Finish {
+        /// Plans whose `COUNT(*)` to measure.
+        count_rows_of: Vec<usize>,
+        /// Plans whose `MAX(id)` to measure.
+        max_id_of: Vec<usize>,
+        /// Gets what the file holds.
+        reply: oneshot::Sender<Finished>,
+    },
 }
 
 /// What the writer thread did in total.
@@ -181,102 +208,136 @@ fn run(
     mut rx: mpsc::Receiver<Cmd>,
     cancel: CancellationToken,
 ) -> Result<WriterSummary, MirrorError> {
-    let dir = create_dir_under(&setup.results_dir, &setup.relative_dir)?;
-    let db_path = dir.join(&setup.file_name);
-    let stem = setup
-        .file_name
-        .strip_suffix(".db")
-        .unwrap_or(&setup.file_name);
-    let txt_path = dir.join(format!("{stem}.txt"));
-    let lock_path = dir.join(format!("{}.lock", setup.file_name));
-    for p in [&db_path, &txt_path, &lock_path] {
-        check_regular_or_missing(p)?;
-    }
-    for suffix in ["-journal", "-wal", "-shm"] {
-        check_regular_or_missing(&PathBuf::from(format!("{}{suffix}", db_path.display())))?;
-    }
-    let lock_file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .custom_flags(OFlag::O_NOFOLLOW.bits())
-        .open(&lock_path)
-        .map_err(|e| local_err(&lock_path, e))?;
-    let _lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
-        Ok(l) => l,
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(MirrorError::Locked(db_path)),
-        Err((_, e)) => return Err(local_err(&lock_path, e)),
-    };
-    let fingerprint_before = fingerprint(&db_path);
+    let files = Files::new(&setup)?;
+    let _lock = files.lock()?;
+    let fingerprint_before = fingerprint(&files.db);
     let conn = Connection::open_with_flags(
-        &db_path,
+        &files.db,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NOFOLLOW
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| local_err(&db_path, e))?;
-    let mut w = Writer {
-        conn,
-        db_path,
-        txt_path,
-        plans: Vec::new(),
-        current: Current::None,
-        in_tx: false,
-        since_commit_rows: 0,
-        since_commit_bytes: 0,
-        last_commit: Instant::now(),
-        setup,
-        committed_rows: 0,
-        pending_rows: 0,
-        cancel,
-        existing: None,
-    };
+    .map_err(|e| MirrorError::local(&files.db, e))?;
+    let mut w = Writer::new(conn, files, setup, cancel);
     w.configure()?;
     // Read the existing layout now, while the remote side is still listing its tables.
     w.existing = Some(w.existing_columns()?);
     let result = w.serve(&mut rx, fingerprint_before);
-    match &result {
-        Ok(true) => {}
-        Ok(false) => {
-            // Cancelled or abandoned between commands: what was received is a prefix of each
-            // table in id order, so keep it; the next job continues from there.
-            let _ = w.commit();
-        }
-        Err(_) => {
-            // A statement failed, possibly halfway through a table rewrite: drop the open
-            // transaction (its id-keyed rows are copied again next time).
-            let _ = w.rollback();
-        }
-    }
-    if !matches!(result, Ok(true)) && w.plans.iter().any(|p| p.name == sidecar::DAM_TABLE) {
-        let _ = sidecar::update(&w.conn, &w.txt_path);
-    }
-    let summary = WriterSummary {
-        rows_inserted: w.committed_rows,
-    };
-    match result {
-        Ok(true) => Ok(summary),
-        Ok(false) if w.cancel.is_cancelled() => Err(MirrorError::Cancelled {
-            rows_copied: summary.rows_inserted,
-        }),
-        Ok(false) => Err(MirrorError::Internal(
-            "the copy stopped before it finished".into(),
-        )),
-        Err(e) => Err(e),
-    }
+    w.wind_up(result)
 }
 
-fn local_err(path: &Path, e: impl std::fmt::Display) -> MirrorError {
-    MirrorError::Local {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
+/// The files of one mirror, checked before anything is opened.
+struct Files {
+    db: PathBuf,
+    txt: PathBuf,
+    lock: PathBuf,
+}
+
+impl Files {
+    /// Creates the experiment directory (no symlinks followed) and refuses any of the mirror's
+    /// files, or SQLite's companions, that exists as something other than a regular file.
+    fn new(setup: &WriterSetup) -> Result<Files, MirrorError> {
+        let dir = create_dir_under(&setup.results_dir, &setup.relative_dir)?;
+        let stem = setup
+            .file_name
+            .strip_suffix(".db")
+            .unwrap_or(&setup.file_name);
+        let files = Files {
+            db: dir.join(&setup.file_name),
+            txt: dir.join(format!("{stem}.txt")),
+            lock: dir.join(format!("{}.lock", setup.file_name)),
+        };
+        for p in [&files.db, &files.txt, &files.lock] {
+            check_regular_or_missing(p)?;
+        }
+        for suffix in ["-journal", "-wal", "-shm"] {
+            check_regular_or_missing(&PathBuf::from(format!("{}{suffix}", files.db.display())))?;
+        }
+        Ok(files)
+    }
+
+    /// Takes the exclusive lock of `<file>.db.lock`, held until the returned value is dropped.
+    fn lock(&self) -> Result<Flock<std::fs::File>, MirrorError> {
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .custom_flags(OFlag::O_NOFOLLOW.bits())
+            .open(&self.lock)
+            .map_err(|e| MirrorError::local(&self.lock, e))?;
+        match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Ok(l),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(MirrorError::Locked(self.db.clone())),
+            Err((_, e)) => Err(MirrorError::local(&self.lock, LocalError::Lock(e))),
+        }
     }
 }
 
 impl Writer {
-    fn err(&self, e: impl std::fmt::Display) -> MirrorError {
-        local_err(&self.db_path, e)
+    fn new(
+        conn: Connection,
+        files: Files,
+        setup: WriterSetup,
+        cancel: CancellationToken,
+    ) -> Writer {
+        Writer {
+            conn,
+            db_path: files.db,
+            txt_path: files.txt,
+            plans: Vec::new(),
+            current: Current::None,
+            in_tx: false,
+            since_commit_rows: 0,
+            since_commit_bytes: 0,
+            last_commit: Instant::now(),
+            setup,
+            committed_rows: 0,
+            pending_rows: 0,
+            cancel,
+            existing: None,
+        }
+    }
+
+    /// Ends the job after [`Writer::serve`]: keeps what can be kept, then says how it went.
+    fn wind_up(mut self, result: Result<bool, MirrorError>) -> Result<WriterSummary, MirrorError> {
+        match &result {
+            Ok(true) => {}
+            Ok(false) => {
+                // Cancelled or abandoned between commands: what was received is a prefix of
+                // each table in id order, so keep it; the next job continues from there.
+                let _ = self.commit();
+            }
+            Err(_) => {
+                // A statement failed, possibly halfway through a table rewrite: drop the open
+                // transaction (its id-keyed rows are copied again next time).
+                let _ = self.rollback();
+            }
+        }
+        if !matches!(result, Ok(true)) && self.plans.iter().any(|p| p.name == sidecar::DAM_TABLE) {
+            let _ = sidecar::update(&self.conn, &self.txt_path);
+        }
+        let summary = WriterSummary {
+            rows_inserted: self.committed_rows,
+        };
+        match result {
+            Ok(true) => Ok(summary),
+            Ok(false) if self.cancel.is_cancelled() => Err(MirrorError::Cancelled {
+                rows_copied: summary.rows_inserted,
+            }),
+            Ok(false) => Err(MirrorError::Internal("the copy stopped before it finished")),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A failed statement on the mirror.
+    fn err(&self, e: rusqlite::Error) -> MirrorError {
+        MirrorError::local(&self.db_path, e)
+    }
+
+    /// A failed statement on the mirror, while doing `what`.
+    fn failed(&self, what: String) -> impl FnOnce(rusqlite::Error) -> MirrorError + '_ {
+        move |source| MirrorError::local(&self.db_path, LocalError::Statement { what, source })
     }
 
     fn configure(&mut self) -> Result<(), MirrorError> {
@@ -302,7 +363,7 @@ impl Writer {
                 return Ok(false);
             }
             match cmd {
-                Cmd::Prepare(plans, reply) => {
+                Cmd::Prepare { plans, reply } => {
                     let local_max = self.prepare(plans)?;
                     let _ = reply.send(Prepared {
                         db_path: self.db_path.clone(),
@@ -310,16 +371,16 @@ impl Writer {
                         local_max,
                     });
                 }
-                Cmd::BeginById(plan) => {
+                Cmd::BeginById { plan } => {
                     self.begin()?;
                     self.current = Current::ById { plan, inserted: 0 };
                 }
-                Cmd::BeginWhole(plan) => {
+                Cmd::BeginWhole { plan } => {
                     self.begin()?;
                     self.current = Current::Whole { plan, staged: 0 };
                 }
-                Cmd::Rows(rows) => self.rows(rows)?,
-                Cmd::EndById(reply) => {
+                Cmd::Rows { values } => self.rows(values)?,
+                Cmd::EndById { reply } => {
                     let inserted = match self.current {
                         Current::ById { inserted, .. } => inserted,
                         _ => 0,
@@ -327,13 +388,17 @@ impl Writer {
                     self.current = Current::None;
                     let _ = reply.send(inserted);
                 }
-                Cmd::EndWhole(reply) => {
+                Cmd::EndWhole { reply } => {
                     let result = self.end_whole()?;
                     self.current = Current::None;
                     let _ = reply.send(result);
                 }
-                Cmd::Finish(count, max, reply) => {
-                    let finished = self.finish(&count, &max)?;
+                Cmd::Finish {
+                    count_rows_of,
+                    max_id_of,
+                    reply,
+                } => {
+                    let finished = self.finish(&count_rows_of, &max_id_of)?;
                     let _ = reply.send(finished);
                     return Ok(true);
                 }
@@ -416,7 +481,7 @@ impl Writer {
                 self.begin()?;
                 self.conn
                     .execute_batch(&plan.create_sql())
-                    .map_err(|e| self.err(format!("creating {}: {e}", plan.name)))?;
+                    .map_err(self.failed(format!("creating {}", plan.name)))?;
             } else {
                 for col in &plan.columns {
                     if !existing.iter().any(|(n, _)| n == &col.name) {
@@ -433,7 +498,7 @@ impl Writer {
                                 sqlite_quote(&col.name),
                                 col.sql_type.as_str()
                             ))
-                            .map_err(|e| self.err(format!("altering {}: {e}", plan.name)))?;
+                            .map_err(self.failed(format!("altering {}", plan.name)))?;
                     }
                 }
                 let local_pk: Vec<&String> = existing
@@ -459,7 +524,7 @@ impl Writer {
             .collect();
         self.conn
             .execute_batch(&staging)
-            .map_err(|e| self.err(format!("creating staging tables: {e}")))?;
+            .map_err(self.failed("creating staging tables".into()))?;
         let by_id: Vec<usize> = (0..self.plans.len())
             .filter(|&i| self.plans[i].mode == CopyMode::ById)
             .collect();
@@ -521,7 +586,7 @@ impl Writer {
         );
         self.conn
             .execute_batch(&sql)
-            .map_err(|e| self.err(format!("adding the primary key to {}: {e}", plan.name)))?;
+            .map_err(self.failed(format!("adding the primary key to {}", plan.name)))?;
         let after: i64 = self
             .conn
             .query_row(
@@ -577,23 +642,24 @@ impl Writer {
         let (plan, table) = match self.current {
             Current::ById { plan, .. } => (plan, sqlite_quote(&self.plans[plan].name)),
             Current::Whole { plan, .. } => (plan, Self::staging(plan)),
-            Current::None => return Err(MirrorError::Internal("rows without a table".into())),
+            Current::None => return Err(MirrorError::Internal("rows without a table")),
         };
         let p = &self.plans[plan];
         let width = p.columns.len().max(1);
         if !values.chunks_exact(width).remainder().is_empty() {
-            return Err(MirrorError::Internal(format!(
-                "{}: a batch of {} values for {width} columns",
-                p.name,
-                values.len()
-            )));
+            return Err(MirrorError::Internal(
+                "a batch of values does not divide into rows",
+            ));
         }
         let n = (values.len() / width) as u64;
         let bytes: u64 = values.iter().map(|v| value_size(v) as u64).sum();
         // Several rows per statement: SQLite opens its table cursor once per execution, which
         // is most of the per-row cost of single-row INSERTs.
         let per_stmt = (MAX_PARAMS / width).clamp(1, MAX_ROWS_PER_INSERT);
-        let err = |e: rusqlite::Error| local_err(&self.db_path, format!("{}: {e}", p.name));
+        let err = |source: rusqlite::Error| {
+            let what = format!("inserting into {}", p.name);
+            MirrorError::local(&self.db_path, LocalError::Statement { what, source })
+        };
         let mut chunks = values.chunks_exact(width * per_stmt);
         {
             let mut stmt = self
@@ -658,7 +724,7 @@ impl Writer {
 
     fn end_whole(&mut self) -> Result<KeylessResult, MirrorError> {
         let Current::Whole { plan, staged } = self.current else {
-            return Err(MirrorError::Internal("end of a table never begun".into()));
+            return Err(MirrorError::Internal("end of a table never begun"));
         };
         let p = self.plans[plan].clone();
         let mut rewritten = false;
@@ -670,7 +736,7 @@ impl Writer {
                 .execute_batch(&format!(
                     "DELETE FROM main.{t}; INSERT INTO main.{t} ({cols}) SELECT {cols} FROM {s};"
                 ))
-                .map_err(|e| self.err(format!("rewriting {}: {e}", p.name)))?;
+                .map_err(self.failed(format!("rewriting {}", p.name)))?;
             rewritten = true;
         }
         let equal = !rewritten || !self.differs(plan, &p)?;
@@ -703,9 +769,10 @@ impl Writer {
         self.commit()?;
         let has_dam = self.plans.iter().any(|p| p.name == sidecar::DAM_TABLE);
         let dam_lines = if has_dam {
-            sidecar::update(&self.conn, &self.txt_path).map_err(|e| self.err(e))?
+            sidecar::update(&self.conn, &self.txt_path)
+                .map_err(|e| MirrorError::local(&self.db_path, e))?
         } else {
-            sidecar::touch(&self.txt_path).map_err(|e| self.err(e))?;
+            sidecar::touch(&self.txt_path).map_err(|e| MirrorError::local(&self.db_path, e))?;
             0
         };
         let local_max = self.max_ids(max)?;
@@ -725,5 +792,307 @@ impl Writer {
             fingerprint_after: fingerprint(&self.db_path),
             dam_lines,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{plan_tables, RemoteColumn, RemoteTable};
+
+    const FILE: &str = "2025-07-10_10-00-00_0123456789abcdef0123456789abcdef.db";
+
+    fn col(name: &str, ty: &str, primary: bool) -> RemoteColumn {
+        RemoteColumn {
+            name: name.into(),
+            column_type: ty.into(),
+            primary,
+        }
+    }
+
+    /// ROI_1 (id-keyed) and VAR_MAP (keyless).
+    fn plans() -> Vec<TablePlan> {
+        let tables = [
+            RemoteTable {
+                name: "ROI_1".into(),
+                columns: vec![col("id", "int(11)", true), col("x", "smallint(6)", false)],
+            },
+            RemoteTable {
+                name: "VAR_MAP".into(),
+                columns: vec![
+                    col("var_name", "char(100)", false),
+                    col("functional_type", "char(100)", false),
+                ],
+            },
+        ];
+        let (plans, skipped) = plan_tables(&tables);
+        assert!(skipped.is_empty());
+        plans
+    }
+
+    struct Job {
+        tx: mpsc::Sender<Cmd>,
+        join: tokio::task::JoinHandle<Result<WriterSummary, MirrorError>>,
+        cancel: CancellationToken,
+    }
+
+    fn start(results: &Path) -> Job {
+        let (tx, rx) = mpsc::channel(4);
+        let cancel = CancellationToken::new();
+        let setup = WriterSetup {
+            results_dir: results.to_path_buf(),
+            relative_dir: PathBuf::from(
+                "0123456789abcdef0123456789abcdef/ETHOSCOPE_001/2025-07-10_10-00-00",
+            ),
+            file_name: FILE.into(),
+            commit_rows: 1000,
+            commit_bytes: 1 << 20,
+            commit_interval: Duration::from_secs(60),
+        };
+        let join = spawn(setup, rx, cancel.clone());
+        Job { tx, join, cancel }
+    }
+
+    impl Job {
+        async fn send(&self, cmd: Cmd) {
+            self.tx
+                .send(cmd)
+                .await
+                .unwrap_or_else(|_| panic!("writer gone"));
+        }
+
+        async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> T {
+            let (reply, answer) = oneshot::channel();
+            self.send(make(reply)).await;
+            answer.await.unwrap()
+        }
+
+        async fn prepare(&self) -> Prepared {
+            self.ask(|reply| Cmd::Prepare {
+                plans: plans(),
+                reply,
+            })
+            .await
+        }
+
+        async fn rows(&self, plan: usize, by_id: bool, values: Vec<Lite>) {
+            self.send(if by_id {
+                Cmd::BeginById { plan }
+            } else {
+                Cmd::BeginWhole { plan }
+            })
+            .await;
+            self.send(Cmd::Rows { values }).await;
+        }
+    }
+
+    fn roi(ids: std::ops::RangeInclusive<i64>) -> Vec<Lite> {
+        ids.flat_map(|i| [Lite::Integer(i), Lite::Integer(i * 10)])
+            .collect()
+    }
+
+    fn vars(names: &[&str]) -> Vec<Lite> {
+        names
+            .iter()
+            .flat_map(|n| [Lite::Text(n.to_string()), Lite::Text("distance".into())])
+            .collect()
+    }
+
+    fn count(db: &Path, table: &str) -> i64 {
+        Connection::open(db)
+            .unwrap()
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A first job creates the tables, inserts the id-keyed rows, makes the keyless table equal
+    /// to the device's, and measures what it was asked to; a second job sees where to continue
+    /// and leaves an equal keyless table alone.
+    #[tokio::test]
+    async fn jobs_insert_sync_measure_and_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = start(dir.path());
+        let prepared = job.prepare().await;
+        assert_eq!(prepared.local_max, vec![None, None]);
+        assert_eq!(prepared.fingerprint_before, None, "a new file");
+        job.rows(0, true, roi(1..=3)).await;
+        assert_eq!(job.ask(|reply| Cmd::EndById { reply }).await, 3);
+        job.rows(1, false, vars(&["x", "y"])).await;
+        let keyless = job.ask(|reply| Cmd::EndWhole { reply }).await;
+        assert_eq!(
+            (
+                keyless.remote_rows,
+                keyless.local_rows,
+                keyless.rewritten,
+                keyless.equal
+            ),
+            (2, 2, true, true)
+        );
+        let finished = job
+            .ask(|reply| Cmd::Finish {
+                count_rows_of: vec![0],
+                max_id_of: vec![0],
+                reply,
+            })
+            .await;
+        assert_eq!(finished.local_count, HashMap::from([(0, 3)]));
+        assert_eq!(finished.local_max, HashMap::from([(0, Some(3))]));
+        assert!(!finished.data_duplication);
+        assert!(finished.file_size > 0);
+        let summary = job.join.await.unwrap().unwrap();
+        assert_eq!(summary.rows_inserted, 3);
+        let db = prepared.db_path.clone();
+        assert_eq!(count(&db, "ROI_1"), 3);
+        assert!(db.with_extension("txt").exists(), "the DAM dump is created");
+
+        let job = start(dir.path());
+        let again = job.prepare().await;
+        assert_eq!(again.local_max, vec![Some(3), None]);
+        assert_eq!(
+            again.fingerprint_before, finished.fingerprint_after,
+            "file unchanged"
+        );
+        job.rows(1, false, vars(&["y", "x"])).await;
+        let keyless = job.ask(|reply| Cmd::EndWhole { reply }).await;
+        assert!(
+            !keyless.rewritten && keyless.equal,
+            "same multiset, untouched"
+        );
+        job.rows(0, true, roi(4..=5)).await;
+        assert_eq!(job.ask(|reply| Cmd::EndById { reply }).await, 2);
+        job.ask(|reply| Cmd::Finish {
+            count_rows_of: vec![],
+            max_id_of: vec![0],
+            reply,
+        })
+        .await;
+        job.join.await.unwrap().unwrap();
+        assert_eq!(count(&db, "ROI_1"), 5);
+    }
+
+    /// Keyless tables are multisets: a duplicate row on the device is kept once per copy, and a
+    /// table that changed on the device is rewritten whole by the next job.
+    #[tokio::test]
+    async fn keyless_tables_follow_the_device_as_multisets() {
+        let dir = tempfile::tempdir().unwrap();
+        for (names, rows, dup) in [(&["x", "x", "y"][..], 3, true), (&["x", "y"][..], 2, false)] {
+            let job = start(dir.path());
+            job.prepare().await;
+            job.rows(1, false, vars(names)).await;
+            let result = job.ask(|reply| Cmd::EndWhole { reply }).await;
+            assert_eq!(
+                (
+                    result.remote_rows,
+                    result.local_rows,
+                    result.rewritten,
+                    result.equal
+                ),
+                (rows, rows, true, true),
+                "{names:?}"
+            );
+            let finished = job
+                .ask(|reply| Cmd::Finish {
+                    count_rows_of: vec![],
+                    max_id_of: vec![],
+                    reply,
+                })
+                .await;
+            assert_eq!(finished.data_duplication, dup, "{names:?}");
+            job.join.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_on_the_same_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = start(dir.path());
+        first.prepare().await; // the file is open and locked now
+        let second = start(dir.path());
+        drop(second.tx);
+        let err = second.join.await.unwrap().unwrap_err();
+        assert!(matches!(err, MirrorError::Locked(_)), "{err}");
+        drop(first.tx);
+        assert!(
+            first.join.await.unwrap().is_err(),
+            "abandoned, not finished"
+        );
+    }
+
+    /// A cancelled or abandoned job keeps what it received (a prefix in id order), so the next
+    /// job continues from there.
+    #[tokio::test]
+    async fn cancelled_and_abandoned_jobs_keep_their_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = start(dir.path());
+        let prepared = job.prepare().await;
+        job.rows(0, true, roi(1..=4)).await;
+        // The reply says the rows are in (not yet committed): then the job is cancelled.
+        assert_eq!(job.ask(|reply| Cmd::EndById { reply }).await, 4);
+        job.cancel.cancel();
+        job.send(Cmd::BeginById { plan: 0 }).await;
+        let err = job.join.await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, MirrorError::Cancelled { rows_copied: 4 }),
+            "{err}"
+        );
+        assert_eq!(count(&prepared.db_path, "ROI_1"), 4);
+
+        let job = start(dir.path());
+        assert_eq!(job.prepare().await.local_max[0], Some(4));
+        job.rows(0, true, roi(5..=7)).await;
+        drop(job.tx);
+        let err = job.join.await.unwrap().unwrap_err();
+        assert!(matches!(err, MirrorError::Internal(_)), "{err}");
+        assert_eq!(count(&prepared.db_path, "ROI_1"), 7);
+    }
+
+    /// A mirror written without the primary key (an older version) is rebuilt with it; duplicate
+    /// ids are dropped.
+    #[tokio::test]
+    async fn a_legacy_table_gets_its_primary_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let exp = dir
+            .path()
+            .join("0123456789abcdef0123456789abcdef/ETHOSCOPE_001/2025-07-10_10-00-00");
+        std::fs::create_dir_all(&exp).unwrap();
+        let conn = Connection::open(exp.join(FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE ROI_1 (id INTEGER, x INTEGER);
+             INSERT INTO ROI_1 VALUES (1, 10), (1, 10), (2, 20);",
+        )
+        .unwrap();
+        drop(conn);
+        let job = start(dir.path());
+        let prepared = job.prepare().await;
+        assert_eq!(prepared.local_max[0], Some(2));
+        job.ask(|reply| Cmd::Finish {
+            count_rows_of: vec![0],
+            max_id_of: vec![],
+            reply,
+        })
+        .await;
+        job.join.await.unwrap().unwrap();
+        assert_eq!(count(&prepared.db_path, "ROI_1"), 2);
+        let pk: i64 = Connection::open(&prepared.db_path)
+            .unwrap()
+            .query_row(
+                "SELECT pk FROM pragma_table_info('ROI_1') WHERE name = 'id'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(pk, 1);
+    }
+
+    /// Rows that do not divide into the table's columns are a bug on the remote side, refused
+    /// before anything is written.
+    #[tokio::test]
+    async fn a_torn_batch_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = start(dir.path());
+        job.prepare().await;
+        job.rows(0, true, vec![Lite::Integer(1)]).await;
+        let err = job.join.await.unwrap().unwrap_err();
+        assert!(matches!(err, MirrorError::Internal(_)), "{err}");
     }
 }

@@ -20,14 +20,17 @@
 //! Cancellation is checked on every awaited step and in the writer between batches, so a
 //! wall-clock timeout really stops the job [A7].
 //!
+//! Every decision of steps 5 to 7 (ranges, regressions, reused counts, chunk bounds, the verdict)
+//! is a pure function of [`crate::plan`]; this module only does the I/O around them.
+//!
 //! Verification counts are kept between jobs per file (keyed by the file's size and mtime), so a
 //! cycle with nothing new does not rescan millions of rows: it costs a connection, a few small
 //! queries and reads of the keyless tables.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -42,8 +45,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MirrorConfig;
 use crate::convert::{to_sqlite, value_size};
-use crate::error::MirrorError;
-use crate::local::{self, Cmd, Fingerprint, KeylessResult, WriterSetup, WriterSummary};
+use crate::error::{ConnectFailure, Inconsistency, MirrorError, NotReady};
+use crate::local::{self, Cmd, Fingerprint, Prepared, WriterSetup, WriterSummary};
+pub use crate::plan::TableReport;
+use crate::plan::{
+    completeness, max_id_sql, verify, verify_keyless, Chunks, CopyPlan, Counts, IdTable, Measured,
+    TableCopy,
+};
 use crate::schema::{
     mysql_quote, plan_tables, CopyMode, RemoteColumn, RemoteTable, Skipped, TablePlan,
 };
@@ -73,25 +81,6 @@ pub struct MirrorProgress {
     pub percent: f64,
     /// Mirror file, relative to the results directory.
     pub target_file: String,
-}
-
-/// One table after a job.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TableReport {
-    /// `"by_id"` or `"whole_table"`.
-    pub mode: &'static str,
-    /// Rows on the device (at the job's snapshot).
-    pub remote_rows: u64,
-    /// Rows in the mirror.
-    pub local_rows: u64,
-    /// Device `MAX(id)` (id-keyed tables).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote_max_id: Option<i64>,
-    /// Mirror `MAX(id)` (id-keyed tables).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub local_max_id: Option<i64>,
-    /// Rows copied by this job (for keyless tables: rows written by a rewrite).
-    pub copied: u64,
 }
 
 /// What a finished job did and verified.
@@ -127,13 +116,7 @@ pub struct MirrorReport {
     pub duration: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Counts {
-    max: i64,
-    remote: u64,
-    local: u64,
-}
-
+/// Verified counts of one mirror file, valid while the file keeps this fingerprint.
 #[derive(Debug, Clone)]
 struct FileCache {
     fingerprint: Fingerprint,
@@ -159,22 +142,109 @@ pub async fn mirror_device(
         .await
 }
 
+/// "Table doesn't exist" (ER_NO_SUCH_TABLE).
+fn is_missing_table(e: &mysql_async::Error) -> bool {
+    matches!(e, mysql_async::Error::Server(s) if s.code == 1146)
+}
+
+/// The experiment's file name from the distinct `METADATA.backup_filename` values (`None`: no
+/// METADATA table). Exactly one value names the file; anything else leaves it unknown.
+fn experiment_file(db: &str, names: Option<Vec<String>>) -> Result<String, MirrorError> {
+    let Some(names) = names else {
+        return Err(MirrorError::BadTarget(format!(
+            "{db} has no METADATA table, so the experiment file name is unknown"
+        )));
+    };
+    match names.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(MirrorError::BadTarget(format!(
+            "{db} has no METADATA.backup_filename, so the experiment file name is unknown"
+        ))),
+        many => Err(MirrorError::BadTarget(format!(
+            "{db} has {} different METADATA.backup_filename values: {:?}",
+            many.len(),
+            many.iter().take(3).collect::<Vec<_>>()
+        ))),
+    }
+}
+
+/// Groups `information_schema` rows into tables: `kinds` are `(TABLE_NAME, TABLE_TYPE)`, `rows`
+/// are `(TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, COLUMN_KEY)` ordered by table then position. Only
+/// base tables are kept (views are not data).
+fn group_columns(
+    kinds: Vec<(String, String)>,
+    rows: Vec<(String, String, String, String)>,
+) -> Vec<RemoteTable> {
+    let base: HashSet<String> = kinds
+        .into_iter()
+        .filter(|(_, kind)| kind == "BASE TABLE")
+        .map(|(name, _)| name)
+        .collect();
+    let mut tables: Vec<RemoteTable> = Vec::new();
+    for (table, column, column_type, key) in rows.into_iter().filter(|r| base.contains(&r.0)) {
+        if tables.last().map(|t| &t.name) != Some(&table) {
+            tables.push(RemoteTable {
+                name: table,
+                columns: Vec::new(),
+            });
+        }
+        if let Some(t) = tables.last_mut() {
+            t.columns.push(RemoteColumn {
+                name: column,
+                column_type,
+                primary: key == "PRI",
+            });
+        }
+    }
+    tables
+}
+
+/// The device's MariaDB connection, with its address for messages.
 struct Remote {
     conn: Conn,
     addr: String,
 }
 
 impl Remote {
-    async fn drop_query(
-        &mut self,
+    /// Connects to `<device>:<port>/<db>`, bounded by the connect timeout and cancellable.
+    async fn connect(
+        config: &MirrorConfig,
+        device: &DeviceInfo,
+        db: &str,
         cancel: &CancellationToken,
-        what: &str,
-        sql: &str,
-    ) -> Result<(), MirrorError> {
-        let addr = self.addr.clone();
-        let conn = &mut self.conn;
-        let fut = conn.query_drop(sql);
-        Remote::guard_addr(&addr, cancel, what, fut).await
+    ) -> Result<Remote, MirrorError> {
+        let addr = SocketAddr::new(device.ip, config.mysql_port).to_string();
+        let opts = OptsBuilder::default()
+            .ip_or_hostname(device.ip.to_string())
+            .tcp_port(config.mysql_port)
+            .user(Some(config.mysql_user.clone()))
+            .pass(Some(config.mysql_password.clone()))
+            .db_name(Some(db.to_string()))
+            .prefer_socket(false)
+            .stmt_cache_size(64);
+        let failed = |source: ConnectFailure| MirrorError::Connect {
+            addr: addr.clone(),
+            db: db.to_string(),
+            source,
+        };
+        let conn = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(MirrorError::Cancelled { rows_copied: 0 }),
+            r = tokio::time::timeout(config.connect_timeout, Conn::new(opts)) => match r {
+                Err(_) => return Err(failed(ConnectFailure::Timeout(config.connect_timeout))),
+                Ok(Err(e)) => return Err(failed(e.into())),
+                Ok(Ok(conn)) => conn,
+            },
+        };
+        Ok(Remote { conn, addr })
+    }
+
+    fn error(addr: &str, what: &str, source: mysql_async::Error) -> MirrorError {
+        MirrorError::Remote {
+            addr: addr.to_string(),
+            what: what.to_string(),
+            source,
+        }
     }
 
     async fn guard_addr<T>(
@@ -186,12 +256,18 @@ impl Remote {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => Err(MirrorError::Cancelled { rows_copied: 0 }),
-            r = fut => r.map_err(|e| MirrorError::Remote {
-                addr: addr.to_string(),
-                what: what.to_string(),
-                reason: e.to_string(),
-            }),
+            r = fut => r.map_err(|e| Remote::error(addr, what, e)),
         }
+    }
+
+    async fn drop_query(
+        &mut self,
+        cancel: &CancellationToken,
+        what: &str,
+        sql: &str,
+    ) -> Result<(), MirrorError> {
+        let fut = self.conn.query_drop(sql);
+        Remote::guard_addr(&self.addr, cancel, what, fut).await
     }
 
     async fn begin_snapshot(&mut self, cancel: &CancellationToken) -> Result<(), MirrorError> {
@@ -205,6 +281,29 @@ impl Remote {
 
     async fn commit(&mut self, cancel: &CancellationToken) -> Result<(), MirrorError> {
         self.drop_query(cancel, "ending a snapshot", "COMMIT").await
+    }
+
+    /// Not ready yet: the experiment has no VAR_MAP table or no rows in it.
+    async fn check_ready(
+        &mut self,
+        db: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), MirrorError> {
+        let vars = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(MirrorError::Cancelled { rows_copied: 0 }),
+            r = self.conn.query_first::<u8, _>("SELECT EXISTS (SELECT 1 FROM VAR_MAP)") => r,
+        };
+        let not_ready = |reason| MirrorError::NotReady {
+            db: db.to_string(),
+            reason,
+        };
+        match vars {
+            Ok(Some(1)) => Ok(()),
+            Ok(_) => Err(not_ready(NotReady::EmptyVarMap)),
+            Err(e) if is_missing_table(&e) => Err(not_ready(NotReady::NoVarMap)),
+            Err(e) => Err(Remote::error(&self.addr, "checking VAR_MAP", e)),
+        }
     }
 
     async fn tables(
@@ -237,29 +336,7 @@ impl Remote {
             )),
         )
         .await?;
-        let base: std::collections::HashSet<String> = kinds
-            .into_iter()
-            .filter(|(_, kind)| kind == "BASE TABLE")
-            .map(|(name, _)| name)
-            .collect();
-        let rows = rows.into_iter().filter(|r| base.contains(&r.0));
-        let mut tables: Vec<RemoteTable> = Vec::new();
-        for (table, column, column_type, key) in rows {
-            if tables.last().map(|t| &t.name) != Some(&table) {
-                tables.push(RemoteTable {
-                    name: table,
-                    columns: Vec::new(),
-                });
-            }
-            if let Some(t) = tables.last_mut() {
-                t.columns.push(RemoteColumn {
-                    name: column,
-                    column_type,
-                    primary: key == "PRI",
-                });
-            }
-        }
-        Ok(tables)
+        Ok(group_columns(kinds, rows))
     }
 
     /// The distinct non-NULL `METADATA.backup_filename` values; `None` when there is no METADATA
@@ -279,11 +356,11 @@ impl Remote {
             Ok(v) => v,
             Err(e) if is_missing_table(&e) => return Ok(None),
             Err(e) => {
-                return Err(MirrorError::Remote {
-                    addr: self.addr.clone(),
-                    what: "reading METADATA.backup_filename".into(),
-                    reason: e.to_string(),
-                })
+                return Err(Remote::error(
+                    &self.addr,
+                    "reading METADATA.backup_filename",
+                    e,
+                ))
             }
         };
         let mut names: Vec<String> = values.into_iter().flatten().collect();
@@ -299,16 +376,10 @@ impl Remote {
         what: &str,
         sql: String,
     ) -> Result<HashMap<usize, Option<i64>>, MirrorError> {
-        let addr = self.addr.clone();
         let rows: Vec<(u64, Option<i64>)> =
-            Remote::guard_addr(&addr, cancel, what, self.conn.query(sql)).await?;
+            Remote::guard_addr(&self.addr, cancel, what, self.conn.query(sql)).await?;
         Ok(rows.into_iter().map(|(i, v)| (i as usize, v)).collect())
     }
-}
-
-/// "Table doesn't exist" (ER_NO_SUCH_TABLE).
-fn is_missing_table(e: &mysql_async::Error) -> bool {
-    matches!(e, mysql_async::Error::Server(s) if s.code == 1146)
 }
 
 /// Where the writer thread is, seen from the async side.
@@ -318,15 +389,36 @@ struct WriterHandle {
 }
 
 impl WriterHandle {
+    /// Starts the writer thread on `target`'s file.
+    fn spawn(config: &MirrorConfig, target: &Target, cancel: &CancellationToken) -> WriterHandle {
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+        let join = local::spawn(
+            WriterSetup {
+                results_dir: config.results_dir.clone(),
+                relative_dir: target.relative_dir.clone(),
+                file_name: target.file_name.clone(),
+                commit_rows: config.commit_rows,
+                commit_bytes: config.commit_bytes,
+                commit_interval: config.commit_interval,
+            },
+            rx,
+            cancel.clone(),
+        );
+        WriterHandle {
+            tx: Some(tx),
+            join: Some(join),
+        }
+    }
+
     async fn failure(&mut self) -> MirrorError {
         self.tx = None;
         match self.join.take() {
             Some(join) => match join.await {
                 Ok(Err(e)) => e,
-                Ok(Ok(_)) => MirrorError::Internal("the SQLite writer stopped early".into()),
-                Err(e) => MirrorError::Internal(format!("the SQLite writer failed: {e}")),
+                Ok(Ok(_)) => MirrorError::Internal("the SQLite writer stopped early"),
+                Err(e) => MirrorError::WriterCrashed(e),
             },
-            None => MirrorError::Internal("the SQLite writer is gone".into()),
+            None => MirrorError::Internal("the SQLite writer is gone"),
         }
     }
 
@@ -358,19 +450,10 @@ impl WriterHandle {
     async fn close(&mut self) -> Result<WriterSummary, MirrorError> {
         self.tx = None;
         match self.join.take() {
-            Some(join) => join
-                .await
-                .map_err(|e| MirrorError::Internal(format!("the SQLite writer failed: {e}")))?,
+            Some(join) => join.await.map_err(MirrorError::WriterCrashed)?,
             None => Ok(WriterSummary::default()),
         }
     }
-}
-
-struct Copy<'a> {
-    remote: Remote,
-    writer: WriterHandle,
-    cancel: &'a CancellationToken,
-    prog: Progressor<'a>,
 }
 
 struct Progressor<'a> {
@@ -380,6 +463,13 @@ struct Progressor<'a> {
 }
 
 impl Progressor<'_> {
+    /// Counts a batch of copied rows and reports (at most every [`REPORT_EVERY`]).
+    fn add(&mut self, rows: usize, bytes: usize) {
+        self.live.rows_copied += rows as u64;
+        self.live.bytes_copied += bytes as u64;
+        self.report(false);
+    }
+
     fn report(&mut self, force: bool) {
         if force || self.last_report.elapsed() >= REPORT_EVERY {
             self.live.percent = if self.live.rows_total == 0 {
@@ -393,9 +483,97 @@ impl Progressor<'_> {
     }
 }
 
+/// Rows on their way to the writer, sent when [`BATCH_ROWS`] or [`BATCH_BYTES`] is reached.
+struct Batch {
+    values: Vec<Lite>,
+    width: usize,
+    rows: usize,
+    bytes: usize,
+}
+
+impl Batch {
+    fn new(width: usize) -> Batch {
+        Batch {
+            values: Vec::with_capacity(BATCH_ROWS * width),
+            width,
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Adds one row; returns the value of column `id_index` when it is an integer.
+    fn push(
+        &mut self,
+        row: Row,
+        plan: &TablePlan,
+        id_index: Option<usize>,
+    ) -> Result<Option<i64>, MirrorError> {
+        let raw = row.unwrap_raw();
+        if raw.len() != self.width {
+            return Err(MirrorError::Inconsistent(Inconsistency::ColumnCount {
+                table: plan.name.clone(),
+                got: raw.len(),
+                expected: self.width,
+            }));
+        }
+        let start = self.values.len();
+        self.values.extend(
+            raw.into_iter()
+                .zip(&plan.columns)
+                .map(|(v, c)| to_sqlite(v.unwrap_or(mysql_async::Value::NULL), c)),
+        );
+        let values = &self.values[start..];
+        self.bytes += values.iter().map(value_size).sum::<usize>();
+        self.rows += 1;
+        Ok(id_index.and_then(|i| match values[i] {
+            Lite::Integer(id) => Some(id),
+            _ => None,
+        }))
+    }
+
+    fn full(&self) -> bool {
+        self.rows >= BATCH_ROWS || self.bytes >= BATCH_BYTES
+    }
+
+    /// The batch's command, its row and byte counts, and an empty batch in its place.
+    fn take(&mut self) -> (Cmd, usize, usize) {
+        let values = std::mem::replace(
+            &mut self.values,
+            Vec::with_capacity(BATCH_ROWS * self.width),
+        );
+        let taken = (Cmd::Rows { values }, self.rows, self.bytes);
+        self.rows = 0;
+        self.bytes = 0;
+        taken
+    }
+}
+
+/// Sends a batch to the writer (counting it as copied with `count_progress`).
+async fn send_batch(
+    writer: &mut WriterHandle,
+    prog: &mut Progressor<'_>,
+    batch: &mut Batch,
+    count_progress: bool,
+) -> Result<(), MirrorError> {
+    let (cmd, rows, bytes) = batch.take();
+    writer.send(cmd).await?;
+    if count_progress {
+        prog.add(rows, bytes);
+    }
+    Ok(())
+}
+
+/// One job's I/O: the device connection, the writer, cancellation and progress.
+struct Copy<'a> {
+    remote: Remote,
+    writer: WriterHandle,
+    cancel: &'a CancellationToken,
+    prog: Progressor<'a>,
+}
+
 impl Copy<'_> {
     /// Streams the result of `sql` into the writer's current table. Returns rows and the last
-    /// value of column `id_index`.
+    /// value of column `id_index`. With `count_progress`, rows count as copied in the progress.
     async fn stream(
         &mut self,
         plan: &TablePlan,
@@ -407,8 +585,7 @@ impl Copy<'_> {
         let cancel = self.cancel;
         let addr = self.remote.addr.clone();
         let what = format!("reading {}", plan.name);
-        let writer = &mut self.writer;
-        let prog = &mut self.prog;
+        let (writer, prog) = (&mut self.writer, &mut self.prog);
         let mut result = Remote::guard_addr(
             &addr,
             cancel,
@@ -420,12 +597,8 @@ impl Copy<'_> {
         let Some(mut stream) = stream else {
             return Ok((0, None));
         };
-        let mut rows = 0u64;
-        let mut last_id = None;
-        let width = plan.columns.len();
-        let mut batch: Vec<Lite> = Vec::with_capacity(BATCH_ROWS * width);
-        let mut batch_rows = 0usize;
-        let mut batch_bytes = 0usize;
+        let (mut rows, mut last_id) = (0u64, None);
+        let mut batch = Batch::new(plan.columns.len());
         // One waiter for the whole stream: a fresh `cancelled()` per row would register and
         // unregister a waiter for every row.
         let mut cancelled = std::pin::pin!(cancel.cancelled());
@@ -437,64 +610,40 @@ impl Copy<'_> {
             };
             let row = match next {
                 None => break,
-                Some(Err(e)) => {
-                    return Err(MirrorError::Remote {
-                        addr,
-                        what,
-                        reason: e.to_string(),
-                    })
-                }
+                Some(Err(e)) => return Err(Remote::error(&addr, &what, e)),
                 Some(Ok(row)) => row,
             };
-            let raw = row.unwrap_raw();
-            if raw.len() != width {
-                return Err(MirrorError::Inconsistent(format!(
-                    "{}: the device returned {} columns, expected {width}",
-                    plan.name,
-                    raw.len()
-                )));
+            if let Some(id) = batch.push(row, plan, id_index)? {
+                last_id = Some(id);
             }
-            let start = batch.len();
-            batch.extend(
-                raw.into_iter()
-                    .zip(&plan.columns)
-                    .map(|(v, c)| to_sqlite(v.unwrap_or(mysql_async::Value::NULL), c)),
-            );
-            let values = &batch[start..];
-            if let Some(i) = id_index {
-                if let Lite::Integer(id) = values[i] {
-                    last_id = Some(id);
-                }
-            }
-            batch_bytes += values.iter().map(value_size).sum::<usize>();
-            batch_rows += 1;
             rows += 1;
-            if batch_rows >= BATCH_ROWS || batch_bytes >= BATCH_BYTES {
-                writer
-                    .send(Cmd::Rows(std::mem::replace(
-                        &mut batch,
-                        Vec::with_capacity(BATCH_ROWS * width),
-                    )))
-                    .await?;
-                if count_progress {
-                    prog.live.rows_copied += batch_rows as u64;
-                    prog.live.bytes_copied += batch_bytes as u64;
-                    prog.report(false);
-                }
-                batch_rows = 0;
-                batch_bytes = 0;
+            if batch.full() {
+                send_batch(writer, prog, &mut batch, count_progress).await?;
             }
         }
         drop(stream);
-        if batch_rows > 0 {
-            writer.send(Cmd::Rows(batch)).await?;
-            if count_progress {
-                prog.live.rows_copied += batch_rows as u64;
-                prog.live.bytes_copied += batch_bytes as u64;
-                prog.report(false);
-            }
+        if batch.rows > 0 {
+            send_batch(writer, prog, &mut batch, count_progress).await?;
         }
         Ok((rows, last_id))
+    }
+
+    /// Starts a chunk's snapshot and checks the device still writes the same experiment file.
+    async fn same_experiment(&mut self, file: &str) -> Result<(), MirrorError> {
+        self.remote.begin_snapshot(self.cancel).await?;
+        let now = self
+            .remote
+            .backup_filenames(self.cancel)
+            .await?
+            .unwrap_or_default();
+        if now.as_slice() != [file] {
+            let _ = self.remote.commit(self.cancel).await;
+            return Err(MirrorError::RolledOver {
+                file: file.to_string(),
+                new_file: now.into_iter().next(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -516,6 +665,39 @@ impl Mirror {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The counts remembered for the file, if it is as the last job left it.
+    fn remembered(&self, prepared: &Prepared) -> Option<HashMap<String, Counts>> {
+        self.cache()
+            .get(&prepared.db_path)
+            .filter(|c| Some(c.fingerprint) == prepared.fingerprint_before)
+            .map(|c| c.tables.clone())
+    }
+
+    /// Remembers the verified counts of the file as it is now (forgets it when it cannot be
+    /// fingerprinted).
+    fn remember(
+        &self,
+        db_path: &Path,
+        fingerprint: Option<Fingerprint>,
+        tables: HashMap<String, Counts>,
+    ) {
+        let mut cache = self.cache();
+        match fingerprint {
+            Some(fingerprint) => {
+                cache.insert(
+                    db_path.to_path_buf(),
+                    FileCache {
+                        fingerprint,
+                        tables,
+                    },
+                );
+            }
+            None => {
+                cache.remove(db_path);
+            }
+        }
+    }
+
     /// Mirrors `device`'s current experiment once. `progress` is called with live progress while
     /// rows are copied. The writer thread (and the file lock) are gone when this returns.
     pub async fn run(
@@ -532,82 +714,10 @@ impl Mirror {
             &device.id,
             &device.name,
         )?;
-        let addr = SocketAddr::new(device.ip, self.config.mysql_port);
-        let opts = OptsBuilder::default()
-            .ip_or_hostname(device.ip.to_string())
-            .tcp_port(self.config.mysql_port)
-            .user(Some(self.config.mysql_user.clone()))
-            .pass(Some(self.config.mysql_password.clone()))
-            .db_name(Some(db.clone()))
-            .prefer_socket(false)
-            .stmt_cache_size(64);
-        let connect_err = |reason: String| MirrorError::Connect {
-            addr: addr.to_string(),
-            db: db.clone(),
-            reason,
-        };
-        let conn = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Err(MirrorError::Cancelled { rows_copied: 0 }),
-            r = tokio::time::timeout(self.config.connect_timeout, Conn::new(opts)) => match r {
-                Err(_) => return Err(connect_err(format!("no answer within {:?}", self.config.connect_timeout))),
-                Ok(Err(e)) => return Err(connect_err(e.to_string())),
-                Ok(Ok(conn)) => conn,
-            },
-        };
-        let mut remote = Remote {
-            conn,
-            addr: addr.to_string(),
-        };
+        let mut remote = Remote::connect(&self.config, device, &db, cancel).await?;
         remote.begin_snapshot(cancel).await?;
-        // Not ready yet: the experiment has no VAR_MAP table or no rows in it.
-        let vars = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Err(MirrorError::Cancelled { rows_copied: 0 }),
-            r = remote.conn.query_first::<u8, _>("SELECT EXISTS (SELECT 1 FROM VAR_MAP)") => r,
-        };
-        match vars {
-            Ok(Some(1)) => {}
-            Ok(_) => {
-                return Err(MirrorError::NotReady {
-                    db,
-                    reason: "VAR_MAP is empty (no tracking data written yet)".into(),
-                })
-            }
-            Err(e) if is_missing_table(&e) => {
-                return Err(MirrorError::NotReady {
-                    db,
-                    reason: "it has no VAR_MAP table".into(),
-                })
-            }
-            Err(e) => {
-                return Err(MirrorError::Remote {
-                    addr: remote.addr.clone(),
-                    what: "checking VAR_MAP".into(),
-                    reason: e.to_string(),
-                })
-            }
-        }
-        let Some(names) = remote.backup_filenames(cancel).await? else {
-            return Err(MirrorError::BadTarget(format!(
-                "{db} has no METADATA table, so the experiment file name is unknown"
-            )));
-        };
-        let backup_filename = match names.as_slice() {
-            [one] => one.clone(),
-            [] => {
-                return Err(MirrorError::BadTarget(format!(
-                    "{db} has no METADATA.backup_filename, so the experiment file name is unknown"
-                )))
-            }
-            many => {
-                return Err(MirrorError::BadTarget(format!(
-                    "{db} has {} different METADATA.backup_filename values: {:?}",
-                    many.len(),
-                    many.iter().take(3).collect::<Vec<_>>()
-                )))
-            }
-        };
+        remote.check_ready(&db, cancel).await?;
+        let backup_filename = experiment_file(&db, remote.backup_filenames(cancel).await?)?;
         let target = plan_target(&backup_filename, &device.id, &device.name)?;
         if let Some(announced) = device.announced_mariadb_filename() {
             if announced != backup_filename {
@@ -617,26 +727,9 @@ impl Mirror {
                 );
             }
         }
-
-        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
-        let join = local::spawn(
-            WriterSetup {
-                results_dir: self.config.results_dir.clone(),
-                relative_dir: target.relative_dir.clone(),
-                file_name: target.file_name.clone(),
-                commit_rows: self.config.commit_rows,
-                commit_bytes: self.config.commit_bytes,
-                commit_interval: self.config.commit_interval,
-            },
-            rx,
-            cancel.clone(),
-        );
         let mut copy = Copy {
             remote,
-            writer: WriterHandle {
-                tx: Some(tx),
-                join: Some(join),
-            },
+            writer: WriterHandle::spawn(&self.config, &target, cancel),
             cancel,
             prog: Progressor {
                 progress,
@@ -687,6 +780,7 @@ impl Mirror {
         }
     }
 
+    /// Steps 5 to 7 of the module docs, in the snapshot opened by [`Mirror::run`].
     async fn copy(
         &self,
         copy: &mut Copy<'_>,
@@ -696,297 +790,284 @@ impl Mirror {
         skipped: Vec<Skipped>,
     ) -> Result<MirrorReport, MirrorError> {
         let cancel = copy.cancel;
-        let prepared = copy
-            .writer
-            .ask(|reply| Cmd::Prepare(plans.clone(), reply))
-            .await?;
-        let id_plans: Vec<usize> = (0..plans.len())
-            .filter(|&i| plans[i].mode == CopyMode::ById)
-            .collect();
-
-        // Remote MAX(id) of every id-keyed table, in the snapshot.
-        let mut remote_max: HashMap<usize, Option<i64>> = HashMap::new();
-        if !id_plans.is_empty() {
-            let sql = id_plans
-                .iter()
-                .map(|&i| format!("SELECT {i}, MAX(`id`) FROM {}", mysql_quote(&plans[i].name)))
-                .collect::<Vec<_>>()
-                .join(" UNION ALL ");
-            remote_max = copy
-                .remote
-                .indexed_values(cancel, "reading max ids", sql)
-                .await?;
-        }
-        let mut regressions = Vec::new();
-        for &i in &id_plans {
-            let r = remote_max.get(&i).copied().flatten().unwrap_or(0);
-            let l = prepared.local_max[i].unwrap_or(0);
-            if r < l {
-                regressions.push(format!("{} (device {r}, mirror {l})", plans[i].name));
-            }
-        }
-        if !regressions.is_empty() {
-            return Err(MirrorError::Inconsistent(format!(
-                "the device's max id is below the mirror's for the same experiment file {}: {}; nothing copied",
-                target.file_name,
-                regressions.join(", ")
-            )));
-        }
-
-        // Counts for verification: reuse the previous job's when the file is as we left it.
-        let cached: Option<FileCache> = {
-            let cache = self.cache();
-            cache
-                .get(&prepared.db_path)
-                .filter(|c| Some(c.fingerprint) == prepared.fingerprint_before)
-                .cloned()
-        };
-        // Per id plan: (device rows known up to the local max, local rows known). Rows above the
-        // local max are counted as they stream in, so an initial mirror scans nothing twice.
-        let mut base: HashMap<usize, (u64, Option<u64>)> = HashMap::new();
-        let mut count_queries = Vec::new();
-        for &i in &id_plans {
-            let l = prepared.local_max[i];
-            let hit = cached
-                .as_ref()
-                .and_then(|c| c.tables.get(&plans[i].name))
-                .filter(|c| c.max == l.unwrap_or(0));
-            match (hit, l) {
-                (Some(c), _) => {
-                    base.insert(i, (c.remote, Some(c.local)));
-                }
-                (None, None) => {
-                    base.insert(i, (0, Some(0)));
-                }
-                (None, Some(l)) => {
-                    base.insert(i, (0, None));
-                    count_queries.push(format!(
-                        "SELECT {i}, COUNT(*) FROM {} WHERE `id` <= {l}",
-                        mysql_quote(&plans[i].name)
-                    ));
-                }
-            }
-        }
-        if !count_queries.is_empty() {
-            let below = copy
-                .remote
-                .indexed_values(cancel, "counting rows", count_queries.join(" UNION ALL "))
-                .await?;
-            for (i, n) in below {
-                if let Some(b) = base.get_mut(&i) {
-                    b.0 = n.unwrap_or(0).max(0) as u64;
-                }
-            }
-        }
-
-        // Keyless tables: equal to the snapshot as multisets.
-        let mut tables = BTreeMap::new();
-        let mut mismatches = Vec::new();
-        for (i, plan) in plans.iter().enumerate() {
-            if plan.mode != CopyMode::WholeTable {
-                continue;
-            }
-            copy.writer.send(Cmd::BeginWhole(i)).await?;
-            let sql = format!(
-                "SELECT {} FROM {}",
-                plan.mysql_columns(),
-                mysql_quote(&plan.name)
-            );
-            copy.stream(plan, &sql, Params::Empty, None, false).await?;
-            let result: KeylessResult = copy.writer.ask(Cmd::EndWhole).await?;
-            if !result.equal || result.local_rows != result.remote_rows {
-                mismatches.push(format!(
-                    "{}: mirror has {} rows, device {}",
-                    plan.name, result.local_rows, result.remote_rows
-                ));
-            }
-            tables.insert(
-                plan.name.clone(),
-                TableReport {
-                    mode: "whole_table",
-                    remote_rows: result.remote_rows,
-                    local_rows: result.local_rows,
-                    remote_max_id: None,
-                    local_max_id: None,
-                    copied: if result.rewritten {
-                        result.local_rows
-                    } else {
-                        0
-                    },
-                },
-            );
-        }
+        let (prepared, plan) = self.plan_copy(copy, &plans, target).await?;
+        let (mut tables, mut mismatches) = sync_keyless(copy, &plans).await?;
         copy.remote.commit(cancel).await?;
 
-        // Id-keyed tables: new rows, in chunks, each chunk checking the experiment is the same.
-        copy.prog.live.rows_total = id_plans
+        let copies = self.copy_new_rows(copy, &plans, &plan, target).await?;
+        let max_id_of: Vec<usize> = copies
             .iter()
-            .map(|&i| {
-                let r = remote_max.get(&i).copied().flatten().unwrap_or(0);
-                let l = prepared.local_max[i].unwrap_or(0);
-                (r - l).max(0) as u64
-            })
-            .sum();
-        copy.prog.report(true);
-        let mut copied: HashMap<usize, u64> = HashMap::new();
-        let mut streamed: HashMap<usize, u64> = HashMap::new();
-        for &i in &id_plans {
-            let plan = &plans[i];
-            let r = remote_max.get(&i).copied().flatten().unwrap_or(0);
-            let mut from = prepared.local_max[i].unwrap_or(0);
-            if r <= from {
-                continue;
-            }
-            copy.prog.live.table = plan.name.clone();
-            copy.prog.report(true);
-            copy.writer.send(Cmd::BeginById(i)).await?;
-            let sql = format!(
-                "SELECT {} FROM {} WHERE `id` > ? AND `id` <= ? ORDER BY `id` LIMIT ?",
-                plan.mysql_columns(),
-                mysql_quote(&plan.name)
-            );
-            let chunk = self.config.chunk_rows.max(1);
-            loop {
-                copy.remote.begin_snapshot(cancel).await?;
-                let now = copy
-                    .remote
-                    .backup_filenames(cancel)
-                    .await?
-                    .unwrap_or_default();
-                if now.as_slice() != [target.file_name.clone()] {
-                    let _ = copy.remote.commit(cancel).await;
-                    return Err(MirrorError::RolledOver(format!(
-                        "the device started a new experiment ({}) while {} was being copied; \
-                         rows copied so far are kept, the rest is no longer on the device",
-                        now.first().map_or("none", String::as_str),
-                        target.file_name
-                    )));
-                }
-                let (n, last) = copy
-                    .stream(
-                        plan,
-                        &sql,
-                        Params::Positional(vec![from.into(), r.into(), chunk.into()]),
-                        plan.id_index(),
-                        true,
-                    )
-                    .await?;
-                copy.remote.commit(cancel).await?;
-                *streamed.entry(i).or_insert(0) += n;
-                if let Some(last) = last {
-                    from = last;
-                }
-                if n < chunk || from >= r {
-                    break;
-                }
-            }
-            let inserted = copy.writer.ask(Cmd::EndById).await?;
-            copied.insert(i, inserted);
-        }
-        copy.prog.live.table = String::new();
-        copy.prog.report(true);
-
-        let full_counts: Vec<usize> = id_plans
-            .iter()
-            .copied()
-            .filter(|i| base.get(i).is_none_or(|b| b.1.is_none()))
-            .collect();
-        let changed: Vec<usize> = copied
-            .iter()
-            .filter(|(_, n)| **n > 0)
+            .filter(|(_, c)| c.inserted > 0)
             .map(|(i, _)| *i)
             .collect();
+        let count_rows_of = plan.tables_to_count();
         let finished = copy
             .writer
-            .ask(|r| Cmd::Finish(full_counts, changed, r))
+            .ask(|reply| Cmd::Finish {
+                count_rows_of,
+                max_id_of,
+                reply,
+            })
             .await?;
-
-        // Verify and remember.
-        let mut new_cache = HashMap::new();
-        for &i in &id_plans {
-            let plan = &plans[i];
-            let r = remote_max.get(&i).copied().flatten();
-            let (remote_known, local_known) = base.get(&i).copied().unwrap_or((0, None));
-            let remote_rows = remote_known + streamed.get(&i).copied().unwrap_or(0);
-            let n = copied.get(&i).copied().unwrap_or(0);
-            let local_rows = finished
-                .local_count
-                .get(&i)
-                .copied()
-                .unwrap_or(local_known.unwrap_or(0) + n);
-            let local_max = finished
-                .local_max
-                .get(&i)
-                .copied()
-                .unwrap_or(prepared.local_max[i]);
-            if local_rows != remote_rows || local_max.unwrap_or(0) != r.unwrap_or(0) {
-                mismatches.push(format!(
-                    "{}: mirror has {local_rows} rows up to id {}, device {remote_rows} rows up to id {}",
-                    plan.name,
-                    local_max.unwrap_or(0),
-                    r.unwrap_or(0)
-                ));
-            } else {
-                new_cache.insert(
-                    plan.name.clone(),
-                    Counts {
-                        max: r.unwrap_or(0),
-                        remote: remote_rows,
-                        local: local_rows,
-                    },
-                );
-            }
-            tables.insert(
-                plan.name.clone(),
-                TableReport {
-                    mode: "by_id",
-                    remote_rows,
-                    local_rows,
-                    remote_max_id: r,
-                    local_max_id: local_max,
-                    copied: n,
-                },
-            );
-        }
-        {
-            let mut cache = self.cache();
-            match finished.fingerprint_after {
-                Some(fingerprint) => {
-                    cache.insert(
-                        prepared.db_path.clone(),
-                        FileCache {
-                            fingerprint,
-                            tables: new_cache,
-                        },
-                    );
-                }
-                None => {
-                    cache.remove(&prepared.db_path);
-                }
-            }
-        }
-        let remote_total: u64 = tables.values().map(|t| t.remote_rows).sum();
-        let local_total: u64 = tables.values().map(|t| t.local_rows).sum();
-        let percent = if remote_total == 0 {
-            100.0
-        } else {
-            local_total as f64 * 100.0 / remote_total as f64
+        let measured = Measured {
+            local_count: finished.local_count,
+            local_max: finished.local_max,
         };
+        let verified = verify(&plan, &copies, &measured);
+        self.remember(
+            &prepared.db_path,
+            finished.fingerprint_after,
+            verified.remember,
+        );
+        tables.extend(verified.tables);
+        mismatches.extend(verified.mismatches);
         Ok(MirrorReport {
             db_name: db.to_string(),
             backup_filename: target.file_name.clone(),
             relative_path: target.relative_db(),
             path: prepared.db_path,
+            percent: completeness(&tables),
             tables,
-            rows_copied: copied.values().sum(),
+            rows_copied: copies.values().map(|c| c.inserted).sum(),
             bytes_copied: copy.prog.live.bytes_copied,
             skipped,
             mismatches,
             data_duplication: finished.data_duplication,
-            percent,
             file_size: finished.file_size,
             dam_lines: finished.dam_lines,
             duration: Duration::ZERO,
         })
+    }
+
+    /// Step 5's decisions: the writer prepares the file, the device gives its max ids (and the
+    /// counts nothing remembered covers), and [`CopyPlan`] decides.
+    async fn plan_copy(
+        &self,
+        copy: &mut Copy<'_>,
+        plans: &[TablePlan],
+        target: &Target,
+    ) -> Result<(Prepared, CopyPlan), MirrorError> {
+        let cancel = copy.cancel;
+        let prepared = copy
+            .writer
+            .ask(|reply| Cmd::Prepare {
+                plans: plans.to_vec(),
+                reply,
+            })
+            .await?;
+        let remote_max = match max_id_sql(plans) {
+            Some(sql) => {
+                copy.remote
+                    .indexed_values(cancel, "reading max ids", sql)
+                    .await?
+            }
+            None => HashMap::new(),
+        };
+        let remembered = self.remembered(&prepared);
+        let mut plan = CopyPlan::new(
+            plans,
+            &prepared.local_max,
+            &remote_max,
+            remembered.as_ref(),
+            &target.file_name,
+        )
+        .map_err(MirrorError::Inconsistent)?;
+        if let Some(sql) = plan.count_sql() {
+            let counts = copy
+                .remote
+                .indexed_values(cancel, "counting rows", sql)
+                .await?;
+            plan.set_counts(&counts);
+        }
+        Ok((prepared, plan))
+    }
+
+    /// Step 6: every id-keyed table's new rows, reported as progress.
+    async fn copy_new_rows(
+        &self,
+        copy: &mut Copy<'_>,
+        plans: &[TablePlan],
+        plan: &CopyPlan,
+        target: &Target,
+    ) -> Result<HashMap<usize, TableCopy>, MirrorError> {
+        copy.prog.live.rows_total = plan.rows_total();
+        copy.prog.report(true);
+        let mut copies = HashMap::new();
+        for t in plan.tables.iter().filter(|t| t.rows_to_copy() > 0) {
+            copy.prog.live.table = t.name.clone();
+            copy.prog.report(true);
+            let done = self.copy_table(copy, &plans[t.index], t, target).await?;
+            copies.insert(t.index, done);
+        }
+        copy.prog.live.table = String::new();
+        copy.prog.report(true);
+        Ok(copies)
+    }
+
+    /// One table's rows in `(mirror max, device max]`, chunk by chunk, each chunk in its own
+    /// snapshot that first checks the experiment is still the same.
+    async fn copy_table(
+        &self,
+        copy: &mut Copy<'_>,
+        plan: &TablePlan,
+        table: &IdTable,
+        target: &Target,
+    ) -> Result<TableCopy, MirrorError> {
+        copy.writer
+            .send(Cmd::BeginById { plan: table.index })
+            .await?;
+        let sql = format!(
+            "SELECT {} FROM {} WHERE `id` > ? AND `id` <= ? ORDER BY `id` LIMIT ?",
+            plan.mysql_columns(),
+            mysql_quote(&plan.name)
+        );
+        let mut chunks = Chunks::new(table.from(), table.to(), self.config.chunk_rows);
+        let mut streamed = 0;
+        loop {
+            copy.same_experiment(&target.file_name).await?;
+            let (from, to, limit) = chunks.bounds();
+            let params = Params::Positional(vec![from.into(), to.into(), limit.into()]);
+            let (n, last) = copy
+                .stream(plan, &sql, params, plan.id_index(), true)
+                .await?;
+            copy.remote.commit(copy.cancel).await?;
+            streamed += n;
+            if !chunks.advance(n, last) {
+                break;
+            }
+        }
+        let inserted = copy.writer.ask(|reply| Cmd::EndById { reply }).await?;
+        Ok(TableCopy { streamed, inserted })
+    }
+}
+
+/// Step 5's keyless tables: each made equal to the snapshot as a multiset. Returns their
+/// reports and mismatch lines.
+async fn sync_keyless(
+    copy: &mut Copy<'_>,
+    plans: &[TablePlan],
+) -> Result<(BTreeMap<String, TableReport>, Vec<String>), MirrorError> {
+    let mut tables = BTreeMap::new();
+    let mut mismatches = Vec::new();
+    for (i, plan) in plans.iter().enumerate() {
+        if plan.mode != CopyMode::WholeTable {
+            continue;
+        }
+        copy.writer.send(Cmd::BeginWhole { plan: i }).await?;
+        let sql = format!(
+            "SELECT {} FROM {}",
+            plan.mysql_columns(),
+            mysql_quote(&plan.name)
+        );
+        copy.stream(plan, &sql, Params::Empty, None, false).await?;
+        let result = copy.writer.ask(|reply| Cmd::EndWhole { reply }).await?;
+        let (report, mismatch) = verify_keyless(&plan.name, &result);
+        mismatches.extend(mismatch);
+        tables.insert(plan.name.clone(), report);
+    }
+    Ok((tables, mismatches))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> String {
+        v.to_string()
+    }
+
+    #[test]
+    fn the_experiment_file_needs_exactly_one_name() {
+        let db = "ETHOSCOPE_001_db";
+        assert_eq!(experiment_file(db, Some(vec![s("a.db")])).unwrap(), "a.db");
+        for (names, needle) in [
+            (None, "no METADATA table"),
+            (Some(vec![]), "no METADATA.backup_filename"),
+            (Some(vec![s("a.db"), s("b.db")]), "2 different"),
+        ] {
+            let err = experiment_file(db, names).unwrap_err();
+            assert!(matches!(err, MirrorError::BadTarget(_)), "{err}");
+            assert!(err.to_string().contains(needle), "{err}");
+            assert!(err.to_string().contains(db), "{err}");
+        }
+    }
+
+    #[test]
+    fn information_schema_rows_become_base_tables() {
+        let row = |t: &str, c: &str, ty: &str, k: &str| (s(t), s(c), s(ty), s(k));
+        let tables = group_columns(
+            vec![
+                (s("ROI_1"), s("BASE TABLE")),
+                (s("A_VIEW"), s("VIEW")),
+                (s("VAR_MAP"), s("BASE TABLE")),
+            ],
+            vec![
+                row("A_VIEW", "id", "int(11)", ""),
+                row("ROI_1", "id", "int(11)", "PRI"),
+                row("ROI_1", "x", "smallint(6)", ""),
+                row("VAR_MAP", "var_name", "char(100)", ""),
+                row("GONE", "id", "int(11)", "PRI"),
+            ],
+        );
+        assert_eq!(
+            tables,
+            vec![
+                RemoteTable {
+                    name: s("ROI_1"),
+                    columns: vec![
+                        RemoteColumn {
+                            name: s("id"),
+                            column_type: s("int(11)"),
+                            primary: true
+                        },
+                        RemoteColumn {
+                            name: s("x"),
+                            column_type: s("smallint(6)"),
+                            primary: false
+                        },
+                    ],
+                },
+                RemoteTable {
+                    name: s("VAR_MAP"),
+                    columns: vec![RemoteColumn {
+                        name: s("var_name"),
+                        column_type: s("char(100)"),
+                        primary: false
+                    }],
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn progress_is_throttled_and_bounded() {
+        let seen = Mutex::new(Vec::new());
+        let record = |p: &MirrorProgress| seen.lock().unwrap().push((p.rows_copied, p.percent));
+        let mut prog = Progressor {
+            progress: &record,
+            live: MirrorProgress {
+                table: s("ROI_1"),
+                rows_copied: 0,
+                rows_total: 0,
+                bytes_copied: 0,
+                percent: 0.0,
+                target_file: s("x.db"),
+            },
+            last_report: Instant::now(),
+        };
+        prog.report(true);
+        prog.live.rows_total = 200;
+        prog.add(50, 1000);
+        prog.add(50, 1000);
+        prog.report(true);
+        prog.add(150, 3000);
+        prog.report(true);
+        assert_eq!(prog.live.bytes_copied, 5000);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            // Nothing to copy is complete; unforced reports inside REPORT_EVERY are dropped;
+            // the estimate (an upper bound from id ranges) never shows more than 100 %.
+            vec![(0, 100.0), (100, 50.0), (250, 100.0)]
+        );
     }
 }

@@ -90,8 +90,9 @@ pub struct RemoteTable {
     pub columns: Vec<RemoteColumn>,
 }
 
-/// How a table is kept in step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a table is kept in step (`by_id` / `whole_table` in reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CopyMode {
     /// Keyed by a single integer `id`: copy rows above the local maximum.
     ById,
@@ -197,93 +198,94 @@ pub fn plan_tables(remote: &[RemoteTable]) -> (Vec<TablePlan>, Vec<Skipped>) {
     // differ only in case would be written into one mirror table.
     let mut seen = std::collections::HashSet::new();
     for table in remote {
-        let shown = || table.name.chars().take(80).collect::<String>();
-        if !is_plain_identifier(&table.name) {
-            skipped.push(Skipped {
-                table: shown(),
-                reason: "table name is not a plain identifier".into(),
-            });
-            continue;
-        }
-        let folded = table.name.to_ascii_lowercase();
-        if folded.starts_with("sqlite_") {
-            skipped.push(Skipped {
-                table: shown(),
-                reason: "table names starting with sqlite_ are reserved by SQLite".into(),
-            });
-            continue;
-        }
-        if !seen.insert(folded) {
-            skipped.push(Skipped {
-                table: shown(),
-                reason: "another table has the same name up to case".into(),
-            });
-            continue;
-        }
-        let mut columns_seen = std::collections::HashSet::new();
-        if let Some(dup) = table
-            .columns
-            .iter()
-            .find(|c| !columns_seen.insert(c.name.to_ascii_lowercase()))
-        {
-            skipped.push(Skipped {
-                table: shown(),
-                reason: format!(
-                    "columns named {:?} differ only in case",
-                    dup.name.chars().take(80).collect::<String>()
-                ),
-            });
-            continue;
-        }
-        if let Some(bad) = table.columns.iter().find(|c| !is_plain_identifier(&c.name)) {
-            skipped.push(Skipped {
-                table: shown(),
-                reason: format!(
-                    "column name {:?} is not a plain identifier",
-                    bad.name.chars().take(80).collect::<String>()
-                ),
-            });
-            continue;
-        }
-        if table.columns.is_empty() {
-            skipped.push(Skipped {
-                table: shown(),
-                reason: "table has no columns".into(),
-            });
-            continue;
-        }
-        let columns: Vec<Column> = table
-            .columns
-            .iter()
-            .map(|c| Column {
-                name: c.name.clone(),
-                sql_type: sqlite_type(&c.column_type),
-                date_only: c.column_type.eq_ignore_ascii_case("date"),
+        let refusal = bad_name(table)
+            .or_else(|| {
+                (!seen.insert(table.name.to_ascii_lowercase()))
+                    .then(|| "another table has the same name up to case".to_string())
             })
-            .collect();
-        let primary_key: Vec<String> = table
-            .columns
-            .iter()
-            .filter(|c| c.primary)
-            .map(|c| c.name.clone())
-            .collect();
-        let by_id = primary_key.len() == 1
-            && primary_key[0] == "id"
-            && columns
-                .iter()
-                .any(|c| c.name == "id" && c.sql_type == SqlType::Integer);
-        plans.push(TablePlan {
-            name: table.name.clone(),
-            columns,
-            primary_key,
-            mode: if by_id {
-                CopyMode::ById
-            } else {
-                CopyMode::WholeTable
-            },
-        });
+            .or_else(|| bad_columns(table));
+        match refusal {
+            Some(reason) => skipped.push(Skipped {
+                table: table.name.chars().take(80).collect(),
+                reason,
+            }),
+            None => plans.push(table_plan(table)),
+        }
     }
     (plans, skipped)
+}
+
+/// Why a table's name cannot be used, if so.
+fn bad_name(table: &RemoteTable) -> Option<String> {
+    if !is_plain_identifier(&table.name) {
+        return Some("table name is not a plain identifier".into());
+    }
+    table
+        .name
+        .to_ascii_lowercase()
+        .starts_with("sqlite_")
+        .then(|| "table names starting with sqlite_ are reserved by SQLite".into())
+}
+
+/// Why a table's columns cannot be mirrored (names SQLite cannot hold, none at all), if so.
+fn bad_columns(table: &RemoteTable) -> Option<String> {
+    let shown = |name: &str| name.chars().take(80).collect::<String>();
+    let mut columns_seen = std::collections::HashSet::new();
+    if let Some(dup) = table
+        .columns
+        .iter()
+        .find(|c| !columns_seen.insert(c.name.to_ascii_lowercase()))
+    {
+        return Some(format!(
+            "columns named {:?} differ only in case",
+            shown(&dup.name)
+        ));
+    }
+    if let Some(bad) = table.columns.iter().find(|c| !is_plain_identifier(&c.name)) {
+        return Some(format!(
+            "column name {:?} is not a plain identifier",
+            shown(&bad.name)
+        ));
+    }
+    table
+        .columns
+        .is_empty()
+        .then(|| "table has no columns".into())
+}
+
+/// The plan of a usable table: columns mapped, key kept, copied by id when the key is a single
+/// integer `id`.
+fn table_plan(table: &RemoteTable) -> TablePlan {
+    let columns: Vec<Column> = table
+        .columns
+        .iter()
+        .map(|c| Column {
+            name: c.name.clone(),
+            sql_type: sqlite_type(&c.column_type),
+            date_only: c.column_type.eq_ignore_ascii_case("date"),
+        })
+        .collect();
+    let primary_key: Vec<String> = table
+        .columns
+        .iter()
+        .filter(|c| c.primary)
+        .map(|c| c.name.clone())
+        .collect();
+    let by_id = primary_key.len() == 1
+        && primary_key[0] == "id"
+        && columns
+            .iter()
+            .any(|c| c.name == "id" && c.sql_type == SqlType::Integer);
+    TablePlan {
+        name: table.name.clone(),
+        columns,
+        primary_key,
+        mode: if by_id {
+            CopyMode::ById
+        } else {
+            CopyMode::WholeTable
+        },
+    }
 }
 
 #[cfg(test)]

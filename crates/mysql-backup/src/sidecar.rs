@@ -128,59 +128,98 @@ fn read_state(path: &Path, id_field: usize) -> io::Result<DumpState> {
     }
 }
 
-/// Brings `<txt_path>` in line with the mirror's `CSV_DAM_ACTIVITY` table (which must exist).
-/// Returns the number of lines appended (or written, on a rewrite).
-pub fn update(conn: &Connection, txt_path: &Path) -> Result<u64, String> {
-    let columns: Vec<String> = {
-        let mut stmt = conn
-            .prepare(&format!("PRAGMA table_info({})", sqlite_quote(DAM_TABLE)))
-            .map_err(|e| e.to_string())?;
-        let names = stmt
-            .query_map([], |r| r.get::<_, String>(1))
-            .map_err(|e| e.to_string())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        names
-    };
+/// Why the dump could not be brought up to date.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// Reading the DAM table failed.
+    #[error("reading {DAM_TABLE}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The DAM table has no `id` column, so there is no order to continue from.
+    #[error("{DAM_TABLE} has no id column")]
+    NoIdColumn,
+    /// Reading or writing the dump (or its temporary file) failed.
+    #[error("{}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> SidecarError + '_ {
+    move |source| SidecarError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The DAM table's column names and the position of `id`.
+fn dam_columns(conn: &Connection) -> Result<(Vec<String>, usize), SidecarError> {
+    let mut stmt = conn.prepare(&format!("PRAGMA table_info({})", sqlite_quote(DAM_TABLE)))?;
+    let columns = stmt
+        .query_map([], |r| r.get::<_, String>(1))?
+        .collect::<Result<Vec<_>, _>>()?;
     let id_field = columns
         .iter()
         .position(|c| c == "id")
-        .ok_or_else(|| format!("{DAM_TABLE} has no id column"))?;
-    let db_max: Option<i64> = conn
-        .query_row(
-            &format!("SELECT MAX(id) FROM {}", sqlite_quote(DAM_TABLE)),
-            [],
-            |r| r.get(0),
-        )
-        .map_err(|e| e.to_string())?;
-    let io_err = |e: io::Error| format!("{}: {e}", txt_path.display());
-    let state = read_state(txt_path, id_field).map_err(io_err)?;
+        .ok_or(SidecarError::NoIdColumn)?;
+    Ok((columns, id_field))
+}
+
+/// Brings `<txt_path>` in line with the mirror's `CSV_DAM_ACTIVITY` table (which must exist).
+/// Returns the number of lines appended (or written, on a rewrite).
+pub fn update(conn: &Connection, txt_path: &Path) -> Result<u64, SidecarError> {
+    let (columns, id_field) = dam_columns(conn)?;
+    let db_max: Option<i64> = conn.query_row(
+        &format!("SELECT MAX(id) FROM {}", sqlite_quote(DAM_TABLE)),
+        [],
+        |r| r.get(0),
+    )?;
+    let state = read_state(txt_path, id_field).map_err(io_err(txt_path))?;
     // Nothing new and nothing to repair: leave the file alone (no write, no fsync).
     if let DumpState::Continue { keep_len, last_id } = state {
-        let len = fs::metadata(txt_path).map_err(io_err)?.len();
+        let len = fs::metadata(txt_path).map_err(io_err(txt_path))?.len();
         if keep_len == len && last_id == db_max {
             return Ok(0);
         }
     }
-    let (mut out, after, tmp): (File, i64, Option<PathBuf>) = match state {
+    let (mut out, after, tmp) = open_for_update(txt_path, state, db_max)?;
+    let written = append_rows(conn, &mut out, after, columns.len(), txt_path)?;
+    out.sync_data().map_err(io_err(txt_path))?;
+    if let Some(tmp) = tmp {
+        fs::rename(&tmp, txt_path).map_err(io_err(txt_path))?;
+    }
+    Ok(written)
+}
+
+/// The file to write and the id after which rows go into it: the dump itself cut to its last
+/// complete line when it can be continued, else a fresh temporary file (returned too, to be
+/// renamed over the dump once complete).
+fn open_for_update(
+    txt_path: &Path,
+    state: DumpState,
+    db_max: Option<i64>,
+) -> Result<(File, i64, Option<PathBuf>), SidecarError> {
+    match state {
         DumpState::Continue { keep_len, last_id }
             if last_id.unwrap_or(0) <= db_max.unwrap_or(0) =>
         {
-            let f = OpenOptions::new()
+            let mut f = OpenOptions::new()
                 .write(true)
                 .custom_flags(nix::libc::O_NOFOLLOW)
                 .open(txt_path)
-                .map_err(io_err)?;
-            f.set_len(keep_len).map_err(io_err)?;
-            let mut f = f;
-            f.seek(SeekFrom::End(0)).map_err(io_err)?;
-            (f, last_id.unwrap_or(i64::MIN), None)
+                .map_err(io_err(txt_path))?;
+            f.set_len(keep_len).map_err(io_err(txt_path))?;
+            f.seek(SeekFrom::End(0)).map_err(io_err(txt_path))?;
+            Ok((f, last_id.unwrap_or(i64::MIN), None))
         }
         _ => {
             let tmp = PathBuf::from(format!("{}.tmp", txt_path.display()));
             // A leftover (or planted) entry is removed, not written through.
             match fs::remove_file(&tmp) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(e)),
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&tmp)(e)),
                 _ => {}
             }
             let f = OpenOptions::new()
@@ -188,46 +227,49 @@ pub fn update(conn: &Connection, txt_path: &Path) -> Result<u64, String> {
                 .create_new(true)
                 .custom_flags(nix::libc::O_NOFOLLOW)
                 .open(&tmp)
-                .map_err(io_err)?;
-            (f, i64::MIN, Some(tmp))
+                .map_err(io_err(&tmp))?;
+            Ok((f, i64::MIN, Some(tmp)))
         }
-    };
+    }
+}
+
+/// Writes one line per DAM row with an id above `after`; returns the lines written.
+fn append_rows(
+    conn: &Connection,
+    out: &mut File,
+    after: i64,
+    width: usize,
+    txt_path: &Path,
+) -> Result<u64, SidecarError> {
+    let mut w = BufWriter::with_capacity(256 * 1024, out);
+    let sql = format!(
+        "SELECT * FROM {} WHERE id > ?1 ORDER BY id",
+        sqlite_quote(DAM_TABLE)
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([after])?;
     let mut written = 0u64;
-    {
-        let mut w = BufWriter::with_capacity(256 * 1024, &mut out);
-        let sql = format!(
-            "SELECT * FROM {} WHERE id > ?1 ORDER BY id",
-            sqlite_quote(DAM_TABLE)
-        );
-        let mut stmt = conn.prepare(&sql).map_err(|e| e.to_string())?;
-        let n = columns.len();
-        let mut rows = stmt.query([after]).map_err(|e| e.to_string())?;
-        while let Some(row) = rows.next().map_err(|e| e.to_string())? {
-            let mut vals = Vec::with_capacity(n);
-            for i in 0..n {
-                vals.push(row.get_ref(i).map_err(|e| e.to_string())?);
-            }
-            w.write_all(dam_line(&vals).as_bytes()).map_err(io_err)?;
-            written += 1;
-        }
-        w.flush().map_err(io_err)?;
+    while let Some(row) = rows.next()? {
+        let vals = (0..width)
+            .map(|i| row.get_ref(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        w.write_all(dam_line(&vals).as_bytes())
+            .map_err(io_err(txt_path))?;
+        written += 1;
     }
-    out.sync_data().map_err(io_err)?;
-    if let Some(tmp) = tmp {
-        fs::rename(&tmp, txt_path).map_err(io_err)?;
-    }
+    w.flush().map_err(io_err(txt_path))?;
     Ok(written)
 }
 
 /// Creates an empty dump if none exists (upstream always created it).
-pub fn touch(txt_path: &Path) -> Result<(), String> {
+pub fn touch(txt_path: &Path) -> Result<(), SidecarError> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(txt_path)
         .map(|_| ())
-        .map_err(|e| format!("{}: {e}", txt_path.display()))
+        .map_err(io_err(txt_path))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::*;
+use etho_mysql_backup::schema::CopyMode;
 use etho_mysql_backup::{Mirror, MirrorError, MirrorProgress};
 use mysql_async::prelude::Queryable;
 use tokio_util::sync::CancellationToken;
@@ -368,7 +369,7 @@ async fn hostile_table_names_are_skipped_and_schema_changes_followed() {
         .await
         .unwrap();
     assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
-    assert_eq!(report.tables["EXTRA_EVENTS"].mode, "by_id");
+    assert_eq!(report.tables["EXTRA_EVENTS"].mode, CopyMode::ById);
     let db = rusqlite::Connection::open(&path).unwrap();
     let at: String = db
         .query_row("SELECT at FROM EXTRA_EVENTS WHERE id = 1", [], |r| r.get(0))
