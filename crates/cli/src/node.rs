@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use etho_node::registry::{DiscoveryConfig, Target};
+use etho_node::registry::DiscoveryConfig;
+use etho_node::target::Target;
 use etho_node::{AppState, NodeConfig, ServiceUrl};
 
 /// Flags of `etho-backup node`.

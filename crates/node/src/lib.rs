@@ -26,6 +26,8 @@ pub mod devices;
 pub mod mdns;
 pub mod poller;
 pub mod registry;
+pub mod store;
+pub mod target;
 
 pub use etho_http::ServiceUrl;
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::{DeviceRegistry, Source, Target};
+use crate::registry::DeviceRegistry;
+use crate::target::{Source, Target};
 
 /// The service type ethoscopes announce.
 pub const SERVICE_TYPE: &str = "_ethoscope._tcp.local.";

@@ -214,6 +214,55 @@ pub enum Reach {
     Offline,
 }
 
+/// A device's `status` on `GET /devices`: its own word while it answers, else the node's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeStatus {
+    /// What the device reports (`running`, `stopped`, ..., or `unknown`).
+    Device(String),
+    /// `/id` answers, `/data` does not.
+    Busy,
+    /// No answer for now.
+    Unreached,
+    /// Given up on, or not polled yet.
+    Offline,
+}
+
+impl NodeStatus {
+    /// The wire word.
+    pub fn as_str(&self) -> &str {
+        match self {
+            NodeStatus::Device(word) => word,
+            NodeStatus::Busy => "busy",
+            NodeStatus::Unreached => "unreached",
+            NodeStatus::Offline => "offline",
+        }
+    }
+
+    /// True for the states a lab needs to hear about: the node's own (busy, unreached,
+    /// offline) and any device word other than `running` and `stopped`.
+    pub fn is_notable(&self) -> bool {
+        !matches!(self, NodeStatus::Device(word) if word == "running" || word == "stopped")
+    }
+}
+
+impl std::fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for NodeStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl serde::Serialize for NodeStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// The result of one poll, as the state machine sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -336,12 +385,12 @@ impl PollState {
     }
 
     /// The `status` the node reports: the device's own word while it answers, else the node's.
-    pub fn status<'a>(&self, device_status: &'a str) -> &'a str {
+    pub fn status(&self, device_status: &str) -> NodeStatus {
         match self.reach {
-            Reach::Online => device_status,
-            Reach::Busy { .. } => "busy",
-            Reach::Unreached { .. } => "unreached",
-            Reach::Offline | Reach::Unknown => "offline",
+            Reach::Online => NodeStatus::Device(device_status.to_string()),
+            Reach::Busy { .. } => NodeStatus::Busy,
+            Reach::Unreached { .. } => NodeStatus::Unreached,
+            Reach::Offline | Reach::Unknown => NodeStatus::Offline,
         }
     }
 
@@ -710,6 +759,22 @@ mod tests {
             PollState::remembered(None).next_poll_in(Duration::from_secs(100)),
             Duration::from_secs(100)
         );
+    }
+
+    #[test]
+    fn node_status_words() {
+        for (status, word, notable) in [
+            (NodeStatus::Device("running".into()), "running", false),
+            (NodeStatus::Device("stopped".into()), "stopped", false),
+            (NodeStatus::Device("recording".into()), "recording", true),
+            (NodeStatus::Busy, "busy", true),
+            (NodeStatus::Unreached, "unreached", true),
+            (NodeStatus::Offline, "offline", true),
+        ] {
+            assert_eq!(status.as_str(), word);
+            assert_eq!(serde_json::to_value(&status).unwrap(), json!(word));
+            assert_eq!(status.is_notable(), notable, "{word}");
+        }
     }
 
     #[test]

@@ -1,35 +1,33 @@
 //! The device registry: which devices the node knows, where they are and how they are doing.
 //!
 //! Devices come from three sources: `--device HOST[:PORT]` flags, `POST /device/add`, and mDNS
-//! browsing of `_ethoscope._tcp.local.` ([`crate::mdns`]). Each target (`HOST:PORT`) gets its own
-//! poll loop ([`crate::poller`]) every [`DiscoveryConfig::poll_interval`]; the registry keeps the
-//! last checked answer and the status machine per target and builds the `GET /devices` map that
-//! both backup daemons read.
+//! browsing of `_ethoscope._tcp.local.` ([`crate::mdns`]); addresses are checked as
+//! [`crate::target::Target`]s. Each target gets its own poll loop ([`crate::poller`]) every
+//! [`DiscoveryConfig::poll_interval`]; the registry keeps the last checked answer and the status
+//! machine per target and builds the `GET /devices` map that both backup daemons read.
 //!
-//! Known devices and added targets persist in SQLite (`devices.sqlite` under the node's state
-//! directory), so after a restart every known device is listed (as `offline` until it answers)
-//! and keeps being polled. Devices whose answers fail validation are *rejected*: listed on
-//! `GET /devices/rejected` with the reason, never on `GET /devices`.
+//! Known devices and added targets persist in SQLite ([`crate::store`]), so after a restart every
+//! known device is listed (as `offline` until it answers) and keeps being polled. Devices whose
+//! answers fail validation are *rejected*: listed on `GET /devices/rejected` with the reason,
+//! never on `GET /devices`.
 //!
 //! Nothing here holds a lock across an `.await`; SQLite runs on the blocking pool.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::{params, Connection};
-use serde_json::{json, Map, Value};
+use etho_http::ServiceUrl;
+use serde::Serialize;
+use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use etho_http::ServiceUrl;
-
-use crate::poller::{self, PollReport, PollState, Thresholds};
-
-/// The device API port of an ethoscope (`device_server.py -p 9000`).
-pub const DEVICE_PORT: u16 = 9000;
+use crate::poller::{self, NodeStatus, PollReport, PollState, Thresholds};
+use crate::store::{self, DeviceRow, Store};
+use crate::target::{Source, Target, TargetError};
 
 /// How the node finds and polls devices.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,117 +60,6 @@ impl Default for DiscoveryConfig {
     }
 }
 
-/// Where a device's API is: a host (IP or name) and a port.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Target {
-    /// IP literal or host name.
-    pub host: String,
-    /// Device API port.
-    pub port: u16,
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-fn usable_ip(ip: IpAddr) -> Result<IpAddr, String> {
-    if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) {
-        Err(format!("{ip} is not a device address"))
-    } else {
-        Ok(ip)
-    }
-}
-
-fn is_host_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && !s.starts_with(['-', '.'])
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
-
-impl Target {
-    /// An IP target.
-    pub fn ip(ip: IpAddr, port: u16) -> Target {
-        Target {
-            host: ip.to_string(),
-            port,
-        }
-    }
-
-    /// Parses `HOST[:PORT]`, `IP`, `IP:PORT` or `[IPv6]:PORT`. Host names are allowed only when
-    /// `allow_names` (flags may name `ethoscope007.local`; the HTTP endpoint takes IPs only).
-    pub fn parse(input: &str, allow_names: bool) -> Result<Target, String> {
-        let s = input.trim();
-        if s.is_empty() {
-            return Err("empty address".into());
-        }
-        if let Ok(ip) = s.parse::<IpAddr>() {
-            return Ok(Target::ip(usable_ip(ip)?, DEVICE_PORT));
-        }
-        if let Ok(sa) = s.parse::<SocketAddr>() {
-            if sa.port() == 0 {
-                return Err("port 0 is not a device port".into());
-            }
-            return Ok(Target::ip(usable_ip(sa.ip())?, sa.port()));
-        }
-        let (host, port) = match s.rsplit_once(':') {
-            Some((h, p)) => {
-                let port = p
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| format!("invalid port {}", poller::shown(p)))?;
-                (h, port)
-            }
-            None => (s, DEVICE_PORT),
-        };
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(Target::ip(usable_ip(ip)?, port));
-        }
-        if !allow_names {
-            return Err(format!("{} is not an IP address", poller::shown(s)));
-        }
-        if !is_host_name(host) {
-            return Err(format!("{} is not a host name", poller::shown(host)));
-        }
-        Ok(Target {
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-}
-
-/// Where a target came from (persisted, so restarts keep manual additions).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// `--device` flag.
-    Flag,
-    /// `POST /device/add`.
-    Manual,
-    /// mDNS.
-    Mdns,
-    /// Known from an earlier run.
-    Known,
-}
-
-impl Source {
-    fn as_str(self) -> &'static str {
-        match self {
-            Source::Flag => "flag",
-            Source::Manual => "manual",
-            Source::Mdns => "mdns",
-            Source::Known => "known",
-        }
-    }
-}
-
 /// What the node knows about one target.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -186,7 +73,30 @@ struct Entry {
     poll_error: Option<String>,
     rejected: Option<String>,
     /// Status and last_seen as last written to SQLite.
-    persisted: Option<(String, Option<f64>)>,
+    persisted: Option<(NodeStatus, Option<f64>)>,
+}
+
+/// One entry of `GET /devices/rejected`.
+#[derive(Debug, Serialize)]
+struct RejectedEntry<'a> {
+    ip: String,
+    port: u16,
+    id: &'a Option<String>,
+    status: &'static str,
+    reason: &'a str,
+    last_seen: Option<f64>,
+}
+
+/// One entry of `GET /devices/pending`.
+#[derive(Debug, Serialize)]
+struct PendingEntry<'a> {
+    id: &'a Option<String>,
+    status: NodeStatus,
+    poll_error: &'a Option<String>,
+}
+
+fn to_value(v: &impl Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 impl Entry {
@@ -205,10 +115,18 @@ impl Entry {
         }
     }
 
-    fn status(&self) -> &str {
+    fn status(&self) -> NodeStatus {
         self.poll.status(&self.device_status)
     }
 
+    /// The address the device answered from, else the target's host.
+    fn ip_text(&self, target: &Target) -> String {
+        self.ip
+            .map(|ip| ip.to_string())
+            .unwrap_or_else(|| target.host.clone())
+    }
+
+    /// The `GET /devices` entry: the device's own fields, then the node's.
     fn device_json(&self, target: &Target) -> Option<(String, Value)> {
         let id = self.id.as_ref()?;
         let name = self.name.as_ref()?;
@@ -216,25 +134,116 @@ impl Entry {
             return None;
         }
         let mut obj = self.fields.clone();
-        obj.insert("id".into(), json!(id));
-        obj.insert("name".into(), json!(name));
+        obj.insert("id".into(), Value::from(id.as_str()));
+        obj.insert("name".into(), Value::from(name.as_str()));
         if let Some(db) = &self.databases {
             obj.insert("databases".into(), Value::Object(db.clone()));
         }
-        let ip = self
-            .ip
-            .map(|ip| ip.to_string())
-            .unwrap_or_else(|| target.host.clone());
-        obj.insert("ip".into(), json!(ip));
-        obj.insert("port".into(), json!(target.port));
-        obj.insert("status".into(), json!(self.status()));
-        obj.insert("last_seen".into(), json!(self.poll.last_seen));
+        obj.insert("ip".into(), Value::from(self.ip_text(target)));
+        obj.insert("port".into(), Value::from(target.port));
+        obj.insert("status".into(), to_value(&self.status()));
+        obj.insert("last_seen".into(), to_value(&self.poll.last_seen));
         obj.insert(
             "consecutive_errors".into(),
-            json!(self.poll.consecutive_errors),
+            Value::from(self.poll.consecutive_errors),
         );
-        obj.insert("poll_error".into(), json!(self.poll_error));
+        obj.insert("poll_error".into(), to_value(&self.poll_error));
         Some((id.clone(), Value::Object(obj)))
+    }
+
+    /// Takes in one poll's report (identity, fields, rejection, error; not the status machine).
+    fn absorb(&mut self, target: &Target, report: PollReport) {
+        match report {
+            PollReport::Answered {
+                id,
+                data,
+                databases,
+            } => {
+                if self.rejected.take().is_some() {
+                    tracing::info!(target = %target, "device answers validly again");
+                }
+                if self.id.as_deref().is_some_and(|old| old != id) {
+                    tracing::warn!(target = %target, old = ?self.id, new = %id,
+                        "another device answers at this address");
+                }
+                self.id = Some(id);
+                self.name = Some(data.name);
+                self.device_status = data.status;
+                self.fields = data.fields;
+                self.databases = databases;
+                self.poll_error = None;
+            }
+            PollReport::IdOnly { id, error } => {
+                if self.id.as_deref() != Some(id.as_str()) {
+                    // Another (or a new) device: nothing of the old one applies.
+                    self.name = None;
+                    self.fields.clear();
+                    self.databases = None;
+                }
+                self.id = Some(id);
+                self.poll_error = Some(error);
+            }
+            PollReport::Rejected { id, reason } => {
+                let reason = reason.to_string();
+                if self.rejected.as_deref() != Some(reason.as_str()) {
+                    tracing::warn!(target = %target, "device rejected: {reason}");
+                }
+                if id.is_some() {
+                    self.id = id;
+                }
+                self.rejected = Some(reason);
+                self.poll_error = None;
+            }
+            PollReport::Unreachable { error, .. } => {
+                self.poll_error = Some(error);
+            }
+        }
+    }
+
+    /// The row to write when the status changed or last_seen moved by a minute or more, for
+    /// a device with a valid identity; records it as written.
+    fn row_to_persist(&mut self, target: &Target, now: f64) -> Option<DeviceRow> {
+        let (Some(id), Some(name), None) = (&self.id, &self.name, &self.rejected) else {
+            return None;
+        };
+        let status = self.status();
+        let stale = match &self.persisted {
+            None => true,
+            Some((persisted, seen)) => {
+                persisted != &status
+                    || match (seen, self.poll.last_seen) {
+                        (Some(a), Some(b)) => b - a >= 60.0,
+                        (None, Some(_)) => true,
+                        _ => false,
+                    }
+            }
+        };
+        if !stale {
+            return None;
+        }
+        let row = DeviceRow {
+            id: id.clone(),
+            name: name.clone(),
+            target: target.clone(),
+            ip: self.ip_text(target),
+            last_seen: self.poll.last_seen,
+            status: status.to_string(),
+            now,
+        };
+        self.persisted = Some((status, self.poll.last_seen));
+        Some(row)
+    }
+}
+
+fn log_change(target: &Target, entry: &Entry, before: &NodeStatus, after: &NodeStatus) {
+    match (&entry.name, &entry.poll_error) {
+        (Some(name), Some(err)) if after.is_notable() => {
+            tracing::info!(target = %target, device = %name, "{before} → {after} ({err})")
+        }
+        (Some(name), _) => {
+            tracing::info!(target = %target, device = %name, "{before} → {after}")
+        }
+        (None, _) => tracing::debug!(target = %target, "{before} → {after}"),
     }
 }
 
@@ -292,6 +301,17 @@ pub struct AddResult {
     pub messages: Vec<String>,
 }
 
+/// Why an address was not added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddError {
+    /// Not a device address.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// The registry holds [`MAX_TARGETS`] addresses already.
+    #[error("the node already polls {MAX_TARGETS} addresses, the most it keeps")]
+    Full,
+}
+
 /// Most addresses one `POST /device/add` may carry.
 pub const MAX_ADD: usize = 256;
 
@@ -303,7 +323,10 @@ pub const MAX_TARGETS: usize = 2048;
 impl DeviceRegistry {
     /// A registry with nothing loaded yet; `state_dir` holds `devices.sqlite` when persistence is
     /// on. Opening the database and polling begin with [`DeviceRegistry::start`].
-    pub fn new(config: DiscoveryConfig, state_dir: &Path) -> anyhow::Result<DeviceRegistry> {
+    pub fn new(
+        config: DiscoveryConfig,
+        state_dir: &Path,
+    ) -> Result<DeviceRegistry, reqwest::Error> {
         let client = etho_http::client(config.device_timeout)?;
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(DeviceRegistry {
@@ -349,18 +372,15 @@ impl DeviceRegistry {
         entries
             .iter()
             .filter_map(|(target, e)| {
-                let reason = e.rejected.as_ref()?;
-                Some((
-                    target.to_string(),
-                    json!({
-                        "ip": e.ip.map(|ip| ip.to_string()).unwrap_or_else(|| target.host.clone()),
-                        "port": target.port,
-                        "id": e.id,
-                        "status": "rejected",
-                        "reason": reason,
-                        "last_seen": e.poll.last_seen,
-                    }),
-                ))
+                let entry = RejectedEntry {
+                    ip: e.ip_text(target),
+                    port: target.port,
+                    id: &e.id,
+                    status: "rejected",
+                    reason: e.rejected.as_deref()?,
+                    last_seen: e.poll.last_seen,
+                };
+                Some((target.to_string(), to_value(&entry)))
             })
             .collect()
     }
@@ -374,26 +394,26 @@ impl DeviceRegistry {
             .iter()
             .filter(|(_, e)| (e.id.is_none() || e.name.is_none()) && e.rejected.is_none())
             .map(|(target, e)| {
-                (
-                    target.to_string(),
-                    json!({"id": e.id, "status": e.status(), "poll_error": e.poll_error}),
-                )
+                let entry = PendingEntry {
+                    id: &e.id,
+                    status: e.status(),
+                    poll_error: &e.poll_error,
+                };
+                (target.to_string(), to_value(&entry))
             })
             .collect()
     }
 
     /// Adds a target to poll (no effect when already known). Refused once the registry holds
     /// [`MAX_TARGETS`] addresses.
-    pub fn add_target(&self, target: Target, source: Source) -> Result<(), String> {
+    pub fn add_target(&self, target: Target, source: Source) -> Result<(), AddError> {
         {
             let mut entries = lock(&self.entries);
             if entries.contains_key(&target) {
                 return Ok(());
             }
             if entries.len() >= MAX_TARGETS {
-                return Err(format!(
-                    "the node already polls {MAX_TARGETS} addresses, the most it keeps"
-                ));
+                return Err(AddError::Full);
             }
             entries.insert(target.clone(), Entry::new());
         }
@@ -427,7 +447,10 @@ impl DeviceRegistry {
                 ));
                 continue;
             }
-            match Target::parse(item, false).and_then(|t| self.add_target(t, Source::Manual)) {
+            let added = Target::parse(item, false)
+                .map_err(AddError::from)
+                .and_then(|t| self.add_target(t, Source::Manual));
+            match added {
                 Ok(()) => result.added.push(shown),
                 Err(e) => {
                     result.messages.push(format!("{shown}: {e}"));
@@ -445,46 +468,14 @@ impl DeviceRegistry {
         // An existing registry is loaded now; a new one is created on the first write, so a
         // node that never sees a device leaves no file behind.
         if let Some(path) = self.db_path.as_ref().filter(|p| p.exists()) {
-            match open_store(path).and_then(|conn| {
-                let (known, targets) = load_store(&conn)?;
-                Ok((conn, known, targets))
-            }) {
-                Ok((conn, known, targets)) => {
-                    *lock(&self.store) = Store::Open(conn);
-                    let mut entries = lock(&self.entries);
-                    for k in known {
-                        let e = entries.entry(k.target.clone()).or_insert_with(Entry::new);
-                        e.id = Some(k.id);
-                        e.name = Some(k.name);
-                        e.ip = k.ip.parse().ok();
-                        e.poll = PollState::remembered(k.last_seen);
-                        e.persisted = Some(("offline".into(), k.last_seen));
-                        let _ = self.new_targets.send((k.target, Source::Known));
-                    }
-                    for t in targets {
-                        if !entries.contains_key(&t) {
-                            entries.insert(t.clone(), Entry::new());
-                            let _ = self.new_targets.send((t, Source::Known));
-                        }
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(
-                        "device registry {} unavailable, keeping devices in memory only: {err:#}",
-                        path.display()
-                    );
-                    *lock(&self.store) = Store::Failed;
-                }
-            }
+            self.load_store(path);
         }
         for d in &self.config.devices {
-            match Target::parse(d, true) {
-                Ok(t) => {
-                    if let Err(e) = self.add_target(t, Source::Flag) {
-                        tracing::error!("ignoring device {}: {e}", poller::shown(d));
-                    }
-                }
-                Err(e) => tracing::error!("ignoring device {}: {e}", poller::shown(d)),
+            let added = Target::parse(d, true)
+                .map_err(AddError::from)
+                .and_then(|t| self.add_target(t, Source::Flag));
+            if let Err(e) = added {
+                tracing::error!("ignoring device {}: {e}", poller::shown(d));
             }
         }
         let rx = lock(&self.new_targets_rx).take();
@@ -498,6 +489,44 @@ impl DeviceRegistry {
             crate::mdns::spawn_browser(self.clone(), token.clone());
         }
         DiscoveryGuard { token }
+    }
+
+    /// Loads the known devices and saved addresses from an existing registry file and queues
+    /// them for polling; a file that cannot be read leaves the registry in memory only.
+    fn load_store(&self, path: &Path) {
+        let loaded = store::open(path).and_then(|conn| {
+            let (known, targets) = store::load(&conn)?;
+            Ok((conn, known, targets))
+        });
+        let (conn, known, targets) = match loaded {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                tracing::error!(
+                    "device registry {} unavailable, keeping devices in memory only: {}",
+                    path.display(),
+                    etho_model::error_chain(&err)
+                );
+                *lock(&self.store) = Store::Failed;
+                return;
+            }
+        };
+        *lock(&self.store) = Store::Open(conn);
+        let mut entries = lock(&self.entries);
+        for k in known {
+            let e = entries.entry(k.target.clone()).or_insert_with(Entry::new);
+            e.id = Some(k.id);
+            e.name = Some(k.name);
+            e.ip = k.ip.parse().ok();
+            e.poll = PollState::remembered(k.last_seen);
+            e.persisted = Some((NodeStatus::Offline, k.last_seen));
+            let _ = self.new_targets.send((k.target, Source::Known));
+        }
+        for t in targets {
+            if !entries.contains_key(&t) {
+                entries.insert(t.clone(), Entry::new());
+                let _ = self.new_targets.send((t, Source::Known));
+            }
+        }
     }
 
     async fn supervise(
@@ -536,53 +565,39 @@ impl DeviceRegistry {
     }
 
     async fn poll_once(&self, target: &Target) -> (Option<IpAddr>, PollReport) {
-        let ip = match target.host.parse::<IpAddr>() {
+        let ip = match self.resolve(target).await {
             Ok(ip) => ip,
-            Err(_) => {
-                let lookup = tokio::time::timeout(
-                    self.config.device_timeout,
-                    tokio::net::lookup_host((target.host.as_str(), target.port)),
-                )
-                .await;
-                match lookup {
-                    Ok(Ok(mut addrs)) => match addrs.next() {
-                        Some(a) => a.ip(),
-                        None => {
-                            return (
-                                None,
-                                PollReport::Unreachable {
-                                    refused: false,
-                                    error: format!("{} has no address", target.host),
-                                },
-                            )
-                        }
-                    },
-                    Ok(Err(e)) => {
-                        return (
-                            None,
-                            PollReport::Unreachable {
-                                refused: false,
-                                error: format!("cannot resolve {}: {e}", target.host),
-                            },
-                        )
-                    }
-                    Err(_) => {
-                        return (
-                            None,
-                            PollReport::Unreachable {
-                                refused: false,
-                                error: format!("cannot resolve {} in time", target.host),
-                            },
-                        )
-                    }
-                }
+            Err(error) => {
+                let report = PollReport::Unreachable {
+                    refused: false,
+                    error,
+                };
+                return (None, report);
             }
         };
         let base = ServiceUrl::device(ip, target.port);
-        (
-            Some(ip),
-            poller::poll_device(&self.client, &base, self.config.device_timeout).await,
+        let report = poller::poll_device(&self.client, &base, self.config.device_timeout).await;
+        (Some(ip), report)
+    }
+
+    /// The target's address: its IP, or its host name resolved within the device timeout.
+    async fn resolve(&self, target: &Target) -> Result<IpAddr, String> {
+        if let Ok(ip) = target.host.parse::<IpAddr>() {
+            return Ok(ip);
+        }
+        let lookup = tokio::time::timeout(
+            self.config.device_timeout,
+            tokio::net::lookup_host((target.host.as_str(), target.port)),
         )
+        .await;
+        match lookup {
+            Ok(Ok(mut addrs)) => addrs
+                .next()
+                .map(|a| a.ip())
+                .ok_or_else(|| format!("{} has no address", target.host)),
+            Ok(Err(e)) => Err(format!("cannot resolve {}: {e}", target.host)),
+            Err(_) => Err(format!("cannot resolve {} in time", target.host)),
+        }
     }
 
     /// Applies one poll's report at `now`; returns the delay before the next poll and the row
@@ -596,133 +611,25 @@ impl DeviceRegistry {
     ) -> (Duration, Option<DeviceRow>) {
         let mut entries = lock(&self.entries);
         let entry = entries.entry(target.clone()).or_insert_with(Entry::new);
-        let before = entry.status().to_string();
+        let before = entry.status();
         let outcome = report.outcome();
         if ip.is_some() {
             entry.ip = ip;
         }
-        match report {
-            PollReport::Answered {
-                id,
-                data,
-                databases,
-            } => {
-                if entry.rejected.take().is_some() {
-                    tracing::info!(target = %target, "device answers validly again");
-                }
-                if entry.id.as_deref().is_some_and(|old| old != id) {
-                    tracing::warn!(target = %target, old = ?entry.id, new = %id,
-                        "another device answers at this address");
-                }
-                entry.id = Some(id);
-                entry.name = Some(data.name);
-                entry.device_status = data.status;
-                entry.fields = data.fields;
-                entry.databases = databases;
-                entry.poll_error = None;
-            }
-            PollReport::IdOnly { id, error } => {
-                if entry.id.as_deref() != Some(id.as_str()) {
-                    // Another (or a new) device: nothing of the old one applies.
-                    entry.name = None;
-                    entry.fields.clear();
-                    entry.databases = None;
-                }
-                entry.id = Some(id);
-                entry.poll_error = Some(error);
-            }
-            PollReport::Rejected { id, reason } => {
-                let reason = reason.to_string();
-                if entry.rejected.as_deref() != Some(reason.as_str()) {
-                    tracing::warn!(target = %target, "device rejected: {reason}");
-                }
-                if id.is_some() {
-                    entry.id = id;
-                }
-                entry.rejected = Some(reason);
-                entry.poll_error = None;
-            }
-            PollReport::Unreachable { error, .. } => {
-                entry.poll_error = Some(error);
-            }
-        }
+        entry.absorb(target, report);
         entry.poll = entry.poll.next(outcome, now, &self.config.thresholds);
-        let after = entry.status().to_string();
+        let after = entry.status();
         if before != after {
-            match (&entry.name, &entry.poll_error) {
-                (Some(name), Some(err)) if after != "running" && after != "stopped" => {
-                    tracing::info!(target = %target, device = %name, "{before} → {after} ({err})")
-                }
-                (Some(name), _) => {
-                    tracing::info!(target = %target, device = %name, "{before} → {after}")
-                }
-                (None, _) => tracing::debug!(target = %target, "{before} → {after}"),
-            }
+            log_change(target, entry, &before, &after);
         }
         let delay = entry.poll.next_poll_in(self.config.poll_interval);
-        let write = match (&entry.id, &entry.name, &entry.rejected) {
-            (Some(id), Some(name), None) => {
-                let stale = match &entry.persisted {
-                    None => true,
-                    Some((status, seen)) => {
-                        status != &after
-                            || match (seen, entry.poll.last_seen) {
-                                (Some(a), Some(b)) => b - a >= 60.0,
-                                (None, Some(_)) => true,
-                                _ => false,
-                            }
-                    }
-                };
-                stale.then(|| {
-                    entry.persisted = Some((after.clone(), entry.poll.last_seen));
-                    DeviceRow {
-                        id: id.clone(),
-                        name: name.clone(),
-                        target: target.clone(),
-                        ip: entry
-                            .ip
-                            .map(|i| i.to_string())
-                            .unwrap_or_else(|| target.host.clone()),
-                        last_seen: entry.poll.last_seen,
-                        status: after,
-                        now,
-                    }
-                })
-            }
-            _ => None,
-        };
-        (delay, write)
+        (delay, entry.row_to_persist(target, now))
     }
 
     async fn persist_device(&self, row: DeviceRow) {
-        let store = self.store.clone();
-        let path = self.db_path.clone();
-        let res = tokio::task::spawn_blocking(move || -> rusqlite::Result<()> {
-            let mut guard = lock(&store);
-            let Some(conn) = guard.get(path.as_deref()) else {
-                return Ok(());
-            };
-            conn.execute(
-                "INSERT INTO devices (id, name, host, ip, port, first_seen, last_seen, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT(id) DO UPDATE SET name = excluded.name, host = excluded.host,
-                   ip = excluded.ip, port = excluded.port,
-                   last_seen = COALESCE(excluded.last_seen, devices.last_seen),
-                   status = excluded.status",
-                params![
-                    row.id,
-                    row.name,
-                    row.target.host,
-                    row.ip,
-                    row.target.port,
-                    row.now,
-                    row.last_seen,
-                    row.status
-                ],
-            )?;
-            Ok(())
-        })
-        .await;
+        let res = self
+            .with_store(move |conn| store::save_device(conn, &row))
+            .await;
         match res {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!("cannot save device registry: {e}"),
@@ -731,196 +638,41 @@ impl DeviceRegistry {
     }
 
     async fn persist_target(&self, target: &Target, source: Source) {
-        let store = self.store.clone();
-        let path = self.db_path.clone();
         let target = target.clone();
-        let res = tokio::task::spawn_blocking(move || -> rusqlite::Result<()> {
-            let mut guard = lock(&store);
-            let Some(conn) = guard.get(path.as_deref()) else {
-                return Ok(());
-            };
-            conn.execute(
-                "INSERT OR IGNORE INTO targets (host, port, source, added) VALUES (?1, ?2, ?3, ?4)",
-                params![target.host, target.port, source.as_str(), now_f64()],
-            )?;
-            Ok(())
-        })
-        .await;
+        let res = self
+            .with_store(move |conn| store::save_target(conn, &target, source, now_f64()))
+            .await;
         if let Ok(Err(e)) = res {
             tracing::error!("cannot save device address: {e}");
         }
     }
-}
 
-#[derive(Debug)]
-struct DeviceRow {
-    id: String,
-    name: String,
-    target: Target,
-    ip: String,
-    last_seen: Option<f64>,
-    status: String,
-    now: f64,
-}
-
-struct KnownDevice {
-    id: String,
-    name: String,
-    target: Target,
-    ip: String,
-    last_seen: Option<f64>,
-}
-
-/// The registry database: opened at start when it exists, else on the first write.
-#[derive(Debug)]
-enum Store {
-    Closed,
-    Open(Connection),
-    Failed,
-}
-
-impl Store {
-    fn get(&mut self, path: Option<&Path>) -> Option<&Connection> {
-        if let (Store::Closed, Some(path)) = (&*self, path) {
-            *self = match open_store(path) {
-                Ok(conn) => Store::Open(conn),
-                Err(err) => {
-                    tracing::error!(
-                        "device registry {} unavailable, keeping devices in memory only: {err:#}",
-                        path.display()
-                    );
-                    Store::Failed
-                }
-            };
-        }
-        match self {
-            Store::Open(conn) => Some(conn),
-            _ => None,
-        }
-    }
-}
-
-fn open_store(path: &Path) -> anyhow::Result<Connection> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    // Rollback journal (SQLite's default), not WAL: one connection behind one lock does every
-    // read and write, and writes are rare (a device's status change, or its last_seen once a
-    // minute), so WAL's concurrent readers buy nothing; one file with no `-wal`/`-shm` companions
-    // is simpler to back up and inspect.
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS devices (
-             id TEXT PRIMARY KEY, name TEXT NOT NULL, host TEXT NOT NULL, ip TEXT NOT NULL,
-             port INTEGER NOT NULL, first_seen REAL NOT NULL, last_seen REAL,
-             status TEXT NOT NULL);
-         CREATE TABLE IF NOT EXISTS targets (
-             host TEXT NOT NULL, port INTEGER NOT NULL, source TEXT NOT NULL,
-             added REAL NOT NULL, PRIMARY KEY (host, port));",
-    )?;
-    Ok(conn)
-}
-
-fn load_store(conn: &Connection) -> anyhow::Result<(Vec<KnownDevice>, Vec<Target>)> {
-    let mut known = Vec::new();
-    {
-        let mut stmt =
-            conn.prepare("SELECT id, name, host, ip, port, last_seen FROM devices ORDER BY id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, Option<f64>>(5)?,
-            ))
-        })?;
-        for row in rows {
-            let (id, name, host, ip, port, last_seen) = row?;
-            // The file is ours, but validate anyway: it ends up in /devices.
-            let port = u16::try_from(port).ok().filter(|p| *p != 0);
-            match (
-                etho_model::device::is_valid_machine_id(&id)
-                    && etho_model::device::is_valid_device_name(&name),
-                port,
-                Target::parse(&host, true),
-            ) {
-                (true, Some(port), Ok(t)) => known.push(KnownDevice {
-                    id,
-                    name,
-                    target: Target { host: t.host, port },
-                    ip,
-                    last_seen,
-                }),
-                _ => tracing::warn!("ignoring invalid registry row for {}", poller::shown(&id)),
+    /// Runs `f` on the registry database (opened on first use) on the blocking pool; nothing
+    /// happens when persistence is off or the file is unusable.
+    async fn with_store(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()> + Send + 'static,
+    ) -> Result<rusqlite::Result<()>, tokio::task::JoinError> {
+        let store = self.store.clone();
+        let path = self.db_path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = lock(&store);
+            match guard.get(path.as_deref()) {
+                Some(conn) => f(conn),
+                None => Ok(()),
             }
-        }
+        })
+        .await
     }
-    let mut targets = Vec::new();
-    {
-        let mut stmt = conn.prepare("SELECT host, port FROM targets")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-        for row in rows {
-            let (host, port) = row?;
-            match (
-                Target::parse(&host, true),
-                u16::try_from(port).ok().filter(|p| *p != 0),
-            ) {
-                (Ok(t), Some(port)) => targets.push(Target { host: t.host, port }),
-                _ => tracing::warn!("ignoring invalid saved address {}", poller::shown(&host)),
-            }
-        }
-    }
-    Ok((known, targets))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::poller::{DeviceData, Rejection};
+    use serde_json::json;
 
     const ID: &str = "0123456789abcdef0123456789abcdef";
-
-    #[test]
-    fn parses_targets() {
-        assert_eq!(
-            Target::parse("127.0.0.10", false),
-            Ok(Target::ip("127.0.0.10".parse().unwrap(), 9000))
-        );
-        assert_eq!(
-            Target::parse(" 127.0.0.10:9001 ", false),
-            Ok(Target::ip("127.0.0.10".parse().unwrap(), 9001))
-        );
-        assert_eq!(
-            Target::parse("[::1]:9001", false).unwrap().to_string(),
-            "[::1]:9001"
-        );
-        assert_eq!(
-            Target::parse("Ethoscope007.local", true),
-            Ok(Target {
-                host: "ethoscope007.local".into(),
-                port: 9000
-            })
-        );
-        assert!(Target::parse("ethoscope007.local", false).is_err());
-        for bad in [
-            "",
-            "0.0.0.0",
-            "224.0.0.251",
-            "255.255.255.255",
-            "127.0.0.1:0",
-            "127.0.0.1:99999",
-            "host:port",
-            "a b",
-            "../etc",
-            "-rf",
-            "x;rm",
-        ] {
-            assert!(Target::parse(bad, true).is_err(), "{bad}");
-        }
-    }
 
     fn registry() -> DeviceRegistry {
         DeviceRegistry::new(
@@ -961,6 +713,10 @@ mod tests {
         // Unresolved targets are pending, not devices.
         assert!(r.devices().is_empty());
         assert_eq!(r.pending().len(), 2);
+        assert_eq!(
+            serde_json::to_string(&r.pending()["127.0.0.10:9000"]).unwrap(),
+            r#"{"id":null,"status":"offline","poll_error":null}"#
+        );
         let many = vec!["127.0.0.1"; MAX_ADD + 2].join(",");
         assert_eq!(r.add_list(&many).problems.len(), 2);
         assert!(r.add_list("").messages[0].contains("no address"));
@@ -1061,6 +817,13 @@ mod tests {
         assert!(w.is_none());
         assert!(r.devices().is_empty());
         let rej = r.rejected();
+        assert_eq!(
+            serde_json::to_string(&rej).unwrap(),
+            format!(
+                r#"{{"127.0.0.66:9000":{{"ip":"127.0.0.66","port":9000,"id":"{ID}","status":"rejected","reason":"device reports an invalid name \"../../x\"","last_seen":2.0}}}}"#
+            ),
+            "the wire shape the page reads"
+        );
         assert_eq!(rej["127.0.0.66:9000"]["status"], "rejected");
         assert!(rej["127.0.0.66:9000"]["reason"]
             .as_str()

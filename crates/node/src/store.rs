@@ -1,0 +1,264 @@
+//! The registry's SQLite file (`devices.sqlite` under the node's state directory): devices seen
+//! with a valid identity, and addresses added by hand or by mDNS, so a restarted node lists every
+//! known device (as `offline` until it answers) and keeps polling it.
+//!
+//! The file is opened when it exists at start, else on the first write, so a node that never sees
+//! a device leaves no file behind. A file that cannot be opened leaves the registry in memory
+//! only (logged once). Every call here blocks: the registry runs them on the blocking pool.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection};
+
+use crate::poller::shown;
+use crate::target::{Source, Target};
+
+/// Why the registry file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Creating the state directory failed.
+    #[error("cannot create the state directory")]
+    Io(#[from] std::io::Error),
+    /// Opening, creating or reading the database failed.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// A device row to write.
+#[derive(Debug)]
+pub struct DeviceRow {
+    /// Machine id.
+    pub id: String,
+    /// Validated name.
+    pub name: String,
+    /// Where it answers.
+    pub target: Target,
+    /// The address it answered from.
+    pub ip: String,
+    /// Last full answer.
+    pub last_seen: Option<f64>,
+    /// Status word as the node reports it.
+    pub status: String,
+    /// Now (first seen, for a new row).
+    pub now: f64,
+}
+
+/// A device known from an earlier run.
+#[derive(Debug)]
+pub struct KnownDevice {
+    /// Machine id (validated).
+    pub id: String,
+    /// Name (validated).
+    pub name: String,
+    /// Where it answered.
+    pub target: Target,
+    /// The address it answered from.
+    pub ip: String,
+    /// Last full answer.
+    pub last_seen: Option<f64>,
+}
+
+/// The registry database: opened at start when it exists, else on the first write.
+#[derive(Debug)]
+pub enum Store {
+    /// Not opened yet.
+    Closed,
+    /// Open.
+    Open(Connection),
+    /// Could not be opened; the registry lives in memory only.
+    Failed,
+}
+
+impl Store {
+    /// The connection, opening `path` on first use.
+    pub fn get(&mut self, path: Option<&Path>) -> Option<&Connection> {
+        if let (Store::Closed, Some(path)) = (&*self, path) {
+            *self = match open(path) {
+                Ok(conn) => Store::Open(conn),
+                Err(err) => {
+                    tracing::error!(
+                        "device registry {} unavailable, keeping devices in memory only: {}",
+                        path.display(),
+                        etho_model::error_chain(&err)
+                    );
+                    Store::Failed
+                }
+            };
+        }
+        match self {
+            Store::Open(conn) => Some(conn),
+            _ => None,
+        }
+    }
+}
+
+/// Opens (creating) the registry database.
+pub fn open(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // Rollback journal (SQLite's default), not WAL: one connection behind one lock does every
+    // read and write, and writes are rare (a device's status change, or its last_seen once a
+    // minute), so WAL's concurrent readers buy nothing; one file with no `-wal`/`-shm` companions
+    // is simpler to back up and inspect.
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS devices (
+             id TEXT PRIMARY KEY, name TEXT NOT NULL, host TEXT NOT NULL, ip TEXT NOT NULL,
+             port INTEGER NOT NULL, first_seen REAL NOT NULL, last_seen REAL,
+             status TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS targets (
+             host TEXT NOT NULL, port INTEGER NOT NULL, source TEXT NOT NULL,
+             added REAL NOT NULL, PRIMARY KEY (host, port));",
+    )?;
+    Ok(conn)
+}
+
+/// The known devices and saved addresses. Rows that do not validate are skipped (logged): the
+/// file is ours, but what it holds ends up in `/devices`.
+pub fn load(conn: &Connection) -> Result<(Vec<KnownDevice>, Vec<Target>), StoreError> {
+    Ok((load_devices(conn)?, load_targets(conn)?))
+}
+
+fn load_devices(conn: &Connection) -> Result<Vec<KnownDevice>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT id, name, host, ip, port, last_seen FROM devices ORDER BY id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
+            r.get::<_, Option<f64>>(5)?,
+        ))
+    })?;
+    let mut known = Vec::new();
+    for row in rows {
+        let (id, name, host, ip, port, last_seen) = row?;
+        let port = u16::try_from(port).ok().filter(|p| *p != 0);
+        match (
+            etho_model::device::is_valid_machine_id(&id)
+                && etho_model::device::is_valid_device_name(&name),
+            port,
+            Target::parse(&host, true),
+        ) {
+            (true, Some(port), Ok(t)) => known.push(KnownDevice {
+                id,
+                name,
+                target: Target { host: t.host, port },
+                ip,
+                last_seen,
+            }),
+            _ => tracing::warn!("ignoring invalid registry row for {}", shown(&id)),
+        }
+    }
+    Ok(known)
+}
+
+fn load_targets(conn: &Connection) -> Result<Vec<Target>, StoreError> {
+    let mut stmt = conn.prepare("SELECT host, port FROM targets")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut targets = Vec::new();
+    for row in rows {
+        let (host, port) = row?;
+        match (
+            Target::parse(&host, true),
+            u16::try_from(port).ok().filter(|p| *p != 0),
+        ) {
+            (Ok(t), Some(port)) => targets.push(Target { host: t.host, port }),
+            _ => tracing::warn!("ignoring invalid saved address {}", shown(&host)),
+        }
+    }
+    Ok(targets)
+}
+
+/// Inserts or updates a device (keeps its first_seen, and its last_seen when `row` has none).
+pub fn save_device(conn: &Connection, row: &DeviceRow) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO devices (id, name, host, ip, port, first_seen, last_seen, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT(id) DO UPDATE SET name = excluded.name, host = excluded.host,
+           ip = excluded.ip, port = excluded.port,
+           last_seen = COALESCE(excluded.last_seen, devices.last_seen),
+           status = excluded.status",
+        params![
+            row.id,
+            row.name,
+            row.target.host,
+            row.ip,
+            row.target.port,
+            row.now,
+            row.last_seen,
+            row.status
+        ],
+    )?;
+    Ok(())
+}
+
+/// Saves an address (once; later saves of the same address keep the first).
+pub fn save_target(
+    conn: &Connection,
+    target: &Target,
+    source: Source,
+    now: f64,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO targets (host, port, source, added) VALUES (?1, ?2, ?3, ?4)",
+        params![target.host, target.port, source.as_str(), now],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows round-trip; rows that do not validate (hand-edited or from a bug) are skipped.
+    #[test]
+    fn saves_loads_and_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/devices.sqlite");
+        let conn = open(&path).unwrap();
+        let id = "0123456789abcdef0123456789abcdef";
+        let target = Target::parse("127.0.0.10:9001", false).unwrap();
+        let row = DeviceRow {
+            id: id.into(),
+            name: "ETHOSCOPE_001".into(),
+            target: target.clone(),
+            ip: "127.0.0.10".into(),
+            last_seen: Some(5.0),
+            status: "running".into(),
+            now: 1.0,
+        };
+        save_device(&conn, &row).unwrap();
+        // A later save without last_seen keeps the old one.
+        save_device(
+            &conn,
+            &DeviceRow {
+                last_seen: None,
+                status: "offline".into(),
+                ..row
+            },
+        )
+        .unwrap();
+        save_target(&conn, &target, Source::Manual, 2.0).unwrap();
+        save_target(&conn, &target, Source::Mdns, 3.0).unwrap();
+        conn.execute_batch(
+            "INSERT INTO devices VALUES ('../../x', 'E', '127.0.0.1', '127.0.0.1', 9000, 0, 0, 'x');
+             INSERT INTO devices VALUES ('ffffffffffffffffffffffffffffffff', 'E', 'h', 'h', 0, 0, 0, 'x');
+             INSERT INTO targets VALUES ('0.0.0.0', 9000, 'manual', 0);",
+        )
+        .unwrap();
+        drop(conn);
+        let (known, targets) = load(&open(&path).unwrap()).unwrap();
+        assert_eq!(known.len(), 1);
+        assert_eq!(
+            (known[0].id.as_str(), known[0].last_seen, &known[0].target),
+            (id, Some(5.0), &target)
+        );
+        assert_eq!(targets, vec![target]);
+    }
+}
