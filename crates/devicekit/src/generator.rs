@@ -175,18 +175,7 @@ impl ExperimentGenerator {
             self.frames += 1;
             let t = self.t_ms;
             for rows in roi_rows.iter_mut() {
-                let r = &mut self.rng;
-                rows.push(vec![
-                    Cell::Int(t),
-                    Cell::Int(r.random_range(0..1280)),
-                    Cell::Int(r.random_range(0..960)),
-                    Cell::Int(r.random_range(10..60)),
-                    Cell::Int(r.random_range(5..30)),
-                    Cell::Int(r.random_range(0..180)),
-                    Cell::Int(r.random_range(-1000..3000)),
-                    Cell::Int(i64::from(r.random_bool(0.05))),
-                    Cell::Int(0),
-                ]);
+                rows.push(self.roi_row(t));
             }
             if self.spec.snapshots && t >= self.next_snapshot_ms {
                 self.next_snapshot_ms = t + self.spec.snapshot_every_ms;
@@ -194,29 +183,11 @@ impl ExperimentGenerator {
             }
             if self.spec.sensors && t >= self.next_sensor_ms {
                 self.next_sensor_ms = t + SENSOR_EVERY_MS;
-                let r = &mut self.rng;
-                // Values a FLOAT column holds exactly after rounding to one decimal in f32.
-                let temperature = f64::from((r.random_range(230..270) as f32) / 10.0);
-                let humidity = f64::from((r.random_range(400..700) as f32) / 10.0);
-                let pressure = f64::from((r.random_range(9900..10300) as f32) / 10.0);
-                sensors.push(vec![
-                    Cell::Int(t),
-                    Cell::Real(temperature),
-                    Cell::Real(humidity),
-                    Cell::Int(r.random_range(0..1000)),
-                    Cell::Real(pressure),
-                ]);
+                sensors.push(self.sensor_row(t));
             }
             if self.spec.dam && t >= self.next_dam_ms {
                 self.next_dam_ms = t + DAM_EVERY_MS;
-                let when = UtcTime::from_epoch(self.spec.start_time + t / 1000);
-                let date = format!("{:02} {} {}", when.day, when.month_abbrev(), when.year);
-                let time = format!("{:02}:{:02}:{:02}", when.hour, when.minute, when.second);
-                let mut row = vec![Cell::Text(date), Cell::Text(time)];
-                for _ in 0..n_rois {
-                    row.push(Cell::Int(self.rng.random_range(0..300)));
-                }
-                dam.push(row);
+                dam.push(self.dam_row(t, n_rois));
             }
         }
         for (i, rows) in roi_rows.into_iter().enumerate() {
@@ -244,6 +215,50 @@ impl ExperimentGenerator {
             });
         }
         batch
+    }
+
+    /// One tracking row of one ROI at `t` ms.
+    fn roi_row(&mut self, t: i64) -> Vec<Cell> {
+        let r = &mut self.rng;
+        vec![
+            Cell::Int(t),
+            Cell::Int(r.random_range(0..1280)),
+            Cell::Int(r.random_range(0..960)),
+            Cell::Int(r.random_range(10..60)),
+            Cell::Int(r.random_range(5..30)),
+            Cell::Int(r.random_range(0..180)),
+            Cell::Int(r.random_range(-1000..3000)),
+            Cell::Int(i64::from(r.random_bool(0.05))),
+            Cell::Int(0),
+        ]
+    }
+
+    /// One `SENSORS` row at `t` ms.
+    fn sensor_row(&mut self, t: i64) -> Vec<Cell> {
+        let r = &mut self.rng;
+        // Values a FLOAT column holds exactly after rounding to one decimal in f32.
+        let temperature = f64::from((r.random_range(230..270) as f32) / 10.0);
+        let humidity = f64::from((r.random_range(400..700) as f32) / 10.0);
+        let pressure = f64::from((r.random_range(9900..10300) as f32) / 10.0);
+        vec![
+            Cell::Int(t),
+            Cell::Real(temperature),
+            Cell::Real(humidity),
+            Cell::Int(r.random_range(0..1000)),
+            Cell::Real(pressure),
+        ]
+    }
+
+    /// One `CSV_DAM_ACTIVITY` row at `t` ms: date, time, one count per ROI.
+    fn dam_row(&mut self, t: i64, n_rois: usize) -> Vec<Cell> {
+        let when = UtcTime::from_epoch(self.spec.start_time + t / 1000);
+        let date = format!("{:02} {} {}", when.day, when.month_abbrev(), when.year);
+        let time = format!("{:02}:{:02}:{:02}", when.hour, when.minute, when.second);
+        let mut row = vec![Cell::Text(date), Cell::Text(time)];
+        for _ in 0..n_rois {
+            row.push(Cell::Int(self.rng.random_range(0..300)));
+        }
+        row
     }
 
     /// Random bytes framed like a JPEG (SOI/APP0 header, EOI trailer), about `snapshot_bytes` long.
