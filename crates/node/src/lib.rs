@@ -113,19 +113,49 @@ async fn healthz_get() -> &'static str {
     "ok\n"
 }
 
-/// Serves [`app`] on `listener`, with the request timeout and body limit of
-/// [`etho_http::ServerLimits`], until `shutdown` resolves, then finishes in-flight requests.
+/// The node's request timeout and body limit: [`etho_http::ServerLimits`]'s defaults, with room
+/// for a `GET /backup/status` that waits for a slow daemon up to [`NodeConfig::daemon_timeout`].
+pub fn server_limits(config: &NodeConfig) -> etho_http::ServerLimits {
+    let limits = etho_http::ServerLimits::default();
+    etho_http::ServerLimits {
+        request_timeout: limits
+            .request_timeout
+            .max(config.daemon_timeout + Duration::from_secs(5)),
+        ..limits
+    }
+}
+
+/// Serves [`app`] on `listener`, with [`server_limits`], until `shutdown` resolves, then
+/// finishes in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let _discovery = state.devices.start();
-    etho_http::serve(
-        listener,
-        app(state),
-        etho_http::ServerLimits::default(),
-        shutdown,
-    )
-    .await
+    let limits = server_limits(&state.config);
+    etho_http::serve(listener, app(state), limits, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_timeout_leaves_room_for_the_daemon_timeout() {
+        let short = NodeConfig::default();
+        assert_eq!(
+            server_limits(&short).request_timeout,
+            Duration::from_secs(10)
+        );
+        let long = NodeConfig {
+            daemon_timeout: Duration::from_secs(30),
+            ..NodeConfig::default()
+        };
+        assert_eq!(
+            server_limits(&long).request_timeout,
+            Duration::from_secs(35)
+        );
+        assert_eq!(server_limits(&long).body_limit, 64 * 1024);
+    }
 }
