@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use etho_daemon::{Engine, JobContext, JobOutcome};
-use etho_model::device::DeviceInfo;
+use etho_model::device::{DatabaseReport, DeviceInfo, WAITING_FOR_DATABASES};
 use etho_model::now_epoch;
-use etho_model::status::{Progress, ProgressStatus};
+use etho_model::status::{round_tenths, Progress, ProgressStatus};
 use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 
@@ -119,7 +119,7 @@ pub fn outcome_of_report(device: &DeviceInfo, report: &MirrorReport) -> JobOutco
         "target_file".into(),
         json!(report.relative_path.display().to_string()),
     );
-    e.insert("duration_s".into(), json!(round1(secs * 10.0) / 10.0));
+    e.insert("duration_s".into(), json!(round_tenths(secs)));
     if !report.skipped.is_empty() {
         e.insert(
             "skipped_tables".into(),
@@ -186,10 +186,12 @@ impl Engine for MysqlEngine {
     }
 
     fn accepts(&self, device: &DeviceInfo) -> Result<(), String> {
-        if device.has_mariadb() {
-            Ok(())
-        } else {
-            Err("the device reports no MariaDB database".into())
+        // An unknown list is not attempted either (connecting to a database that may not exist
+        // is an error, not a backup); the reason says why, in `/status` and in `-e` mode.
+        match device.mariadb_report() {
+            DatabaseReport::Present => Ok(()),
+            DatabaseReport::Absent => Err("the device reports no MariaDB database".into()),
+            DatabaseReport::Unknown => Err(WAITING_FOR_DATABASES.into()),
         }
     }
 
@@ -210,5 +212,70 @@ impl Engine for MysqlEngine {
                 Err(err) => outcome_of_error(&device, &err, started.elapsed().as_secs_f64()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    fn device(extra: Value) -> DeviceInfo {
+        let mut entry =
+            json!({"id": ID, "name": "ETHOSCOPE_001", "ip": "127.0.0.10", "status": "running"});
+        if let (Some(e), Some(x)) = (entry.as_object_mut(), extra.as_object()) {
+            e.extend(x.clone());
+        }
+        DeviceInfo::from_entry(ID, &entry).unwrap()
+    }
+
+    #[test]
+    fn duration_has_one_decimal() {
+        let report = MirrorReport {
+            db_name: "ETHOSCOPE_001_db".into(),
+            backup_filename: format!("2025-07-10_09-40-41_{ID}.db"),
+            path: PathBuf::from("/r/x.db"),
+            relative_path: PathBuf::from("x.db"),
+            tables: Default::default(),
+            rows_copied: 0,
+            bytes_copied: 0,
+            skipped: vec![],
+            mismatches: vec![],
+            data_duplication: false,
+            percent: 100.0,
+            file_size: 0,
+            dam_lines: 0,
+            duration: Duration::from_millis(140),
+        };
+        let o = outcome_of_report(&device(json!({})), &report);
+        // The old rounding gave 0.13999999999999999 here.
+        assert_eq!(o.progress.extra["duration_s"].to_string(), "0.1");
+    }
+
+    #[test]
+    fn eligibility_follows_the_database_report() {
+        let engine = MysqlEngine::new(MirrorConfig::new(PathBuf::from("/r")));
+        let listed =
+            device(json!({"databases": {"MariaDB": {"ETHOSCOPE_001_db": {}}, "SQLite": {}}}));
+        assert_eq!(engine.accepts(&listed), Ok(()));
+        // Upstream HEAD's node before the device's list arrived: the writer type decides.
+        let head = device(
+            json!({"latest_cache": {"result_writer_type": "MySQLResultWriter", "backup_filename": null}}),
+        );
+        assert_eq!(engine.accepts(&head), Ok(()));
+        let sqlite = device(json!({"databases": {"MariaDB": {}, "SQLite": {"a.db": {}}}}));
+        assert_eq!(
+            engine.accepts(&sqlite),
+            Err("the device reports no MariaDB database".to_string())
+        );
+        assert_eq!(
+            engine.accepts(&device(
+                json!({"latest_cache": {"result_writer_type": null}})
+            )),
+            Err("waiting for the device's database list".to_string())
+        );
     }
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etho_daemon::{Engine, JobContext, JobOutcome};
-use etho_model::device::{is_valid_machine_id, DeviceInfo};
+use etho_model::device::{is_valid_machine_id, DatabaseReport, DeviceInfo, WAITING_FOR_DATABASES};
 use etho_model::size::format_bytes;
 use etho_model::status::{Progress, ProgressStatus};
 use futures::future::BoxFuture;
@@ -277,7 +277,17 @@ impl RsyncEngine {
         }
         let mut notes = Vec::new();
         if config.backup_results && !kinds.contains(&Kind::Results) {
-            notes.push("results skipped: the device reports no SQLite database".to_string());
+            // Not knowing is not "nothing to copy": never a success (upstream HEAD's node shows
+            // a new device without its database list for its first seconds).
+            notes.push(match device.sqlite_report() {
+                DatabaseReport::Unknown => {
+                    (Level::Warning, format!("results: {WAITING_FOR_DATABASES}"))
+                }
+                _ => (
+                    Level::Success,
+                    "results skipped: the device reports no SQLite database".to_string(),
+                ),
+            });
         }
         // Nothing measured yet (e.g. the first job after a restart failed before the rescan
         // finished): keep the stored `synced` rather than blanking it.
@@ -650,17 +660,18 @@ fn describe(
 
 fn finish(
     trees: &[TreeOutcome],
-    notes: Vec<String>,
+    notes: Vec<(Level, String)>,
     synced: Option<Value>,
     elapsed: Duration,
 ) -> JobOutcome {
     let level = trees
         .iter()
         .map(|t| t.level)
+        .chain(notes.iter().map(|(level, _)| *level))
         .max()
         .unwrap_or(Level::Success);
     let mut details: Vec<String> = trees.iter().map(|t| t.message.clone()).collect();
-    details.extend(notes);
+    details.extend(notes.into_iter().map(|(_, note)| note));
     let secs = elapsed.as_secs_f64();
     let body = details.join("; ");
     let mut outcome = match level {
@@ -713,6 +724,9 @@ impl Engine for RsyncEngine {
 
     fn accepts(&self, device: &DeviceInfo) -> Result<(), String> {
         if self.kinds_for(device).is_empty() {
+            if device.sqlite_report() == DatabaseReport::Unknown {
+                return Err(format!("Device {}: {WAITING_FOR_DATABASES}", device.id));
+            }
             Err(format!(
                 "Device {} does not have a SQLite database and only results are backed up",
                 device.id
@@ -902,5 +916,20 @@ mod tests {
             json!("error")
         );
         assert_eq!(o.synced, None);
+
+        // A device whose database list is not known yet: the videos went fine, but the job is
+        // a warning, never a success that skipped the results.
+        let o = finish(
+            &[t(Kind::Videos, Level::Success, "Videos: no changes")],
+            vec![(Level::Warning, format!("results: {WAITING_FOR_DATABASES}"))],
+            None,
+            Duration::from_millis(140),
+        );
+        assert_eq!(o.status(), ProgressStatus::Warning);
+        assert_eq!(
+            o.progress.message.as_deref(),
+            Some("Backup completed with warnings in 0.1s: Videos: no changes; results: waiting for the device's database list")
+        );
+        assert_eq!(o.progress.extra["duration_s"].to_string(), "0.1");
     }
 }
