@@ -366,7 +366,7 @@ fn probe_dir(dir: &Path) -> DirProbe {
         return DirProbe::NotWritable(e.to_string());
     }
     let free = nix::sys::statvfs::statvfs(dir)
-        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
         .unwrap_or(0);
     DirProbe::Writable { free }
 }

@@ -40,9 +40,9 @@ fn file_then_flags_then_errors() {
     for line in [
         format!("# Effective settings; file: {f}"),
         "[mysql-backup]".to_string(),
-        format!("interval = 60"),
+        "interval = 60".to_string(),
         format!("# {f}:3"),
-        format!("results-dir = \"/srv/results\""),
+        "results-dir = \"/srv/results\"".to_string(),
         format!("# {f}:4"),
         "max-jobs = 4".to_string(),
         "mysql-password = \"(hidden)\"".to_string(),

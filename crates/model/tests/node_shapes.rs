@@ -9,6 +9,7 @@
 //!
 //! Each holds one MariaDB tracker (ETHOSCOPE_001), one SQLite tracker (ETHOSCOPE_002) and one
 //! video recorder (ETHOSCOPE_003).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use etho_model::device::{parse_device_map, DatabaseReport, DeviceInfo};
 use serde_json::Value;
