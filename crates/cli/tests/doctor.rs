@@ -10,10 +10,10 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use etho_sim::experiment::Schedule;
-use etho_sim::identity::fleet_identities;
-use etho_sim::{DbKind, DeviceSpec, Fleet, FleetConfig, MariaDbTarget, Rates, Role};
+use etho_sim::{DbKind, Fleet, FleetConfig, MariaDbTarget, Rates, Role};
 use mysql_async::prelude::Queryable;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_etho-backup");
 
@@ -108,24 +108,7 @@ async fn doctor_finds_each_failure_in_a_simulated_lab() {
         Role::Tracker(DbKind::Sqlite),
         Role::Tracker(DbKind::MariaDb),
     ];
-    let third = (std::process::id() % 200) as u8 + 20;
-    let devices = fleet_identities(3, Ipv4Addr::new(127, 78, third, 10), 1, 11)
-        .unwrap()
-        .into_iter()
-        .zip(roles)
-        .map(|(identity, role)| DeviceSpec {
-            identity,
-            role,
-            faults: vec![],
-            schedule: Schedule {
-                start_delay: Duration::ZERO,
-                run_for: None,
-                pause_for: Duration::ZERO,
-            },
-            user: "doctor".into(),
-            location: "Bench".into(),
-        })
-        .collect();
+    let devices = common::lab_devices(&roles, 78, 11, "doctor");
     let fleet = Fleet::start(FleetConfig {
         devices,
         data_dir: root.join("fleet"),

@@ -21,6 +21,10 @@ use etho_sim::{DbKind, DeviceSpec, Fleet, FleetConfig, MariaDbTarget, Rates, Rol
 use mysql_async::prelude::Queryable;
 use serde_json::Value;
 
+mod common;
+
+use common::files_below;
+
 const BIN: &str = env!("CARGO_BIN_EXE_etho-backup");
 
 /// A child `etho-backup` process, killed when dropped; its output goes to a log file.
@@ -232,29 +236,6 @@ fn sqlite_tables(path: &Path) -> BTreeMap<String, (Vec<String>, Vec<Vec<Cell>>)>
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
         out.insert(t, (cols, sorted(rows)));
-    }
-    out
-}
-
-/// Every regular file below `root`, relative path → bytes.
-fn files_below(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(
-                    p.strip_prefix(root).unwrap().to_path_buf(),
-                    std::fs::read(&p).unwrap(),
-                );
-            }
-        }
     }
     out
 }

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,11 +20,13 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use etho_sim::experiment::Schedule;
-use etho_sim::identity::fleet_identities;
-use etho_sim::{DbKind, DeviceSpec, Fleet, FleetConfig, MariaDbTarget, Rates, Role, SimDevice};
+use etho_sim::{DbKind, Fleet, FleetConfig, MariaDbTarget, Rates, Role, SimDevice};
 use mysql_async::prelude::Queryable;
 use serde_json::{json, Map, Value};
+
+mod common;
+
+use common::files_below;
 
 const BIN: &str = env!("CARGO_BIN_EXE_etho-backup");
 
@@ -126,28 +128,6 @@ fn summary<'a>(out: &'a str, dev: &SimDevice) -> &'a str {
         .unwrap_or_else(|| panic!("no summary for {} in\n{out}", dev.name()))
 }
 
-fn files_below(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(
-                    p.strip_prefix(root).unwrap().to_path_buf(),
-                    std::fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    out
-}
-
 async fn mariadb_counts(opts: &mysql_async::Opts, db: &str) -> BTreeMap<String, u64> {
     let mut conn = mysql_async::Conn::new(opts.clone()).await.unwrap();
     let tables: Vec<String> = conn
@@ -204,24 +184,7 @@ async fn daemons_back_up_behind_heads_node() {
         Role::Tracker(DbKind::Sqlite),
         Role::Recorder,
     ];
-    let third = (std::process::id() % 200) as u8 + 20;
-    let devices = fleet_identities(3, Ipv4Addr::new(127, 76, third, 10), 1, 9)
-        .unwrap()
-        .into_iter()
-        .zip(roles)
-        .map(|(identity, role)| DeviceSpec {
-            identity,
-            role,
-            faults: vec![],
-            schedule: Schedule {
-                start_delay: Duration::ZERO,
-                run_for: None,
-                pause_for: Duration::ZERO,
-            },
-            user: "head".into(),
-            location: "Bench".into(),
-        })
-        .collect();
+    let devices = common::lab_devices(&roles, 76, 9, "head");
     let fleet = Fleet::start(FleetConfig {
         devices,
         data_dir: root.join("fleet"),
