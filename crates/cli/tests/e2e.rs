@@ -39,6 +39,9 @@ impl Proc {
         let log = logs.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
+            // This machine's /etc/etho-backup/etho-backup.toml (if the package is installed) is
+            // not the test's.
+            .env("ETHO_BACKUP_CONFIG", "none")
             .args(args)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
