@@ -477,6 +477,8 @@ pub struct Snapshot {
     pub stats: ScanStats,
     /// `index.txt`, rendered.
     pub index_txt: bytes::Bytes,
+    /// Publications so far (two per scan: after the walk, after the analysis).
+    pub version: u64,
 }
 
 impl Snapshot {
@@ -486,6 +488,7 @@ impl Snapshot {
         scanned_at: i64,
         scan_duration: Duration,
         stats: ScanStats,
+        version: u64,
     ) -> Snapshot {
         let mut devices: HashMap<String, Range<usize>> = HashMap::new();
         let mut experiments: HashMap<ExperimentRef, ExperimentTotals> = HashMap::new();
@@ -511,6 +514,7 @@ impl Snapshot {
             scan_duration,
             stats,
             index_txt,
+            version,
         }
     }
 }
@@ -679,7 +683,7 @@ mod tests {
         entries.sort_by(listing_order);
         let order: Vec<&str> = entries.iter().map(|e| e.file.file.as_str()).collect();
         assert_eq!(order, ["b.db", "a.db", "v.h264"], "newest experiment first");
-        let snap = Snapshot::new(entries, 1, Duration::ZERO, ScanStats::default());
+        let snap = Snapshot::new(entries, 1, Duration::ZERO, ScanStats::default(), 1);
         assert_eq!(snap.devices["0123456789abcdef0123456789abcdef"], 0..3);
         let exp = &snap.entries[1].file.experiment;
         assert_eq!(snap.experiments[exp].files, 2);

@@ -107,6 +107,9 @@ impl ListQuery {
 pub struct Listing<'a> {
     /// When the scan behind this answer started (epoch seconds).
     pub scanned_at: i64,
+    /// Version of the index (it is published twice per scan: after the walk, then with the
+    /// databases analysed).
+    pub version: u64,
     /// How long that scan took.
     pub scan_seconds: f64,
     /// Entries the scan ignored (outside the layout, symlinks, special files).
@@ -301,6 +304,7 @@ pub fn list<'a>(snapshot: &'a Snapshot, query: &ListQuery) -> Listing<'a> {
     }
     Listing {
         scanned_at: snapshot.scanned_at,
+        version: snapshot.version,
         scan_seconds: snapshot.scan_duration.as_secs_f64(),
         skipped: snapshot.stats.skipped,
         unreadable: snapshot.stats.unreadable,
@@ -354,7 +358,7 @@ mod tests {
             }
         }
         entries.sort_by(crate::archive::index::listing_order);
-        Snapshot::new(entries, 5, Duration::ZERO, Default::default())
+        Snapshot::new(entries, 5, Duration::ZERO, Default::default(), 1)
     }
 
     fn query(device: Option<&str>, from: Option<&str>, to: Option<&str>, page: usize) -> ListQuery {

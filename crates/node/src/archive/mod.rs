@@ -229,7 +229,8 @@ impl ArchiveService {
         duration: Duration,
         stats: index::ScanStats,
     ) {
-        let snapshot = index::Snapshot::new(entries, scanned_at.max(1), duration, stats);
+        let version = self.snapshot_tx.borrow().version + 1;
+        let snapshot = index::Snapshot::new(entries, scanned_at.max(1), duration, stats, version);
         self.snapshot_tx.send_replace(Arc::new(snapshot));
     }
 }

@@ -274,6 +274,9 @@ pub fn snapshot(dir: &ExperimentDir, name: &Name, dest: &Path) -> Result<Fingerp
             source,
         })?;
     let mut dst = Connection::open(dest).map_err(&err)?;
+    // A private scratch copy: no journal, no fsync (a crash leaves it to the cleanup at start).
+    dst.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
+        .map_err(&err)?;
     {
         let backup = rusqlite::backup::Backup::new(&src, &mut dst).map_err(&err)?;
         loop {
