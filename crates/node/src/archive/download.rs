@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::fsx::{self, ExperimentDir, Fingerprint};
+use super::fsx::{self, EntryKind, ExperimentDir, Fingerprint};
 use super::index::{Root, Roots};
 use super::names::{FileRef, Name};
 use super::sqlite;
@@ -151,7 +151,11 @@ pub fn open_in_root(roots: &Roots, root: Root, file: &FileRef, tmp: &Path) -> io
     let dir = ExperimentDir::open(roots.path(root), &file.experiment)?;
     let name = &file.file;
     if root == Root::Results && is_db(name) && fsx::has_mirror_lock(&dir.fd, name) {
-        return open_snapshot(&dir, name, tmp);
+        // Only a regular file goes to SQLite (which would resolve a link to refuse it).
+        return match fsx::stat(&dir.fd, name.as_str())? {
+            (EntryKind::File, _) => open_snapshot(&dir, name, tmp),
+            _ => Err(io::ErrorKind::NotFound.into()),
+        };
     }
     let (file, fp) = fsx::open_file(&dir.fd, name)?;
     Ok(Opened {
