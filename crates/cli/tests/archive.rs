@@ -18,15 +18,13 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use etho_sim::experiment::Schedule;
-use etho_sim::identity::fleet_identities;
-use etho_sim::{DbKind, DeviceSpec, Fleet, FleetConfig, MariaDbTarget, Rates, Role};
+use etho_sim::{DbKind, Fleet, FleetConfig, MariaDbTarget, Rates, Role};
 use serde_json::Value;
 
 fn repo_root() -> PathBuf {
@@ -134,24 +132,7 @@ fn lab_fleet(root: &Path) -> FleetConfig {
         Role::Tracker(DbKind::Sqlite),
         Role::Recorder,
     ];
-    let third = (std::process::id() % 200) as u8 + 20;
-    let devices = fleet_identities(roles.len() as u32, Ipv4Addr::new(127, 75, third, 10), 1, 3)
-        .unwrap()
-        .into_iter()
-        .zip(roles)
-        .map(|(identity, role)| DeviceSpec {
-            identity,
-            role,
-            faults: vec![],
-            schedule: Schedule {
-                start_delay: Duration::ZERO,
-                run_for: None,
-                pause_for: Duration::ZERO,
-            },
-            user: "archive".into(),
-            location: "Bench".into(),
-        })
-        .collect();
+    let devices = always_running(&roles, 75, 3, "archive");
     FleetConfig {
         devices,
         data_dir: root.join("fleet"),

@@ -9,12 +9,9 @@
 //! backup stays as it was.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use etho_sim::experiment::Schedule;
-use etho_sim::identity::fleet_identities;
-use etho_sim::{DbKind, DeviceSpec, Fleet, FleetConfig, MariaDbTarget, Rates, Role};
+use etho_sim::{DbKind, Fleet, FleetConfig, MariaDbTarget, Rates, Role};
 
 mod common;
 
@@ -43,25 +40,7 @@ async fn simulated_lab_is_backed_up_completely() {
         Role::Tracker(DbKind::Sqlite),
         Role::Recorder,
     ];
-    // A first address unlikely to collide with other tests running at the same time.
-    let third = (std::process::id() % 200) as u8 + 20;
-    let devices = fleet_identities(roles.len() as u32, Ipv4Addr::new(127, 74, third, 10), 1, 5)
-        .unwrap()
-        .into_iter()
-        .zip(roles)
-        .map(|(identity, role)| DeviceSpec {
-            identity,
-            role,
-            faults: vec![],
-            schedule: Schedule {
-                start_delay: Duration::ZERO,
-                run_for: None,
-                pause_for: Duration::ZERO,
-            },
-            user: "e2e".into(),
-            location: "Bench".into(),
-        })
-        .collect();
+    let devices = always_running(&roles, 74, 5, "e2e");
     let fleet = Fleet::start(FleetConfig {
         devices,
         data_dir: root.join("fleet"),

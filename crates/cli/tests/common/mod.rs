@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use etho_sim::experiment::Schedule;
+use etho_sim::identity::fleet_identities;
+use etho_sim::{DeviceSpec, Role};
 use mysql_async::prelude::Queryable;
 use serde_json::Value;
 
@@ -257,4 +260,28 @@ pub fn side<'a>(status: &'a Value, id: &str, side: &str) -> &'a Value {
 pub fn ran_since(status: &Value, id: &str, which: &str, since: i64) -> bool {
     let s = side(status, id, which);
     s["processing"] == false && s["started"].as_i64().is_some_and(|t| t >= since)
+}
+
+/// Devices with `roles` that run all the time, on `127.<second>.<x>.10…` with `x` taken from the
+/// process id, so tests running at the same time are unlikely to collide; `seed` picks their ids.
+pub fn always_running(roles: &[Role], second: u8, seed: u64, user: &str) -> Vec<DeviceSpec> {
+    let third = (std::process::id() % 200) as u8 + 20;
+    let n = roles.len() as u32;
+    fleet_identities(n, Ipv4Addr::new(127, second, third, 10), 1, seed)
+        .unwrap()
+        .into_iter()
+        .zip(roles.iter().copied())
+        .map(|(identity, role)| DeviceSpec {
+            identity,
+            role,
+            faults: vec![],
+            schedule: Schedule {
+                start_delay: Duration::ZERO,
+                run_for: None,
+                pause_for: Duration::ZERO,
+            },
+            user: user.into(),
+            location: "Bench".into(),
+        })
+        .collect()
 }
