@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Node /archive benchmark: download throughput of a 1 GB video (streamed from its descriptor) and
-# of a 500 MB MySQL-mirror database (an online-backup snapshot, then streamed), each against
+# of a 500 MB MySQL-mirror database (a snapshot copied under a read transaction, then streamed), each against
 # `cat file > /dev/null` in the same run; and the latency of GET /archive over 100 k archived files
 # under wrk.
 #
@@ -70,7 +70,7 @@ need=$(( (DB_MB * 1024 * 1024 - have) / (256 * 1024) ))
 if [ "$need" -gt 0 ]; then
     sqlite3 "$DB" "PRAGMA journal_mode = OFF; WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c LIMIT $need) INSERT INTO IMG_SNAPSHOTS (t, img) SELECT i * 1000, randomblob(256 * 1024) FROM c;" >/dev/null
 fi
-touch "$DB.lock" # a mirror file: downloads are online-backup snapshots
+touch "$DB.lock" # a mirror file: downloads are snapshots
 DB_BYTES=$(stat -c %s "$DB")
 VIDEO_BYTES=$(stat -c %s "$VIDEO")
 
@@ -159,8 +159,8 @@ Both files are read once before timing, so `cat` and the download both read from
 hyperfine runs each command {runs} times after a warm-up (`-N`, no shell). The download is
 `curl -sf -o /dev/null` against the release `etho-backup node` on 127.0.0.1. The video is streamed
 from its `O_NOFOLLOW` descriptor; the database has a `.db.lock` beside it (a MySQL mirror file), so
-every download first copies it with SQLite's online backup API into a private file and then streams
-that: the ratio includes writing and reading the snapshot.
+every download first copies it under an SQLite read transaction into a private file (in the state
+directory) and then streams that: the ratio includes writing and reading the snapshot.
 
 | download | size | node | `cat file > /dev/null` (same run) | ratio | target |
 |---|---|---|---|---|---|

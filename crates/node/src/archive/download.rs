@@ -4,8 +4,8 @@
 //! - An rsync copy is opened (`O_NOFOLLOW`) and streamed from that descriptor. The daemon replaces
 //!   files by rename, so the descriptor keeps the version it opened, whatever happens meanwhile.
 //! - A MySQL mirror database (`<name>.lock` beside it) is first copied into a private snapshot
-//!   with SQLite's online backup API ([`super::sqlite::snapshot`]); the snapshot's name is
-//!   unlinked at once and the open descriptor streamed, so nothing is left behind.
+//!   under a read transaction ([`super::sqlite::snapshot`]); the snapshot's name is unlinked at
+//!   once and the open descriptor streamed, so nothing is left behind.
 //!
 //! The response decision (`304`, `200`, `206`, `416`) is the pure [`plan_response`].
 

@@ -353,6 +353,7 @@ pub fn analyse(
             .get(entry.root, &entry.file.experiment)
             .map_err(|e| e.to_string())
             .and_then(|dir| {
+                let _mirror = (db.source == DbSource::MysqlMirror).then(sqlite::mirror_guard);
                 let conn =
                     sqlite::open(dir, &entry.file.file, db.source).map_err(|e| e.to_string())?;
                 sqlite::last_point(&conn).map_err(|e| e.to_string())

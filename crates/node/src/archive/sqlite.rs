@@ -9,16 +9,16 @@
 //!   header readable) and streamed as it is.
 //! - **MySQL mirror files** ([`DbSource::Mirror`]), recognisable by the `<name>.db.lock` beside
 //!   them. The mirror updates them in place, in transactions. They are read only through a
-//!   *snapshot*: SQLite's online backup API copies every page under one read transaction into a
-//!   private temporary file, and everything (download, row counts, checks) reads that copy. The
-//!   read transaction holds the mirror's commit back for as long as the page copy takes (disk
-//!   speed; the mirror waits up to its 10 s busy timeout), never for as long as a slow client
-//!   downloads.
+//!   *snapshot* ([`snapshot`]): under one read transaction the file is copied into a private
+//!   temporary file, and everything (download, row counts, checks) reads that copy. The read
+//!   transaction holds the mirror's commit back for as long as the copy takes (disk speed; the
+//!   mirror waits up to its 10 s busy timeout), never for as long as a slow client downloads.
 //!
 //! [`last_point`] is the exception: a few `ORDER BY id DESC LIMIT 1` lookups under a read
 //! transaction directly on the file, cheap enough to run on every scan.
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
@@ -258,38 +258,81 @@ pub fn check(conn: &Connection, method: CheckMethod) -> rusqlite::Result<CheckRe
     })
 }
 
-/// Copies the mirror database `name` in `dir` into `dest` (a new, private file) with the online
-/// backup API, all pages under one read transaction. Returns the source's fingerprint, taken
-/// inside that transaction, so it names exactly the version copied.
+/// Held while this process has a mirror database open in any way.
+///
+/// SQLite's locks are POSIX record locks, which belong to the process and the inode: closing *any*
+/// descriptor of the file drops them all, including the read lock another connection of this
+/// process relies on. The raw copy in [`snapshot`] closes such a descriptor, so everything that
+/// reads a mirror file in place takes this lock first.
+static MIRROR_FILES: Mutex<()> = Mutex::new(());
+
+/// Serializes in-place reads of mirror databases (see [`MIRROR_FILES`]).
+pub fn mirror_guard() -> MutexGuard<'static, ()> {
+    MIRROR_FILES.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Copies the mirror database `name` in `dir` into `dest` (a new, private file), consistently,
+/// while the mirror may be writing it. Returns the source's fingerprint, taken inside the read
+/// transaction, so it names exactly the version copied.
+///
+/// In a rollback-journal database (what the mirror writes) a writer needs an exclusive lock to
+/// touch the file, so under a read transaction the file's bytes are one committed state: they are
+/// copied as they are (`copy_file_range`, at disk speed, the copy byte-identical to the file). A
+/// WAL database (not written by the mirror, but possible) is copied with the online backup API.
 pub fn snapshot(dir: &ExperimentDir, name: &Name, dest: &Path) -> Result<Fingerprint, DbError> {
+    let _only_us = mirror_guard();
     let src = open(dir, name, DbSource::MysqlMirror)?;
     let err = sqlite_err(name);
-    // The read transaction starts with the first read, and the backup reuses it.
+    let io_err = |source| DbError::Io {
+        file: name.to_string(),
+        source,
+    };
+    let wal = src
+        .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+        .map_err(&err)?
+        .eq_ignore_ascii_case("wal");
+    // The read transaction starts with the first read and lasts until COMMIT.
     src.execute_batch("BEGIN DEFERRED; SELECT COUNT(*) FROM sqlite_master;")
         .map_err(&err)?;
     let fingerprint = fsx::stat(&dir.fd, name.as_str())
         .map(|(_, fp)| fp)
-        .map_err(|source| DbError::Io {
-            file: name.to_string(),
-            source,
-        })?;
-    let mut dst = Connection::open(dest).map_err(&err)?;
-    // A private scratch copy: no journal, no fsync (a crash leaves it to the cleanup at start).
-    dst.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
-        .map_err(&err)?;
-    {
-        let backup = rusqlite::backup::Backup::new(&src, &mut dst).map_err(&err)?;
-        loop {
-            match backup.step(-1).map_err(&err)? {
-                rusqlite::backup::StepResult::Done => break,
-                // Busy or locked: another connection of this process holds the file; try again.
-                _ => std::thread::sleep(Duration::from_millis(20)),
-            }
+        .map_err(io_err)?;
+    if wal {
+        backup(&src, dest).map_err(&err)?;
+    } else {
+        let (mut file, opened) = fsx::open_file(&dir.fd, name).map_err(io_err)?;
+        if opened != fingerprint {
+            return Err(DbError::Changed(name.to_string()));
+        }
+        // `dest` is a private temporary file (the caller usually created it empty).
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dest)
+            .map_err(io_err)?;
+        let copied = std::io::copy(&mut file, &mut out).map_err(io_err)?;
+        if copied != fingerprint.size {
+            return Err(DbError::Changed(name.to_string()));
         }
     }
     src.execute_batch("COMMIT").map_err(&err)?;
-    dst.close().map_err(|(_, e)| err(e))?;
     Ok(fingerprint)
+}
+
+/// Copies every page of `src` (inside its open read transaction) into a new database at `dest`.
+fn backup(src: &Connection, dest: &Path) -> rusqlite::Result<()> {
+    let mut dst = Connection::open(dest)?;
+    // A private scratch copy: no journal, no fsync (a crash leaves it to the cleanup at start).
+    dst.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")?;
+    {
+        let backup = rusqlite::backup::Backup::new(src, &mut dst)?;
+        while backup.step(-1)? != rusqlite::backup::StepResult::Done {
+            // Busy or locked: another connection of this process holds the file; try again.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    dst.close().map_err(|(_, e)| e)
 }
 
 #[cfg(test)]
@@ -367,6 +410,38 @@ mod tests {
             std::fs::read(&snap).unwrap(),
             std::fs::read(&snap2).unwrap()
         );
+    }
+
+    #[test]
+    fn snapshots_copy_rollback_files_byte_for_byte_and_wal_files_page_by_page() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = experiment(tmp.path());
+        let plain = Name::file("plain.db").unwrap();
+        make_db(&dir.file_path(&plain), 2, 50);
+        let snap = tmp.path().join("plain-snap.db");
+        snapshot(&dir, &plain, &snap).unwrap();
+        assert_eq!(
+            std::fs::read(&snap).unwrap(),
+            std::fs::read(dir.file_path(&plain)).unwrap()
+        );
+
+        let wal = Name::file("wal.db").unwrap();
+        make_db(&dir.file_path(&wal), 2, 50);
+        let writer = Connection::open(dir.file_path(&wal)).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; INSERT INTO ROI_1 (t, x) VALUES (999999, 1);",
+            )
+            .unwrap();
+        let snap = tmp.path().join("wal-snap.db");
+        snapshot(&dir, &wal, &snap).unwrap();
+        let c = contents(&open_snapshot(&snap).unwrap()).unwrap();
+        assert_eq!(
+            c.rows[0],
+            ("ROI_1".to_string(), 51),
+            "the row still in the -wal is in the copy"
+        );
+        assert_eq!(c.last_point, Some(999_999));
     }
 
     #[test]
