@@ -16,8 +16,6 @@ use std::path::Path;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::fsx::{self, EntryKind, ExperimentDir, Fingerprint};
 use super::index::{Root, Roots};
@@ -25,7 +23,7 @@ use super::names::{FileRef, Name};
 use super::sqlite;
 
 /// Read size of a download stream.
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 1024 * 1024;
 
 /// How to answer a request for a representation of `len` bytes with entity tag `etag`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +212,7 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 /// The response for an opened file.
-pub async fn respond(opened: Opened, name: &Name, request: &HeaderMap) -> Response {
+pub fn respond(opened: Opened, name: &Name, request: &HeaderMap) -> Response {
     let plan = plan_response(
         header_str(request, header::IF_NONE_MATCH),
         header_str(request, header::RANGE),
@@ -269,26 +267,41 @@ pub async fn respond(opened: Opened, name: &Name, request: &HeaderMap) -> Respon
         value(&format!("{disposition}; filename=\"{name}\"")),
     );
     headers.insert(header::CONTENT_LENGTH, value(&len.to_string()));
-    match body(opened.file, start, len).await {
-        Ok(body) => (status, headers, body).into_response(),
-        Err(e) => {
-            tracing::warn!("archive download of {name}: {e}");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
+    (status, headers, body(opened.file, start, len)).into_response()
 }
 
-/// `len` bytes from `start`, streamed.
-async fn body(file: File, start: u64, len: u64) -> io::Result<Body> {
-    let mut file = tokio::fs::File::from_std(file);
-    file.set_max_buf_size(CHUNK);
-    if start > 0 {
-        file.seek(io::SeekFrom::Start(start)).await?;
-    }
-    Ok(Body::from_stream(ReaderStream::with_capacity(
-        file.take(len),
-        CHUNK,
-    )))
+/// `len` bytes from `start`, streamed: one blocking task reads large chunks with `pread` and
+/// hands them over a small bounded channel, so a slow client holds at most a few chunks in memory
+/// and a fast one is not slowed by a thread hand-off per small read.
+fn body(file: File, start: u64, len: u64) -> Body {
+    use std::os::unix::fs::FileExt;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut offset = start;
+        let end = start + len;
+        while offset < end {
+            let want = usize::try_from(end - offset).map_or(CHUNK, |left| left.min(CHUNK));
+            let mut buf = bytes::BytesMut::zeroed(want);
+            let chunk = match file.read_at(&mut buf, offset) {
+                Ok(0) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file shrank while it was sent",
+                )),
+                Ok(n) => {
+                    buf.truncate(n);
+                    offset += n as u64;
+                    Ok(buf.freeze())
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            if tx.blocking_send(chunk).is_err() || failed {
+                return; // the client went away, or the error ends the body
+            }
+        }
+    });
+    Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
 #[cfg(test)]

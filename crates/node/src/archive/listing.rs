@@ -72,6 +72,12 @@ impl ListQuery {
         })
     }
 
+    /// Whether entries of the selected range must be tested one by one (a name or date filter);
+    /// a machine id alone selects a range of the sorted index.
+    fn filters_within_device(&self) -> bool {
+        (self.device.is_some() && !self.by_id) || self.from.is_some() || self.to.is_some()
+    }
+
     fn matches(&self, e: &Entry) -> bool {
         let exp = &e.file.experiment;
         let day = &exp.date.as_str()[..10];
@@ -263,12 +269,26 @@ pub fn list<'a>(snapshot: &'a Snapshot, query: &ListQuery) -> Listing<'a> {
         (Some(id), true) => snapshot.devices.get(id.as_str()).cloned().unwrap_or(0..0),
         _ => 0..snapshot.entries.len(),
     };
-    let selected = snapshot.entries[range].iter().filter(|e| query.matches(e));
-    let total = selected.clone().count();
+    let in_range = &snapshot.entries[range];
+    let first = (query.page - 1).saturating_mul(PAGE_SIZE);
+    // Without a name or date filter the page is a slice; otherwise one pass finds the matches.
+    let (total, page): (usize, Vec<&Entry>) = if query.filters_within_device() {
+        let matching: Vec<&Entry> = in_range.iter().filter(|e| query.matches(e)).collect();
+        let page = matching
+            .iter()
+            .skip(first)
+            .take(PAGE_SIZE)
+            .copied()
+            .collect();
+        (matching.len(), page)
+    } else {
+        let page = in_range.iter().skip(first).take(PAGE_SIZE).collect();
+        (in_range.len(), page)
+    };
     let pages = total.div_ceil(PAGE_SIZE).max(1);
     let mut devices: Vec<DeviceOut<'a>> = Vec::new();
     let empty = ExperimentTotals::default();
-    for e in selected.skip((query.page - 1) * PAGE_SIZE).take(PAGE_SIZE) {
+    for e in page {
         let exp = &e.file.experiment;
         if devices
             .last()

@@ -384,7 +384,7 @@ async fn file_get(
     })
     .await;
     match opened {
-        Ok(Ok(opened)) => download::respond(opened, &file.file, headers).await,
+        Ok(Ok(opened)) => download::respond(opened, &file.file, headers),
         Ok(Err(e)) if download::is_absent(&e) => not_found(),
         Ok(Err(e)) => {
             tracing::warn!("archive: cannot open {}: {e}", file.path());
