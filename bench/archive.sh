@@ -114,12 +114,21 @@ URL_DB=$BASE/archive/$ID/ETHOSCOPE_001/$DATE/$(basename "$DB")
 curl -sf -o /dev/null "$URL_VIDEO" # the page cache holds both files before timing: cat reads it too
 curl -sf -o /dev/null "$URL_DB"
 
-echo "== video: cat vs download"
+echo "== video: cat vs download (page cache warm)"
 hyperfine -N --warmup 1 --runs "$RUNS" --export-json "$WORK/video.json" \
     "cat $VIDEO" "curl -sf -o /dev/null $URL_VIDEO" >"$WORK/video.txt"
-echo "== database: cat vs snapshot download"
+echo "== database: cat vs snapshot download (page cache warm)"
 hyperfine -N --warmup 1 --runs "$RUNS" --export-json "$WORK/db.json" \
     "cat $DB" "curl -sf -o /dev/null $URL_DB" >"$WORK/db.txt"
+# Cold: before every run, this one file's pages are dropped from the page cache (posix_fadvise
+# DONTNEED through dd; nothing else on the machine is touched), as for a video nobody read lately.
+echo "== video and database, page cache dropped before each run"
+hyperfine -N --runs "$RUNS" --export-json "$WORK/video-cold.json" \
+    --prepare "dd if=$VIDEO iflag=nocache count=0 status=none" \
+    "cat $VIDEO" "curl -sf -o /dev/null $URL_VIDEO" >"$WORK/video-cold.txt"
+hyperfine -N --runs "$RUNS" --export-json "$WORK/db-cold.json" \
+    --prepare "dd if=$DB iflag=nocache count=0 status=none" \
+    "cat $DB" "curl -sf -o /dev/null $URL_DB" >"$WORK/db-cold.txt"
 
 echo "== listing under wrk"
 for q in "" "?page=100" "?device=$(printf '%032x' 7)" "?from=2025-01-10&to=2025-01-12"; do
@@ -137,8 +146,10 @@ def times(name):
 def mbs(b, t):
     return int(b) / t / 1e6
 rows = []
-for name, label, b, target in [("video", "1 GB video (descriptor stream)", vbytes, 0.8),
-                               ("db", "500 MB mirror .db (snapshot + stream)", dbytes, 0.5)]:
+for name, label, b, target in [("video", "video (descriptor stream), warm", vbytes, 0.8),
+                               ("db", "mirror .db (snapshot + stream), warm", dbytes, 0.5),
+                               ("video-cold", "video (descriptor stream), cold", vbytes, 0.8),
+                               ("db-cold", "mirror .db (snapshot + stream), cold", dbytes, 0.5)]:
     cm, cs, dm, ds = times(name)
     rows.append(f"| {label} | {int(b) / 1e6:.0f} MB | {mbs(b, dm):.0f} MB/s ({dm:.2f} ± {ds:.2f} s) | "
                 f"{mbs(b, cm):.0f} MB/s ({cm:.2f} ± {cs:.2f} s) | **{cm / dm:.2f}×** | ≥ {target}× |")
@@ -155,8 +166,10 @@ doc = f"""# Node `/archive` benchmark
 Command: `bench/archive.sh` (defaults: `VIDEO_MB=1024 DB_MB=500 FILES=100000 RUNS={runs} WRK_DURATION={dur}`).
 Machine: {cores} cores (`nproc`). Load before: `{before.strip()}`; after: `{after.strip()}`.
 
-Both files are read once before timing, so `cat` and the download both read from the page cache;
-hyperfine runs each command {runs} times after a warm-up (`-N`, no shell). The download is
+*Warm*: both files are read once before timing, so `cat` and the download both read from the
+page cache. *Cold*: before each run the file's pages are dropped from the page cache
+(`dd iflag=nocache count=0`, this file only). hyperfine runs each command {runs} times (`-N`, no
+shell; warm runs after a warm-up). The download is
 `curl -sf -o /dev/null` against the release `etho-backup node` on 127.0.0.1. The video is streamed
 from its `O_NOFOLLOW` descriptor; the database has a `.db.lock` beside it (a MySQL mirror file), so
 every download first copies it under an SQLite read transaction into a private file (in the state

@@ -480,6 +480,12 @@ pub struct Snapshot {
     pub index_txt: bytes::Bytes,
     /// Publications so far (two per scan: after the walk, after the analysis).
     pub version: u64,
+    /// Each entry's experiment day as `YYYYMMDD`, for filtering without touching the entries.
+    pub days: Vec<u32>,
+    /// Each entry's device name, as an index into the names seen (see `names`).
+    pub name_ids: Vec<u32>,
+    /// Device names → their index in `name_ids`.
+    pub names: HashMap<String, u32>,
 }
 
 impl Snapshot {
@@ -507,6 +513,20 @@ impl Snapshot {
                     .map_or(0, |v| v.contents.rows.iter().map(|(_, n)| n).sum());
         }
         let index_txt = render_index_txt(&entries).into();
+        let mut names: HashMap<String, u32> = HashMap::new();
+        let name_ids = entries
+            .iter()
+            .map(|e| {
+                let next = u32::try_from(names.len()).unwrap_or(u32::MAX);
+                *names
+                    .entry(e.file.experiment.machine_name.to_string())
+                    .or_insert(next)
+            })
+            .collect();
+        let days = entries
+            .iter()
+            .map(|e| super::listing::day_key(&e.file.experiment.date.as_str()[..10]))
+            .collect();
         Snapshot {
             entries,
             devices,
@@ -516,6 +536,9 @@ impl Snapshot {
             stats,
             index_txt,
             version,
+            days,
+            name_ids,
+            names,
         }
     }
 }

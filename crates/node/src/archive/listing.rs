@@ -36,7 +36,16 @@ pub struct ListQuery {
     by_id: bool,
     from: Option<String>,
     to: Option<String>,
+    /// `from` and `to` as `YYYYMMDD` (0 and `u32::MAX` when absent).
+    days: (u32, u32),
     page: usize,
+}
+
+/// `YYYY-MM-DD` (validated) as the number `YYYYMMDD`.
+pub fn day_key(day: &str) -> u32 {
+    day.bytes()
+        .filter(u8::is_ascii_digit)
+        .fold(0, |n, b| n * 10 + u32::from(b - b'0'))
 }
 
 fn valid_day(text: &str) -> bool {
@@ -63,11 +72,18 @@ impl ListQuery {
         if page == 0 {
             return Err("page: pages count from 1".into());
         }
+        let from = day("from", params.from)?;
+        let to = day("to", params.to)?;
+        let days = (
+            from.as_deref().map_or(0, day_key),
+            to.as_deref().map_or(u32::MAX, day_key),
+        );
         Ok(ListQuery {
             device,
             by_id,
-            from: day("from", params.from)?,
-            to: day("to", params.to)?,
+            from,
+            to,
+            days,
             page,
         })
     }
@@ -78,17 +94,12 @@ impl ListQuery {
         (self.device.is_some() && !self.by_id) || self.from.is_some() || self.to.is_some()
     }
 
-    fn matches(&self, e: &Entry) -> bool {
-        let exp = &e.file.experiment;
-        let day = &exp.date.as_str()[..10];
-        self.device.as_ref().is_none_or(|d| {
-            if self.by_id {
-                exp.machine_id == *d
-            } else {
-                exp.machine_name == *d
-            }
-        }) && self.from.as_deref().is_none_or(|f| day >= f)
-            && self.to.as_deref().is_none_or(|t| day <= t)
+    /// Whether entry `i` of `snapshot` matches, from its compact day and name keys (no string of
+    /// the entry is touched: 100 k pointer chases would cost more than the whole answer).
+    fn matches(&self, snapshot: &Snapshot, name: Option<u32>, i: usize) -> bool {
+        let day = snapshot.days[i];
+        (self.device.is_none() || self.by_id || Some(snapshot.name_ids[i]) == name)
+            && (self.days.0..=self.days.1).contains(&day)
     }
 
     /// The query string of page `page` of this query.
@@ -269,19 +280,25 @@ pub fn list<'a>(snapshot: &'a Snapshot, query: &ListQuery) -> Listing<'a> {
         (Some(id), true) => snapshot.devices.get(id.as_str()).cloned().unwrap_or(0..0),
         _ => 0..snapshot.entries.len(),
     };
-    let in_range = &snapshot.entries[range];
     let first = (query.page - 1).saturating_mul(PAGE_SIZE);
     // Without a name or date filter the page is a slice; otherwise one pass finds the matches.
     let (total, page): (usize, Vec<&Entry>) = if query.filters_within_device() {
-        let matching: Vec<&Entry> = in_range.iter().filter(|e| query.matches(e)).collect();
+        let name = query
+            .device
+            .as_ref()
+            .and_then(|d| snapshot.names.get(d.as_str()).copied());
+        let matching: Vec<usize> = range
+            .filter(|&i| query.matches(snapshot, name, i))
+            .collect();
         let page = matching
             .iter()
             .skip(first)
             .take(PAGE_SIZE)
-            .copied()
+            .map(|&i| &snapshot.entries[i])
             .collect();
         (matching.len(), page)
     } else {
+        let in_range = &snapshot.entries[range];
         let page = in_range.iter().skip(first).take(PAGE_SIZE).collect();
         (in_range.len(), page)
     };
