@@ -102,8 +102,13 @@ impl ListQuery {
             && (self.days.0..=self.days.1).contains(&day)
     }
 
-    /// The query string of page `page` of this query.
-    fn link(&self, page: usize) -> String {
+    /// The page asked for.
+    pub fn page(&self) -> usize {
+        self.page
+    }
+
+    /// The URL of page `page` of this query (also its canonical form).
+    pub fn link(&self, page: usize) -> String {
         let mut parts = Vec::new();
         if let Some(d) = &self.device {
             parts.push(format!("device={d}"));

@@ -20,9 +20,10 @@
 //!
 //! What it does not do: write, delete or rename anything in the archive, or follow a link.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -90,7 +91,13 @@ pub struct ArchiveService {
     snapshot_tx: watch::Sender<Arc<index::Snapshot>>,
     snapshots: Arc<Semaphore>,
     zips: Arc<Semaphore>,
+    /// Rendered listings of the current index version, by validated query (a dashboard asks the
+    /// same few questions every few seconds; the answer only changes with the index).
+    rendered: std::sync::Mutex<(u64, HashMap<String, bytes::Bytes>)>,
 }
+
+/// Listings kept per index version.
+const RENDERED_MAX: usize = 64;
 
 /// Stops the background scan when dropped.
 pub struct ArchiveGuard {
@@ -122,6 +129,7 @@ impl ArchiveService {
             zips: Arc::new(Semaphore::new(config.max_zips.max(1))),
             config,
             snapshot_tx,
+            rendered: std::sync::Mutex::new((0, HashMap::new())),
         })
     }
 
@@ -299,7 +307,42 @@ async fn archive_list(
     let Some(snapshot) = service.ready_snapshot(FIRST_SCAN_WAIT).await else {
         return unavailable();
     };
-    Json(listing::list(&snapshot, &query)).into_response()
+    let key = query.link(query.page());
+    let cached = {
+        let rendered = service
+            .rendered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (rendered.0 == snapshot.version)
+            .then(|| rendered.1.get(&key).cloned())
+            .flatten()
+    };
+    let body = match cached {
+        Some(body) => body,
+        None => {
+            let body: bytes::Bytes = match serde_json::to_vec(&listing::list(&snapshot, &query)) {
+                Ok(v) => v.into(),
+                Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            };
+            let mut rendered = service
+                .rendered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if rendered.0 != snapshot.version || rendered.1.len() >= RENDERED_MAX {
+                *rendered = (snapshot.version, HashMap::new());
+            }
+            rendered.1.insert(key, body.clone());
+            body
+        }
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 fn unavailable() -> Response {
