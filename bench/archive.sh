@@ -134,6 +134,16 @@ echo "== listing under wrk"
 for q in "" "?page=100" "?device=$(printf '%032x' 7)" "?from=2025-01-10&to=2025-01-12"; do
     wrk -t2 -c10 -d"$WRK_DURATION" --latency "$BASE/archive$q" >"$WORK/wrk$(echo "$q" | tr -c 'a-z0-9' '_').txt"
 done
+# Every request a different page of 200 (more than the 64 rendered listings kept): each one is
+# rendered, the cost a dashboard pays once per index change and query.
+cat >"$WORK/pages.lua" <<'LUA'
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, "/archive?page=" .. (counter % 200 + 1))
+end
+LUA
+wrk -t2 -c10 -d"$WRK_DURATION" --latency -s "$WORK/pages.lua" "$BASE/archive" >"$WORK/wrk_uncached.txt"
 LOAD_AFTER=$(uptime)
 
 python3 - "$WORK" "$OUT" "$VIDEO_BYTES" "$DB_BYTES" "$FILES" "$SCAN" "$RUNS" "$WRK_DURATION" \
@@ -159,7 +169,10 @@ for path in sorted(glob.glob(os.path.join(work, "wrk*.txt"))):
     url = re.search(r"@ (\S+)", text).group(1)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)
     lat = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)", text, re.M))
-    wrk_rows.append(f"| `{url.split('/archive', 1)[1] or '(none)'}` | {float(rps):.0f} | {lat.get('50')} | {lat.get('99')} |")
+    query = url.split('/archive', 1)[1] or '(none)'
+    if path.endswith("wrk_uncached.txt"):
+        query = "page=1…200 in turn (each rendered, not cached)"
+    wrk_rows.append(f"| `{query}` | {float(rps):.0f} | {lat.get('50')} | {lat.get('99')} |")
 total, scan_s = scan.split()
 doc = f"""# Node `/archive` benchmark
 
@@ -180,7 +193,9 @@ directory) and then streams that: the ratio includes writing and reading the sna
 {chr(10).join(rows)}
 
 Listing: {total} archived files (index built by one scan of {float(scan_s):.2f} s), `wrk -t2 -c10
--d{dur} --latency`, each query in turn. Target: p99 ≤ 50 ms.
+-d{dur} --latency`, each query in turn. A listing is rendered once per index version and query
+and then served from those bytes (up to 64 queries); the last row asks for a different page each
+time, so every answer is rendered. Target: p99 ≤ 50 ms.
 
 | query | req/s | p50 | p99 |
 |---|---|---|---|
