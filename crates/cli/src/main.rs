@@ -38,7 +38,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// The node: device discovery, GET /devices, unified GET /backup/status and the dashboard.
-    Node(node::Args),
+    Node(Box<node::Args>),
     /// MariaDB → SQLite mirror daemon (port 8090).
     MysqlBackup(mysql_backup::Args),
     /// rsync results/videos daemon (port 8093).
@@ -115,7 +115,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Node(args) => node::run(args).await,
+            Command::Node(args) => node::run(*args).await,
             Command::MysqlBackup(args) => mysql_backup::run(args).await,
             Command::RsyncBackup(args) => rsync_backup::run(args).await,
             Command::Sim(args) => sim::run(args).await,

@@ -108,7 +108,7 @@ async fn doctor_finds_each_failure_in_a_simulated_lab() {
         Role::Tracker(DbKind::Sqlite),
         Role::Tracker(DbKind::MariaDb),
     ];
-    let devices = common::lab_devices(&roles, 78, 11, "doctor");
+    let devices = common::always_running(&roles, 78, 11, "doctor");
     let fleet = Fleet::start(FleetConfig {
         devices,
         data_dir: root.join("fleet"),

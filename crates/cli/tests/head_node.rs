@@ -184,7 +184,7 @@ async fn daemons_back_up_behind_heads_node() {
         Role::Tracker(DbKind::Sqlite),
         Role::Recorder,
     ];
-    let devices = common::lab_devices(&roles, 76, 9, "head");
+    let devices = common::always_running(&roles, 76, 9, "head");
     let fleet = Fleet::start(FleetConfig {
         devices,
         data_dir: root.join("fleet"),
