@@ -918,6 +918,8 @@ async fn rsync_orphaned_by_a_killed_daemon_is_stopped_by_the_next_job() {
         transport: cfg.source.transport(),
         staging: state.join("staging/videos").join(&id),
         archive: cfg.archive_root(Kind::Videos).join(&id),
+        stubs: Some(state.join("stubs/videos").join(&id)),
+        itemize_unchanged: false,
         partial: state.join("partial/videos").join(&id),
         temp: state.join("tmp/videos").join(&id),
     };
