@@ -19,8 +19,11 @@
 //! - `-ii` on the results tree: unchanged files are itemized too, so the engine knows which
 //!   databases and companions the device still has.
 //! - re-read passes ([`reread_args`]): `--files-from` with just a few databases and their
-//!   companions, `-c` (content, not size and mtime, decides "unchanged") against the previous
-//!   read, `--ignore-missing-args` (a companion that does not exist is not an error).
+//!   companions, `--ignore-times` (every file is read again, whatever its size and mtime; the
+//!   engine compares the content with the previous read itself) with the previous read as delta
+//!   basis, `--ignore-missing-args` (a companion that does not exist is not an error). Not `-c`:
+//!   the sender checksums while it builds the file list, and reports a file appended to in the
+//!   meantime (a live WAL) as vanished.
 //! - `--temp-dir` and an absolute `--partial-dir`, both under the state dir: rsync's in-flight
 //!   and interrupted files never appear in the archive; `--partial` keeps an interrupted file so
 //!   the next cycle resumes it.
@@ -187,11 +190,11 @@ pub fn rsync_args(
 /// A re-read pass of a few files of a tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RereadPaths {
-    /// rsync source of the tree, ending in `/`.
+    /// rsync source: the device's data directory, ending in `/` (or `host:`).
     pub source: String,
     /// How the source is reached.
     pub transport: Transport,
-    /// NUL-separated paths relative to the tree.
+    /// NUL-separated paths relative to the source.
     pub list: PathBuf,
     /// The previous read of each file (checksum comparison basis).
     pub basis: PathBuf,
@@ -201,7 +204,7 @@ pub struct RereadPaths {
     pub temp: PathBuf,
 }
 
-/// The argument list of a re-read pass: only the listed files, compared by content.
+/// The argument list of a re-read pass: only the listed files, all read again.
 pub fn reread_args(
     config: &RsyncBackupConfig,
     paths: &RereadPaths,
@@ -209,7 +212,7 @@ pub fn reread_args(
     let mut args: Vec<OsString> = [
         "-lpt",
         "-v",
-        "-c",
+        "--ignore-times",
         "-ii",
         "--safe-links",
         "--modify-window=-1",
@@ -354,7 +357,7 @@ mod tests {
         };
         let a = strings(&reread_args(&config(), &p).unwrap());
         for must in [
-            "-c",
+            "--ignore-times",
             "-ii",
             "--from0",
             "--ignore-missing-args",

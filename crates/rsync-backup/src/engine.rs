@@ -34,8 +34,8 @@ use crate::command::{
 use crate::config::{Kind, RsyncBackupConfig};
 use crate::live::{Live, LivePaths, LiveReport};
 use crate::parse::{
-    classify_exit, error_summary, exit_meaning, source_dir_missing, ExitClass, Itemized,
-    TransferState,
+    classify_exit, error_summary, exit_meaning, source_dir_missing, vanished_files, ExitClass,
+    Itemized, TransferState,
 };
 use crate::promote::{promote, PromoteReport};
 use crate::runner::{kill_strays, run_rsync, RunEnd, RunResult};
@@ -329,6 +329,7 @@ impl RsyncEngine {
             stubs: self.state_path("stubs", kind, id),
             work: self.state_path("live-work", kind, id),
             rejected: self.state_path("rejected", kind, id),
+            list_prefix: format!("{}/{id}/", kind.as_str()),
             records: self
                 .inner
                 .config
@@ -374,8 +375,10 @@ impl RsyncEngine {
             Ok(run) => run,
             Err(outcome) => return outcome,
         };
-        let items = run.items.clone();
-        let live = match self.live_step(live, items, &paths, ctx, deadline).await {
+        let live = match self
+            .live_step(device, live, &run, &paths, ctx, deadline)
+            .await
+        {
             Ok(live) => live,
             Err(msg) => return TreeOutcome::error(kind, msg),
         };
@@ -439,14 +442,18 @@ impl RsyncEngine {
     /// consistent, and builds the self-contained copies (see [`crate::live`]).
     async fn live_step(
         &self,
+        device: &DeviceInfo,
         live: Live,
-        items: Vec<Itemized>,
+        first: &RunResult,
         paths: &TransferPaths,
         ctx: &JobContext,
         deadline: Instant,
     ) -> Result<Live, String> {
         let config = &self.inner.config;
-        let mut live = blocking(live, move |l| l.first_pass(&items)).await?;
+        let vanished = vanished_files(&first.stderr);
+        let items = first.items.clone();
+        let source_base = config.source.base(device);
+        let mut live = blocking(live, move |l| l.first_pass(&items, &vanished)).await?;
         while !ctx.cancel.is_cancelled() && Instant::now() < deadline {
             let (l, plan) = blocking_with(live, |l| l.plan_reread()).await?;
             live = l;
@@ -458,7 +465,7 @@ impl RsyncEngine {
             let args = reread_args(
                 config,
                 &RereadPaths {
-                    source: paths.source.clone(),
+                    source: source_base.clone(),
                     transport: paths.transport,
                     list: plan.list.clone(),
                     basis: plan.basis.clone(),
@@ -487,7 +494,8 @@ impl RsyncEngine {
                 );
                 break;
             }
-            live = blocking(live, move |l| l.reread_pass(&plan, &run.items)).await?;
+            let vanished = vanished_files(&run.stderr);
+            live = blocking(live, move |l| l.reread_pass(&plan, &run.items, &vanished)).await?;
         }
         let cancel = ctx.cancel.clone();
         blocking(live, move |l| l.build_all(&|| cancel.is_cancelled())).await

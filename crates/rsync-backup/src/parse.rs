@@ -382,6 +382,16 @@ pub fn error_summary(stderr: &[String]) -> String {
     text
 }
 
+/// The paths rsync reported as vanished (`file has vanished: "PATH"`), as it printed them:
+/// listed in the file list, gone or changing when they were to be read.
+pub fn vanished_files(stderr: &[String]) -> Vec<String> {
+    stderr
+        .iter()
+        .filter_map(|l| l.split_once("file has vanished: \""))
+        .filter_map(|(_, rest)| rest.rsplit_once('"').map(|(path, _)| path.to_string()))
+        .collect()
+}
+
 /// True when stderr says the device has no such tree (`change_dir "…/<kind>/<id>" failed: No
 /// such file or directory`), as opposed to a failed connection or transfer.
 pub fn source_dir_missing(stderr: &[String], kind: &str, id: &str) -> bool {
@@ -533,6 +543,22 @@ total size is 3,000,021  speedup is 1.00\n";
         let long = vec!["x".repeat(2000)];
         assert!(error_summary(&long).len() <= 600);
         assert_eq!(error_summary(&[]), "");
+    }
+
+    #[test]
+    fn vanished_paths() {
+        let err = vec![
+            "file has vanished: \"/results/0123/E/ts/x.db-wal\" (in ethoscope_data)".to_string(),
+            "file has vanished: \"/data/results/0123/E/ts/we\"ird.db\"".to_string(),
+            "rsync warning: some files vanished before they could be transferred (code 24) at main.c(1956) [generator=3.5.0]".to_string(),
+        ];
+        assert_eq!(
+            vanished_files(&err),
+            vec![
+                "/results/0123/E/ts/x.db-wal",
+                "/data/results/0123/E/ts/we\"ird.db"
+            ]
+        );
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub struct PassView {
     pub wal_same_as_kept: bool,
     /// The rollback journal read after it.
     pub journal: JournalView,
+    /// rsync reported one of the files as vanished: listed, then gone or changing when read.
+    pub vanished: bool,
 }
 
 /// What the last good copy was built from (kept in the state directory).
@@ -119,6 +121,8 @@ pub enum Unproven {
     WalAppearedOrVanished,
     /// The rollback journal changed, appeared or vanished.
     JournalChanged,
+    /// rsync reported a file vanished while it was read.
+    Vanished,
 }
 
 impl fmt::Display for Unproven {
@@ -131,6 +135,7 @@ impl fmt::Display for Unproven {
             Unproven::WalReset => "the WAL was checkpointed and reset while it was copied",
             Unproven::WalAppearedOrVanished => "its WAL appeared or vanished while it was copied",
             Unproven::JournalChanged => "its rollback journal changed while it was copied",
+            Unproven::Vanished => "a file of it vanished or changed while rsync read it",
         })
     }
 }
@@ -159,6 +164,9 @@ fn generation_matches(wal: &WalState, reference: Option<WalSalts>) -> bool {
 
 /// The verdict after the first pass, against the last good copy (if any).
 pub fn first_pass(view: &PassView, last: Option<&LastGood>) -> Verdict {
+    if view.vanished && view.db != DbView::Missing {
+        return Verdict::Reread(Unproven::Vanished);
+    }
     match view.db {
         DbView::Missing => Verdict::Missing,
         DbView::NotADatabase => Verdict::Reread(Unproven::NotADatabase),
@@ -214,6 +222,7 @@ fn unchanged_file(view: &PassView, last: &LastGood) -> Verdict {
 /// The verdict after pass `pass` (2 or more), read with checksums against `previous`.
 pub fn later_pass(pass: u32, previous: &PassView, view: &PassView) -> Verdict {
     let verdict = match view.db {
+        _ if view.vanished => Err(Unproven::Vanished),
         DbView::Missing => return Verdict::Missing,
         DbView::NotADatabase | DbView::Skipped => Err(Unproven::NotADatabase),
         DbView::Same(mode) | DbView::Received(mode) => {
@@ -295,6 +304,7 @@ mod tests {
             wal,
             wal_same_as_kept: false,
             journal,
+            vanished: false,
         }
     }
 
@@ -454,6 +464,12 @@ mod tests {
         for (what, v, l, want) in rows {
             assert_eq!(first_pass(&v, l.as_ref()), want, "{what}");
         }
+        let mut gone_wal = view(DbView::Received(WAL), NO_WAL, COLD);
+        gone_wal.vanished = true;
+        assert_eq!(
+            first_pass(&gone_wal, Some(&wal_last)),
+            Reread(Unproven::Vanished)
+        );
     }
 
     #[test]
@@ -536,6 +552,13 @@ mod tests {
         for (what, prev, v, want) in rows {
             assert_eq!(later_pass(2, &prev, &v), want, "{what}");
         }
+        // A WAL that rsync saw vanish is not an absent WAL: never built without it.
+        let mut gone = view(DbView::Same(WAL), NO_WAL, COLD);
+        gone.vanished = true;
+        assert_eq!(
+            later_pass(2, &view(DbView::Received(WAL), NO_WAL, COLD), &gone),
+            Reread(Unproven::Vanished)
+        );
         let changing = view(DbView::Received(RB), NO_WAL, COLD);
         assert_eq!(
             later_pass(MAX_PASSES, &changing, &changing),

@@ -53,6 +53,9 @@ pub struct LivePaths {
     pub rejected: PathBuf,
     /// The records file.
     pub records: PathBuf,
+    /// Where the tree is below the re-read passes' transfer root (`results/<machine_id>/`):
+    /// re-read lists and their destination and basis trees carry it.
+    pub list_prefix: String,
 }
 
 /// How rsync itemized a regular file.
@@ -98,7 +101,8 @@ struct DbSet {
     passes: u32,
 }
 
-/// A re-read pass to run: rsync `--files-from=list` into `dest` with `--compare-dest=basis`.
+/// A re-read pass to run: rsync `--files-from=list` from the device's data directory into
+/// `dest` with `--compare-dest=basis`.
 #[derive(Debug, Clone)]
 pub struct PassPlan {
     /// Pass number (2 and up).
@@ -107,8 +111,14 @@ pub struct PassPlan {
     pub dest: PathBuf,
     /// Basis directory (the previous read of each file).
     pub basis: PathBuf,
-    /// NUL-separated list of paths relative to the tree.
+    /// NUL-separated list of paths relative to the device's data directory.
     pub list: PathBuf,
+    /// The tree inside `dest`.
+    dest_tree: PathBuf,
+    /// The tree inside `basis`.
+    basis_tree: PathBuf,
+    /// What rsync prints before a path relative to the tree.
+    prefix: String,
 }
 
 /// A database copy left out, and why.
@@ -188,8 +198,9 @@ impl Live {
         }
     }
 
-    /// Reads what the first pass staged and decides for every database.
-    pub fn first_pass(&mut self, items: &[Itemized]) {
+    /// Reads what the first pass staged and decides for every database. `vanished`: the paths
+    /// rsync reported as vanished.
+    pub fn first_pass(&mut self, items: &[Itemized], vanished: &[String]) {
         let by_name: HashMap<&str, Seen> = items
             .iter()
             .filter_map(|i| seen(i).map(|s| (i.name.as_str(), s)))
@@ -206,13 +217,18 @@ impl Live {
             }
         }
         for rel in candidates {
-            if let Some(set) = self.first_view(&rel, &by_name) {
+            if let Some(set) = self.first_view(&rel, &by_name, vanished) {
                 self.sets.push(set);
             }
         }
     }
 
-    fn first_view(&self, rel: &str, by_name: &HashMap<&str, Seen>) -> Option<DbSet> {
+    fn first_view(
+        &self,
+        rel: &str,
+        by_name: &HashMap<&str, Seen>,
+        vanished: &[String],
+    ) -> Option<DbSet> {
         let record = self.records.get(rel).cloned();
         let staged = below(&self.paths.staging, rel).ok()?;
         let staged_wal = below(&self.paths.staging, &format!("{rel}-wal")).ok()?;
@@ -258,6 +274,7 @@ impl Live {
                 .as_deref()
                 .is_some_and(|w| same_bytes(w, &kept_wal)),
             journal,
+            vanished: any_vanished(rel, vanished),
         };
         let verdict = decide::first_pass(&view, record.as_ref().map(Record::last_good).as_ref());
         Some(DbSet {
@@ -286,11 +303,17 @@ impl Live {
             return Ok(None);
         }
         self.pass += 1;
+        let dest = self.paths.work.join(format!("pass-{}", self.pass));
+        let basis = self.paths.work.join(format!("basis-{}", self.pass));
+        let prefix = self.paths.list_prefix.clone();
         let plan = PassPlan {
             pass: self.pass,
-            dest: self.paths.work.join(format!("pass-{}", self.pass)),
-            basis: self.paths.work.join(format!("basis-{}", self.pass)),
+            dest_tree: below(&dest, prefix.trim_end_matches('/'))?,
+            basis_tree: below(&basis, prefix.trim_end_matches('/'))?,
+            dest,
+            basis,
             list: self.paths.work.join(format!("pass-{}.list", self.pass)),
+            prefix,
         };
         for dir in [&plan.dest, &plan.basis] {
             let _ = fs::remove_dir_all(dir);
@@ -310,10 +333,11 @@ impl Live {
             ];
             for (suffix, src) in files {
                 let rel = format!("{}{suffix}", set.rel);
+                list.extend_from_slice(plan.prefix.as_bytes());
                 list.extend_from_slice(rel.as_bytes());
                 list.push(0);
                 if let Some(src) = src.filter(|p| p.is_file()) {
-                    link_or_copy(&src, &below(&plan.basis, &rel)?, !suffix.is_empty())?;
+                    link_or_copy(&src, &below(&plan.basis_tree, &rel)?, !suffix.is_empty())?;
                 }
             }
         }
@@ -322,17 +346,21 @@ impl Live {
     }
 
     /// Reads what a re-read pass brought and decides again for the databases it re-read.
-    pub fn reread_pass(&mut self, plan: &PassPlan, items: &[Itemized]) {
+    pub fn reread_pass(&mut self, plan: &PassPlan, items: &[Itemized], vanished: &[String]) {
         let by_name: HashMap<&str, Seen> = items
             .iter()
-            .filter_map(|i| seen(i).map(|s| (i.name.as_str(), s)))
+            .filter_map(|i| {
+                let name = i.name.strip_prefix(plan.prefix.as_str())?;
+                seen(i).map(|s| (name, s))
+            })
             .collect();
         for set in self
             .sets
             .iter_mut()
             .filter(|s| matches!(s.verdict, Verdict::Reread(_)))
         {
-            let (view, raw) = later_view(plan, &set.rel, &set.raw, &by_name);
+            let (mut view, raw) = later_view(plan, &set.rel, &set.raw, &by_name);
+            view.vanished = any_vanished(&set.rel, vanished);
             set.verdict = decide::later_pass(plan.pass, &set.view, &view);
             set.view = view;
             set.raw = raw;
@@ -519,13 +547,7 @@ impl Live {
             }
         }
         // The raw companions were only needed to build and keep; promotion skipped them.
-        for set in &self.sets {
-            for suffix in ["-wal", "-journal", "-shm"] {
-                if let Ok(p) = below(&self.paths.staging, &format!("{}{suffix}", set.rel)) {
-                    let _ = fs::remove_file(p);
-                }
-            }
-        }
+        remove_companions(&self.paths.staging);
         if let Err(e) = self.records.save() {
             self.report.errors.push(format!(
                 "cannot write {}: {e}",
@@ -558,6 +580,21 @@ fn held_reason(why: Unproven, passes: u32) -> String {
         "{why} ({passes} read{})",
         if passes == 1 { "" } else { "s" }
     )
+}
+
+/// Removes every file named like an SQLite companion below `dir` (never following links).
+fn remove_companions(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(ft) = entry.file_type() else { continue };
+        if ft.is_dir() {
+            remove_companions(&entry.path());
+        } else if is_companion(&entry.file_name().to_string_lossy()) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The staged file if rsync wrote one, else the kept copy if rsync listed the device's as
@@ -607,46 +644,53 @@ fn link_or_copy(src: &Path, dst: &Path, copy_ok: bool) -> io::Result<()> {
     }
 }
 
-/// What a re-read pass saw of one database, and the raw files it resolves to.
+/// Whether rsync reported the database or one of its companions as vanished.
+fn any_vanished(rel: &str, vanished: &[String]) -> bool {
+    ["", "-wal", "-journal"].iter().any(|suffix| {
+        let name = format!("{rel}{suffix}");
+        let tail = format!("/{name}");
+        vanished.iter().any(|v| v == &name || v.ends_with(&tail))
+    })
+}
+
+/// What a re-read pass saw of one database, and the raw files it resolves to. "Same" is decided
+/// here by comparing bytes with the previous read (or, for a database read for the first time,
+/// with its basis, the archive copy).
 fn later_view(
     plan: &PassPlan,
     rel: &str,
     previous: &RawFiles,
     by_name: &HashMap<&str, Seen>,
 ) -> (PassView, RawFiles) {
-    let resolve = |suffix: &str| -> (Option<PathBuf>, Option<Seen>) {
+    let resolve = |suffix: &str| -> Option<PathBuf> {
         let name = format!("{rel}{suffix}");
-        let Some(s) = by_name.get(name.as_str()).copied() else {
-            return (None, None);
+        let file = match by_name.get(name.as_str())? {
+            Seen::Received | Seen::Copied => below(&plan.dest_tree, &name).ok(),
+            Seen::Unchanged => below(&plan.basis_tree, &name).ok(),
         };
-        let file = match s {
-            Seen::Received | Seen::Copied => below(&plan.dest, &name).ok(),
-            Seen::Unchanged => below(&plan.basis, &name).ok(),
-        };
-        (file.filter(|p| p.is_file()), Some(s))
+        file.filter(|p| p.is_file())
     };
-    let (db_file, db_seen) = resolve("");
-    let (wal_file, _) = resolve("-wal");
-    let (journal_file, _) = resolve("-journal");
-    let db = match (&db_file, db_seen) {
-        (None, None) => DbView::Missing,
-        (None, Some(_)) => DbView::NotADatabase,
-        (Some(f), Some(s)) => match read_mode(f) {
+    let db_file = resolve("");
+    let db = match &db_file {
+        None if !by_name.contains_key(rel) => DbView::Missing,
+        None => DbView::NotADatabase,
+        Some(f) => match read_mode(f) {
             None => DbView::NotADatabase,
             Some(mode) => {
-                let same = s != Seen::Received
-                    || previous.db.as_deref().is_some_and(|p| {
-                        !below(&plan.basis, rel).is_ok_and(|b| b.is_file()) && same_bytes(p, f)
-                    });
-                if same {
+                let before = previous
+                    .db
+                    .clone()
+                    .or_else(|| below(&plan.basis_tree, rel).ok().filter(|b| b.is_file()));
+                if before.is_some_and(|b| same_bytes(&b, f)) {
                     DbView::Same(mode)
                 } else {
                     DbView::Received(mode)
                 }
             }
         },
-        (Some(_), None) => DbView::Missing,
     };
+    let wal_file = resolve("-wal");
+    let journal_file = resolve("-journal");
     let journal = match &journal_file {
         Some(j) if head_is_hot(j) => JournalView::Hot {
             same: previous
@@ -661,6 +705,7 @@ fn later_view(
         wal: wal_state(wal_file.as_deref()),
         wal_same_as_kept: false,
         journal,
+        vanished: false,
     };
     (
         view,
