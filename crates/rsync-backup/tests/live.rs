@@ -510,9 +510,9 @@ fn observe(l: &mut Live, copy: &Path, started: Instant) {
 /// Four devices' databases written every 0.2 s for 60 s while the engine runs a cycle every 3 s:
 /// WAL (current firmware), OFF (seed-era firmware), DELETE (a rollback journal), and a WAL writer
 /// that checkpoints in a tight loop. Every promoted copy passes integrity_check and holds exactly
-/// the writer's rows 1..N (no torn copy), counts never shrink, WAL and OFF copies are fresh in at
-/// least 80 % of cycles and at most 10 s of writing behind; after the writers close, every copy
-/// equals its source.
+/// the writer's rows 1..N (no torn copy), counts never shrink, WAL, OFF and DELETE copies are
+/// fresh in at least 80 % of cycles and at most 10 s of writing behind (the checkpoint loop's
+/// freshness is printed, not asserted); after the writers close, every copy equals its source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_writers_get_fresh_consistent_copies() {
     let s = Setup::new(0x54);
@@ -562,7 +562,8 @@ async fn live_writers_get_fresh_consistent_copies() {
             l.last_max
         );
     }
-    for l in lives.iter().filter(|l| l.name == "wal" || l.name == "off") {
+    // The target for WAL and OFF writers, and the same for a rollback journal.
+    for l in lives.iter().filter(|l| l.name != "checkpoint-loop") {
         assert!(
             l.fresh * 5 >= cycles * 4,
             "{}: only {} of {cycles} cycles were fresh",

@@ -119,6 +119,8 @@ pub struct PassPlan {
     basis_tree: PathBuf,
     /// What rsync prints before a path relative to the tree.
     prefix: String,
+    /// Every file is listed (and read) twice.
+    double: bool,
 }
 
 /// A database copy left out, and why.
@@ -293,26 +295,34 @@ impl Live {
 
     /// Prepares the next re-read pass, or `None` when no database needs one (or the pass budget
     /// is spent).
+    ///
+    /// Each file is listed twice, as `<prefix>./<rel>` (received as `<rel>`) and `<prefix><rel>`
+    /// (received as `<prefix><rel>`), so one rsync run reads it twice, a few milliseconds apart
+    /// for a small database: a database written every 0.2 s in place is then often caught
+    /// unchanged between two reads, where two separate runs (process start, connection, file
+    /// list) rarely do. Only one listing is used if a path of the tree itself starts with the
+    /// prefix (the two forms could then name the same destination).
     pub fn plan_reread(&mut self) -> io::Result<Option<PassPlan>> {
-        if self.pass >= decide::MAX_PASSES
-            || !self
-                .sets
-                .iter()
-                .any(|s| matches!(s.verdict, Verdict::Reread(_)))
-        {
+        let rereads: Vec<&DbSet> = self
+            .sets
+            .iter()
+            .filter(|s| matches!(s.verdict, Verdict::Reread(_)))
+            .collect();
+        if self.pass >= decide::MAX_PASSES || rereads.is_empty() {
             return Ok(None);
         }
-        self.pass += 1;
-        let dest = self.paths.work.join(format!("pass-{}", self.pass));
-        let basis = self.paths.work.join(format!("basis-{}", self.pass));
+        let pass = self.pass + 1;
+        let dest = self.paths.work.join(format!("pass-{pass}"));
+        let basis = self.paths.work.join(format!("basis-{pass}"));
         let prefix = self.paths.list_prefix.clone();
         let plan = PassPlan {
-            pass: self.pass,
+            pass,
             dest_tree: below(&dest, prefix.trim_end_matches('/'))?,
             basis_tree: below(&basis, prefix.trim_end_matches('/'))?,
+            double: !rereads.iter().any(|s| s.rel.starts_with(prefix.as_str())),
             dest,
             basis,
-            list: self.paths.work.join(format!("pass-{}.list", self.pass)),
+            list: self.paths.work.join(format!("pass-{pass}.list")),
             prefix,
         };
         for dir in [&plan.dest, &plan.basis] {
@@ -320,11 +330,7 @@ impl Live {
             fs::create_dir_all(dir)?;
         }
         let mut list = Vec::new();
-        for set in self
-            .sets
-            .iter()
-            .filter(|s| matches!(s.verdict, Verdict::Reread(_)))
-        {
+        for set in rereads {
             let fallback_db = below(&self.paths.archive, &set.rel)?;
             let files = [
                 ("", set.raw.db.clone().or(Some(fallback_db))),
@@ -333,37 +339,80 @@ impl Live {
             ];
             for (suffix, src) in files {
                 let rel = format!("{}{suffix}", set.rel);
-                list.extend_from_slice(plan.prefix.as_bytes());
-                list.extend_from_slice(rel.as_bytes());
-                list.push(0);
-                if let Some(src) = src.filter(|p| p.is_file()) {
-                    link_or_copy(&src, &below(&plan.basis_tree, &rel)?, !suffix.is_empty())?;
+                let mut forms = vec![(format!("{}{rel}", plan.prefix), &plan.basis_tree)];
+                if plan.double {
+                    forms.push((format!("{}./{rel}", plan.prefix), &plan.basis));
+                }
+                for (entry, basis_root) in forms {
+                    list.extend_from_slice(entry.as_bytes());
+                    list.push(0);
+                    if let Some(src) = src.as_ref().filter(|p| p.is_file()) {
+                        link_or_copy(src, &below(basis_root, &rel)?, !suffix.is_empty())?;
+                    }
                 }
             }
         }
         fs::File::create(&plan.list)?.write_all(&list)?;
+        self.pass = pass;
         Ok(Some(plan))
     }
 
-    /// Reads what a re-read pass brought and decides again for the databases it re-read.
+    /// Reads what a re-read pass brought and decides again for the databases it re-read: the
+    /// second read of the pass against the first, else the first against the previous pass.
     pub fn reread_pass(&mut self, plan: &PassPlan, items: &[Itemized], vanished: &[String]) {
-        let by_name: HashMap<&str, Seen> = items
-            .iter()
-            .filter_map(|i| {
-                let name = i.name.strip_prefix(plan.prefix.as_str())?;
-                seen(i).map(|s| (name, s))
-            })
-            .collect();
+        let mut prefixed: HashMap<&str, Seen> = HashMap::new();
+        let mut dotted: HashMap<&str, Seen> = HashMap::new();
+        let mut order: HashMap<(bool, &str), usize> = HashMap::new();
+        for (index, item) in items.iter().enumerate() {
+            let Some(s) = seen(item) else { continue };
+            match item.name.strip_prefix(plan.prefix.as_str()) {
+                Some(name) => {
+                    prefixed.insert(name, s);
+                    order.entry((false, name)).or_insert(index);
+                }
+                None if plan.double => {
+                    dotted.insert(item.name.as_str(), s);
+                    order.entry((true, item.name.as_str())).or_insert(index);
+                }
+                None => {}
+            }
+        }
+        let trees = [
+            (&plan.dest_tree, &plan.basis_tree, &prefixed),
+            (&plan.dest, &plan.basis, &dotted),
+        ];
         for set in self
             .sets
             .iter_mut()
             .filter(|s| matches!(s.verdict, Verdict::Reread(_)))
         {
-            let (mut view, raw) = later_view(plan, &set.rel, &set.raw, &by_name);
-            view.vanished = any_vanished(&set.rel, vanished);
-            set.verdict = decide::later_pass(plan.pass, &set.view, &view);
-            set.view = view;
-            set.raw = raw;
+            let gone = any_vanished(&set.rel, vanished);
+            let read = |tree: usize, previous: &RawFiles| {
+                let (dest, basis, names) = trees[tree];
+                let (mut view, raw) = later_view(dest, basis, &set.rel, previous, names);
+                view.vanished = gone;
+                (view, raw)
+            };
+            if !plan.double {
+                let (view, raw) = read(0, &set.raw);
+                set.verdict = decide::later_pass(plan.pass, &set.view, &view);
+                (set.view, set.raw) = (view, raw);
+            } else {
+                // Which listing rsync sent first.
+                let at = |dot: bool| order.get(&(dot, set.rel.as_str())).copied();
+                let (first, second) = if at(true) < at(false) { (1, 0) } else { (0, 1) };
+                let (first_view, first_raw) = read(first, &set.raw);
+                let (second_view, second_raw) = read(second, &first_raw);
+                let within = decide::later_pass(plan.pass, &first_view, &second_view);
+                let across = decide::later_pass(plan.pass, &set.view, &first_view);
+                if matches!(within, Verdict::Build(_)) || !matches!(across, Verdict::Build(_)) {
+                    set.verdict = within;
+                    (set.view, set.raw) = (second_view, second_raw);
+                } else {
+                    set.verdict = across;
+                    (set.view, set.raw) = (first_view, first_raw);
+                }
+            }
             set.passes = plan.pass;
         }
     }
@@ -657,7 +706,8 @@ fn any_vanished(rel: &str, vanished: &[String]) -> bool {
 /// here by comparing bytes with the previous read (or, for a database read for the first time,
 /// with its basis, the archive copy).
 fn later_view(
-    plan: &PassPlan,
+    dest: &Path,
+    basis: &Path,
     rel: &str,
     previous: &RawFiles,
     by_name: &HashMap<&str, Seen>,
@@ -665,8 +715,8 @@ fn later_view(
     let resolve = |suffix: &str| -> Option<PathBuf> {
         let name = format!("{rel}{suffix}");
         let file = match by_name.get(name.as_str())? {
-            Seen::Received | Seen::Copied => below(&plan.dest_tree, &name).ok(),
-            Seen::Unchanged => below(&plan.basis_tree, &name).ok(),
+            Seen::Received | Seen::Copied => below(dest, &name).ok(),
+            Seen::Unchanged => below(basis, &name).ok(),
         };
         file.filter(|p| p.is_file())
     };
@@ -680,7 +730,7 @@ fn later_view(
                 let before = previous
                     .db
                     .clone()
-                    .or_else(|| below(&plan.basis_tree, rel).ok().filter(|b| b.is_file()));
+                    .or_else(|| below(basis, rel).ok().filter(|b| b.is_file()));
                 if before.is_some_and(|b| same_bytes(&b, f)) {
                     DbView::Same(mode)
                 } else {
