@@ -3,8 +3,9 @@
 //!
 //! While devices run, backups must happen and the node must see every device with its status.
 //! Once experiments are held (data at rest), the next backup cycle must make every MariaDB
-//! device's mirror equal its source database row by row, and every SQLite result file and video
-//! chunk equal its source byte for byte; `/backup/status` must show MariaDB devices `success` and
+//! device's mirror and every SQLite device's result file (written in WAL mode, copied as a
+//! single-file database) equal its source row by row, and every other file and video chunk equal
+//! its source byte for byte; `/backup/status` must show MariaDB devices `success` and
 //! the others `partial`. Then a device is unplugged: the node reports it `offline` and its last
 //! backup stays as it was.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -210,6 +211,11 @@ fn sqlite_tables(path: &Path) -> BTreeMap<String, (Vec<String>, Vec<Vec<Cell>>)>
     let conn =
         rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
+    tables_of(&conn)
+}
+
+/// Every table of an open database: column names and rows (sorted).
+fn tables_of(conn: &rusqlite::Connection) -> BTreeMap<String, (Vec<String>, Vec<Vec<Cell>>)> {
     let names: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
         .unwrap()
@@ -234,6 +240,58 @@ fn sqlite_tables(path: &Path) -> BTreeMap<String, (Vec<String>, Vec<Vec<Cell>>)>
         out.insert(t, (cols, sorted(rows)));
     }
     out
+}
+
+/// A device's SQLite result file (written in WAL mode, closed) and its archived copy: the copy is
+/// a single-file rollback-journal database that passes integrity_check and holds the same tables,
+/// columns and rows.
+fn assert_sqlite_copy(source: &Path, copy: &Path, name: &str) {
+    let head = std::fs::read(source).unwrap();
+    assert_eq!(
+        (head[18], head[19]),
+        (2, 2),
+        "{name}: the device writes in WAL mode"
+    );
+    let head = std::fs::read(copy).unwrap();
+    assert_eq!(
+        (head[18], head[19]),
+        (1, 1),
+        "{name}: the copy is a single file"
+    );
+    let ok: String = open_immutable(copy)
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok", "{name}");
+    let (want, got) = (
+        tables_of(&open_immutable(source)),
+        tables_of(&open_immutable(copy)),
+    );
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>(),
+        "{name}: tables differ"
+    );
+    for (table, (cols, rows)) in &want {
+        let (ccols, crows) = &got[table];
+        assert_eq!(cols, ccols, "{name}: columns of {table}");
+        assert_eq!(rows.len(), crows.len(), "{name}: rows of {table}");
+        if let Some((a, b)) = rows.iter().zip(crows).find(|(a, b)| a != b) {
+            panic!("{name}: {table} differs from its source: {a:?} vs {b:?}");
+        }
+    }
+    assert!(
+        want["ROI_1"].1.len() > 10,
+        "{name}: too little data to prove anything"
+    );
+}
+
+/// Opens a closed database read-only without creating `-shm`/`-wal` next to it.
+fn open_immutable(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        format!("file:{}?immutable=1", path.display()),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )
+    .unwrap()
 }
 
 /// Every regular file below `root`, relative path → bytes.
@@ -531,7 +589,12 @@ async fn simulated_lab_is_backed_up_completely() {
             let src = files_below(&dev.root().join("results").join(id));
             let dst = files_below(&results.join(id));
             if dev.spec().role == Role::Tracker(DbKind::Sqlite) {
-                assert_eq!(src.len(), 1, "{}: one experiment file", dev.name());
+                assert_eq!(
+                    src.len(),
+                    1,
+                    "{}: one experiment file, no -wal left",
+                    dev.name()
+                );
             }
             assert_eq!(
                 src.keys().collect::<Vec<_>>(),
@@ -540,7 +603,15 @@ async fn simulated_lab_is_backed_up_completely() {
                 dev.name()
             );
             for (p, bytes) in &src {
-                assert!(bytes == &dst[p], "{}: {} differs", dev.name(), p.display());
+                if bytes.starts_with(b"SQLite format 3\0") {
+                    assert_sqlite_copy(
+                        &dev.root().join("results").join(id).join(p),
+                        &results.join(id).join(p),
+                        dev.name(),
+                    );
+                } else {
+                    assert!(bytes == &dst[p], "{}: {} differs", dev.name(), p.display());
+                }
             }
         }
         let src = files_below(&dev.root().join("videos").join(id));
