@@ -267,16 +267,34 @@ fn companions(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// How the engine reaches the device in a [`Setup`]; only held, so the server lives as long as
+/// the setup.
+#[allow(dead_code)]
+enum Server {
+    Daemon(RsyncDaemon),
+    Ssh(TestSshd),
+}
+
 struct Setup {
     work: tempfile::TempDir,
     tree: DeviceTree,
-    _rsyncd: RsyncDaemon,
+    _server: Server,
     engine: RsyncEngine,
     dev: etho_model::device::DeviceInfo,
 }
 
 impl Setup {
+    /// A device served by `rsync --daemon`.
     fn new(n: u8) -> Setup {
+        Setup::with(n, false).unwrap()
+    }
+
+    /// A device reached over ssh (`None` without sshd).
+    fn ssh(n: u8) -> Option<Setup> {
+        Setup::with(n, true)
+    }
+
+    fn with(n: u8, ssh: bool) -> Option<Setup> {
         let work = tempfile::tempdir().unwrap();
         let id = machine_id(n);
         let name = format!("ETHOSCOPE_{n:03}");
@@ -287,18 +305,28 @@ impl Setup {
         };
         fs::create_dir_all(tree.results()).unwrap();
         fs::create_dir_all(tree.videos()).unwrap();
-        let rsyncd = RsyncDaemon::start(&tree.data).unwrap();
-        let mut c = engine_config(work.path(), &rsyncd.url());
+        let (server, mut c) = if ssh {
+            let sshd = TestSshd::start()?;
+            let source = format!("{}@{{ip}}:{}", current_user(), tree.data.display());
+            let mut c = engine_config(work.path(), &source);
+            c.ssh.key = sshd.client_key.clone();
+            c.ssh.port = Some(sshd.port);
+            (Server::Ssh(sshd), c)
+        } else {
+            let rsyncd = RsyncDaemon::start(&tree.data).unwrap();
+            let c = engine_config(work.path(), &rsyncd.url());
+            (Server::Daemon(rsyncd), c)
+        };
         c.backup_videos = false;
         let engine = RsyncEngine::new(c).unwrap();
         let dev = device(&id, &name, "127.0.0.1", true);
-        Setup {
+        Some(Setup {
             work,
             tree,
-            _rsyncd: rsyncd,
+            _server: server,
             engine,
             dev,
-        }
+        })
     }
 
     fn db(&self, ts: &str) -> PathBuf {
@@ -515,7 +543,22 @@ fn observe(l: &mut Live, copy: &Path, started: Instant) {
 /// freshness is printed, not asserted); after the writers close, every copy equals its source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_writers_get_fresh_consistent_copies() {
-    let s = Setup::new(0x54);
+    live_writers(&Setup::new(0x54), true).await;
+}
+
+/// The same over ssh (the production transport): every re-read pass pays an ssh connection, so
+/// in-place writers are caught between commits less often. A measurement, run by hand:
+/// `cargo test -p etho-rsync-backup --test live -- --ignored --nocapture live_writers_over_ssh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement (60 s): freshness over ssh"]
+async fn live_writers_over_ssh() {
+    let Some(s) = Setup::ssh(0x55) else {
+        panic!("needs /usr/sbin/sshd");
+    };
+    live_writers(&s, false).await;
+}
+
+async fn live_writers(s: &Setup, assert_fresh: bool) {
     let mut lives: Vec<Live> = [
         ("wal", "wal", false),
         ("off", "off", false),
@@ -563,7 +606,10 @@ async fn live_writers_get_fresh_consistent_copies() {
         );
     }
     // The target for WAL and OFF writers, and the same for a rollback journal.
-    for l in lives.iter().filter(|l| l.name != "checkpoint-loop") {
+    for l in lives
+        .iter()
+        .filter(|l| assert_fresh && l.name != "checkpoint-loop")
+    {
         assert!(
             l.fresh * 5 >= cycles * 4,
             "{}: only {} of {cycles} cycles were fresh",
