@@ -5,10 +5,16 @@
 //! 1. makes sure `<archive root>/<machine_id>` is a real directory (never a symlink: an older
 //!    tool that merged every device's tree into one archive could have planted one);
 //! 2. runs rsync from `<source>/<kind>/<machine_id>/` into a staging directory under the state
-//!    dir, comparing against the archive copy ([`crate::command`]), streaming live progress;
-//! 3. promotes what was staged into the archive, verifying databases ([`crate::promote`]), and
-//!    adjusts the device's size entry by what changed ([`crate::sizes`]);
-//! 4. turns rsync's exit code, stderr and the promotion report into a message.
+//!    dir, comparing against the archive copy and the database stubs ([`crate::command`]),
+//!    streaming live progress;
+//! 3. turns every database it brought (with its `-wal` / `-journal`) into a checked,
+//!    self-contained copy, running short rsync re-reads of the databases not yet proven
+//!    consistent ([`crate::live`]);
+//! 4. promotes what was staged into the archive ([`crate::promote`]), records the database
+//!    copies that got there, and adjusts the device's size entry by what changed
+//!    ([`crate::sizes`]);
+//! 5. turns rsync's exit code, stderr, the database step and the promotion report into a
+//!    message.
 //!
 //! The job's wall-clock limit is enforced here (the rsync process group is killed) as well as by
 //! the scheduler's cancellation, and a dropped job kills its rsync too.
@@ -486,12 +492,16 @@ impl RsyncEngine {
             .await
             .map_err(|e| format!("cannot run {}: {e}", config.rsync_program.display()))?;
             if !matches!(run.end, RunEnd::Exited(0 | 24)) {
-                tracing::warn!(
-                    "re-read pass {} ended with {:?}: {}",
-                    plan.pass,
-                    run.end,
-                    error_summary(&run.stderr)
-                );
+                let why = match run.end {
+                    RunEnd::Exited(code) => format!(
+                        "rsync code {code} ({}): {}",
+                        exit_meaning(code),
+                        error_summary(&run.stderr)
+                    ),
+                    other => format!("{other:?}"),
+                };
+                tracing::warn!("re-read pass {} failed: {why}", plan.pass);
+                live = blocking(live, move |l| l.reread_failed(why)).await?;
                 break;
             }
             let vanished = vanished_files(&run.stderr);

@@ -154,23 +154,7 @@ impl Driver {
             st.status = RunStatus::Initialising;
             st.error = None;
         });
-        let writer = match role {
-            Role::Recorder => Ok(Writer::None),
-            Role::Tracker(DbKind::MariaDb) => match &self.mariadb {
-                Some(opts) => MariaDbExperiment::create(opts.clone(), self.spec_for(&experiment))
-                    .await
-                    .map(|w| Writer::MariaDb(Box::new(w))),
-                None => Err(anyhow::anyhow!("no MariaDB server configured")),
-            },
-            Role::Tracker(DbKind::Sqlite) => {
-                let path = self.dev.root().join(self.sqlite_rel_path(&experiment));
-                let spec = self.spec_for(&experiment);
-                let journal = self.rates.sqlite_journal;
-                blocking(move || SqliteExperiment::create_with(path, spec, journal))
-                    .await
-                    .map(|w| Writer::Sqlite(Arc::new(Mutex::new(w))))
-            }
-        };
+        let writer = self.create_writer(role, &experiment).await;
         let writer = match writer {
             Ok(w) => w,
             Err(err) => {
@@ -228,6 +212,26 @@ impl Driver {
             counts_at: now_i,
         });
         self.refresh_counts(true).await;
+    }
+
+    async fn create_writer(&self, role: Role, experiment: &Experiment) -> anyhow::Result<Writer> {
+        match role {
+            Role::Recorder => Ok(Writer::None),
+            Role::Tracker(DbKind::MariaDb) => match &self.mariadb {
+                Some(opts) => MariaDbExperiment::create(opts.clone(), self.spec_for(experiment))
+                    .await
+                    .map(|w| Writer::MariaDb(Box::new(w))),
+                None => Err(anyhow::anyhow!("no MariaDB server configured")),
+            },
+            Role::Tracker(DbKind::Sqlite) => {
+                let path = self.dev.root().join(self.sqlite_rel_path(experiment));
+                let spec = self.spec_for(experiment);
+                let journal = self.rates.sqlite_journal;
+                blocking(move || SqliteExperiment::create_with(path, spec, journal))
+                    .await
+                    .map(|w| Writer::Sqlite(Arc::new(Mutex::new(w))))
+            }
+        }
     }
 
     async fn produce(&mut self) {

@@ -195,6 +195,10 @@ fn recover_and_convert(db: &Path) -> Result<(), BuildError> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(sqlite_err("open the copy"))?;
+    // No fsync of the copy: it is renamed over the archive copy like every file rsync writes,
+    // which rsync does not fsync either (a checkpoint would otherwise flush the whole file).
+    conn.execute_batch("PRAGMA synchronous=OFF")
+        .map_err(sqlite_err("set synchronous=OFF"))?;
     // The first read recovers the WAL or rolls a hot journal back.
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
         .map_err(sqlite_err("read the copy"))?;

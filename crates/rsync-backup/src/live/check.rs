@@ -138,32 +138,51 @@ pub fn open_immutable(path: &Path) -> rusqlite::Result<Connection> {
     )
 }
 
-/// Runs the integrity check suited to the file's size and collects every table's figures.
+/// Runs the integrity check suited to the file's size and collects every table's figures. Both
+/// read the whole file; they run on two threads (two read-only connections), so a cycle waits
+/// for the longer one only.
 pub fn inspect(path: &Path) -> Result<BTreeMap<String, TableStats>, CheckFailure> {
     let size = std::fs::metadata(path)
         .map_err(|e| CheckFailure::Unreadable(e.to_string()))?
         .len();
-    let conn = open_immutable(path).map_err(unreadable)?;
     let check = if size <= INTEGRITY_CHECK_MAX_BYTES {
         "integrity_check"
     } else {
         "quick_check"
     };
+    let (checked, stats) = std::thread::scope(|scope| {
+        let stats = scope.spawn(|| {
+            open_immutable(path)
+                .and_then(|c| table_stats(&c))
+                .map_err(unreadable)
+        });
+        let checked = integrity(path, check);
+        let stats = stats
+            .join()
+            .unwrap_or_else(|_| Err(CheckFailure::Unreadable("table figures failed".into())));
+        (checked, stats)
+    });
+    checked?;
+    stats
+}
+
+fn integrity(path: &Path, check: &'static str) -> Result<(), CheckFailure> {
+    let conn = open_immutable(path).map_err(unreadable)?;
     let rows: Vec<String> = conn
         .prepare(&format!("PRAGMA {check}(5)"))
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .map_err(unreadable)?;
-    if rows != ["ok"] {
-        return Err(CheckFailure::Integrity {
-            check,
-            detail: if rows.is_empty() {
-                "no answer".to_string()
-            } else {
-                rows.join("; ")
-            },
-        });
+    if rows == ["ok"] {
+        return Ok(());
     }
-    table_stats(&conn).map_err(unreadable)
+    Err(CheckFailure::Integrity {
+        check,
+        detail: if rows.is_empty() {
+            "no answer".to_string()
+        } else {
+            rows.join("; ")
+        },
+    })
 }
 
 fn table_stats(conn: &Connection) -> rusqlite::Result<BTreeMap<String, TableStats>> {

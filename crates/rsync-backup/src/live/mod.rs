@@ -171,6 +171,8 @@ pub struct Live {
     listing_complete: bool,
     pending: Vec<Pending>,
     report: LiveReport,
+    /// Why the last re-read pass did not complete, if it did not.
+    reread_error: Option<String>,
 }
 
 impl Live {
@@ -186,7 +188,14 @@ impl Live {
             listing_complete,
             pending: Vec::new(),
             report: LiveReport::default(),
+            reread_error: None,
         }
+    }
+
+    /// A re-read pass could not run or failed: the databases waiting for it are held with this
+    /// reason.
+    pub fn reread_failed(&mut self, error: String) {
+        self.reread_error = Some(error);
     }
 
     /// Which itemized lines of the first pass the step needs (bounded: received files, companions
@@ -231,7 +240,13 @@ impl Live {
         by_name: &HashMap<&str, Seen>,
         vanished: &[String],
     ) -> Option<DbSet> {
-        let record = self.records.get(rel).cloned();
+        // A record without its archive copy (removed by hand) describes nothing to build on.
+        let archived = below(&self.paths.archive, rel).ok()?;
+        let record = self
+            .records
+            .get(rel)
+            .cloned()
+            .filter(|_| archived.is_file());
         let staged = below(&self.paths.staging, rel).ok()?;
         let staged_wal = below(&self.paths.staging, &format!("{rel}-wal")).ok()?;
         let staged_journal = below(&self.paths.staging, &format!("{rel}-journal")).ok()?;
@@ -430,7 +445,16 @@ impl Live {
                 Verdict::Build(_) => {}
                 Verdict::Unchanged => self.report.unchanged += 1,
                 Verdict::Missing => {}
-                Verdict::Reread(why) | Verdict::GiveUp(why) => self.report.held.push(Held {
+                Verdict::Reread(why) => self.report.held.push(Held {
+                    path: set.rel.clone(),
+                    reason: match &self.reread_error {
+                        Some(e) => {
+                            format!("{}; the re-read failed: {e}", held_reason(why, set.passes))
+                        }
+                        None => held_reason(why, set.passes),
+                    },
+                }),
+                Verdict::GiveUp(why) => self.report.held.push(Held {
                     path: set.rel.clone(),
                     reason: held_reason(why, set.passes),
                 }),
@@ -499,8 +523,17 @@ impl Live {
             journal: journal.clone(),
         };
         let work = self.paths.work.join("build");
+        let started = std::time::Instant::now();
         let built = build::build(&work, &raw).map_err(|e| failed(&e))?;
+        let build_time = started.elapsed();
         let tables = self.verify(set, &built)?;
+        tracing::debug!(
+            "{}: built from {:?} in {:.3} s, checked in {:.3} s",
+            set.rel,
+            base,
+            build_time.as_secs_f64(),
+            (started.elapsed() - build_time).as_secs_f64()
+        );
         let staged = below(&self.paths.staging, &set.rel).map_err(|e| failed(&e))?;
         store::make_parent(&staged).map_err(|e| failed(&e))?;
         fs::rename(&built.path, &staged).map_err(|e| failed(&e))?;
