@@ -155,9 +155,22 @@ const COMMON: [&str; 11] = [
     "--stats",
 ];
 
-fn dir_slash(flag: &str, dir: &Path) -> OsString {
+fn with_slash(dir: &Path) -> OsString {
     let mut with_slash = dir.as_os_str().to_owned();
     with_slash.push("/");
+    with_slash
+}
+
+/// Ends the argument list: `-- SOURCE DEST/` (everything after `--` is a path, whatever it
+/// looks like).
+fn source_and_dest(args: &mut Vec<OsString>, source: &str, dest: &Path) {
+    args.push("--".into());
+    args.push(source.into());
+    args.push(with_slash(dest));
+}
+
+fn dir_slash(flag: &str, dir: &Path) -> OsString {
+    let with_slash = with_slash(dir);
     dir_arg(flag, Path::new(&with_slash))
 }
 
@@ -178,12 +191,7 @@ pub fn rsync_args(
         args.push(dir_slash("--compare-dest", stubs));
     }
     transport_args(config, paths.transport, &mut args)?;
-    // Everything after `--` is a path, whatever it looks like.
-    args.push("--".into());
-    args.push(paths.source.clone().into());
-    let mut dest = paths.staging.as_os_str().to_owned();
-    dest.push("/");
-    args.push(dest);
+    source_and_dest(&mut args, &paths.source, &paths.staging);
     Ok(args)
 }
 
@@ -230,11 +238,7 @@ pub fn reread_args(
     args.push(dir_arg("--temp-dir", &paths.temp));
     args.push(dir_slash("--compare-dest", &paths.basis));
     transport_args(config, paths.transport, &mut args)?;
-    args.push("--".into());
-    args.push(paths.source.clone().into());
-    let mut dest = paths.dest.as_os_str().to_owned();
-    dest.push("/");
-    args.push(dest);
+    source_and_dest(&mut args, &paths.source, &paths.dest);
     Ok(args)
 }
 

@@ -162,16 +162,22 @@ impl DeviceAttrs {
     }
 }
 
-/// Writes the sparse stub of a database at `path`.
-pub fn write_db_stub(path: &Path, attrs: &DeviceAttrs) -> io::Result<()> {
+/// A hidden temporary name next to `path` (written, then renamed over it).
+fn temp_beside(path: &Path) -> io::Result<PathBuf> {
     make_parent(path)?;
     let tmp = path.with_file_name(format!(
-        ".{}.stub-tmp",
+        ".{}.etho-tmp",
         path.file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default()
     ));
     let _ = fs::remove_file(&tmp);
+    Ok(tmp)
+}
+
+/// Writes the sparse stub of a database at `path`.
+pub fn write_db_stub(path: &Path, attrs: &DeviceAttrs) -> io::Result<()> {
+    let tmp = temp_beside(path)?;
     let f = fs::File::create(&tmp)?;
     f.set_len(attrs.size)?;
     drop(f);
@@ -188,14 +194,7 @@ pub fn keep_companion(kept: &Path, from: Option<&Path>) -> io::Result<()> {
             _ => Ok(()),
         },
         Some(from) => {
-            make_parent(kept)?;
-            let tmp = kept.with_file_name(format!(
-                ".{}.kept-tmp",
-                kept.file_name()
-                    .map(|n| n.to_string_lossy())
-                    .unwrap_or_default()
-            ));
-            let _ = fs::remove_file(&tmp);
+            let tmp = temp_beside(kept)?;
             fs::copy(from, &tmp)?;
             fs::File::options()
                 .write(true)
