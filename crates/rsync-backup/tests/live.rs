@@ -641,3 +641,32 @@ async fn live_writers(s: &Setup, assert_fresh: bool) {
         );
     }
 }
+
+/// Names rsync escapes in what it prints: a UTF-8 name is copied like any other; a name that is
+/// not UTF-8 cannot be matched, and its raw file is held back and named, never archived
+/// unchecked.
+#[tokio::test]
+async fn odd_names_are_copied_or_held_never_archived_raw() {
+    use std::os::unix::ffi::OsStrExt;
+    let s = Setup::new(0x56);
+    let dir = s.db("2025-07-14_10-00-00").parent().unwrap().to_path_buf();
+    let utf8 = dir.join("mörk ☂.db");
+    let w = open_writer(&utf8, "wal");
+    insert_rows(&w, 1, 30);
+    let bad = dir.join(std::ffi::OsStr::from_bytes(b"bad\xff.db"));
+    let w2 = open_writer(&bad, "wal");
+    insert_rows(&w2, 1, 5);
+    let out = s.backup().await;
+    assert_eq!(out.status(), ProgressStatus::Warning, "{}", msg(&out));
+    assert!(
+        msg(&out).contains("its name could not be matched with rsync's listing"),
+        "{}",
+        msg(&out)
+    );
+    assert_eq!(copy_rows(&s.archived(&utf8)), (30, 30));
+    assert!(
+        !s.archived(&bad).exists(),
+        "an unchecked copy reached the archive"
+    );
+    assert!(companions(&s.archive()).is_empty());
+}

@@ -460,7 +460,9 @@ impl Live {
                 }),
             }
         }
-        // A raw database that was not made into a checked copy must never reach the archive.
+        // A raw database that was not made into a checked copy must never reach the archive:
+        // neither one of the sets, nor one rsync listed under a name the sets do not know (rsync
+        // escapes unusual bytes in the names it prints).
         for set in &sets {
             let built = self.pending.iter().any(|p| p.rel == set.rel);
             if !built {
@@ -468,6 +470,22 @@ impl Live {
                     let _ = fs::remove_file(p);
                 }
             }
+        }
+        let built: BTreeSet<PathBuf> = self
+            .pending
+            .iter()
+            .filter_map(|p| below(&self.paths.staging, &p.rel).ok())
+            .collect();
+        for stray in unchecked_databases(&self.paths.staging, &built) {
+            let _ = fs::remove_file(&stray);
+            self.report.held.push(Held {
+                path: stray
+                    .strip_prefix(&self.paths.staging)
+                    .unwrap_or(&stray)
+                    .to_string_lossy()
+                    .into_owned(),
+                reason: "its name could not be matched with rsync's listing".into(),
+            });
         }
         self.sets = sets;
     }
@@ -662,6 +680,27 @@ fn held_reason(why: Unproven, passes: u32) -> String {
         "{why} ({passes} read{})",
         if passes == 1 { "" } else { "s" }
     )
+}
+
+/// SQLite databases below `dir` other than `built` (never following links).
+fn unchecked_databases(dir: &Path, built: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Ok(ft) = entry.file_type() else { continue };
+        let path = entry.path();
+        if ft.is_dir() {
+            out.extend(unchecked_databases(&path, built));
+        } else if ft.is_file()
+            && !built.contains(&path)
+            && read_head(&path, 16).as_slice() == format::DB_MAGIC
+        {
+            out.push(path);
+        }
+    }
+    out
 }
 
 /// Removes every file named like an SQLite companion below `dir` (never following links).
