@@ -508,7 +508,7 @@ impl RsyncEngine {
             live = blocking(live, move |l| l.reread_pass(&plan, &run.items, &vanished)).await?;
         }
         let cancel = ctx.cancel.clone();
-        blocking(live, move |l| l.build_all(&|| cancel.is_cancelled())).await
+        blocking(live, move |l| l.build_all(&cancel)).await
     }
 
     /// Moves the staged files into the archive, records the database copies that got there, and

@@ -21,6 +21,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
+use tokio_util::sync::CancellationToken;
 
 use super::format::{parse_db_header, DbMode};
 
@@ -105,7 +106,7 @@ pub struct Built {
 
 /// Builds the copy in `work` (emptied first). The raw files are never modified: the base is
 /// moved in only when it is disposable and has a single link, copied otherwise.
-pub fn build(work: &Path, raw: &RawSet) -> Result<Built, BuildError> {
+pub fn build(work: &Path, raw: &RawSet, cancel: &CancellationToken) -> Result<Built, BuildError> {
     let _ = fs::remove_dir_all(work);
     fs::create_dir_all(work).map_err(io_err("cannot create", work))?;
     let db = work.join(WORK_DB);
@@ -128,7 +129,7 @@ pub fn build(work: &Path, raw: &RawSet) -> Result<Built, BuildError> {
     }
     let converted = raw.wal.is_some() || raw.journal.is_some() || mode == DbMode::Wal;
     if converted {
-        recover_and_convert(&db)?;
+        recover_and_convert(&db, cancel)?;
     }
     for leftover in [&wal_dst, &journal_dst, &work.join(format!("{WORK_DB}-shm"))] {
         if leftover.exists() {
@@ -187,7 +188,7 @@ fn set_wal_header(db: &Path) -> Result<(), BuildError> {
         .map_err(io_err("cannot write the header of", db))
 }
 
-fn recover_and_convert(db: &Path) -> Result<(), BuildError> {
+fn recover_and_convert(db: &Path, cancel: &CancellationToken) -> Result<(), BuildError> {
     let conn = Connection::open_with_flags(
         db,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -195,6 +196,7 @@ fn recover_and_convert(db: &Path) -> Result<(), BuildError> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(sqlite_err("open the copy"))?;
+    let stop = super::check::stop_on(&conn, cancel);
     // No fsync of the copy: it is renamed over the archive copy like every file rsync writes,
     // which rsync does not fsync either (a checkpoint would otherwise flush the whole file).
     conn.execute_batch("PRAGMA synchronous=OFF")
@@ -224,6 +226,7 @@ fn recover_and_convert(db: &Path) -> Result<(), BuildError> {
             source: rusqlite::Error::InvalidQuery,
         });
     }
+    drop(stop);
     conn.close()
         .map_err(|(_, e)| e)
         .map_err(sqlite_err("close the copy"))
@@ -287,6 +290,7 @@ mod tests {
                 wal: Some(wal.clone()),
                 journal: None,
             },
+            &CancellationToken::new(),
         )
         .unwrap();
         assert!(built.converted);
@@ -317,6 +321,7 @@ mod tests {
                 wal: Some(wal),
                 journal: None,
             },
+            &CancellationToken::new(),
         )
         .unwrap();
         let archived = t.path().join("archived.db");
@@ -338,6 +343,7 @@ mod tests {
                 wal: Some(wal),
                 journal: None,
             },
+            &CancellationToken::new(),
         )
         .unwrap();
         assert_eq!(
@@ -381,6 +387,7 @@ mod tests {
                 wal: None,
                 journal: None,
             },
+            &CancellationToken::new(),
         )
         .unwrap();
         assert!(!plain.converted);
@@ -415,6 +422,7 @@ mod tests {
                 wal: None,
                 journal: Some(hot),
             },
+            &CancellationToken::new(),
         )
         .unwrap();
         assert!(rolled.converted);
@@ -431,6 +439,7 @@ mod tests {
                 wal: None,
                 journal: None,
             },
+            &CancellationToken::new(),
         )
         .unwrap_err();
         assert!(matches!(err, BuildError::NotADatabase(_)), "{err}");

@@ -18,6 +18,7 @@ use std::fmt;
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
+use tokio_util::sync::CancellationToken;
 
 /// Largest database checked with `integrity_check`; larger ones get `quick_check`.
 pub const INTEGRITY_CHECK_MAX_BYTES: u64 = 256 * 1024 * 1024;
@@ -34,6 +35,8 @@ pub struct TableStats {
 /// Why a copy was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckFailure {
+    /// The job was cancelled before or during the check.
+    Cancelled,
     /// SQLite could not open or read it.
     Unreadable(String),
     /// integrity_check / quick_check complained.
@@ -68,6 +71,7 @@ pub enum CheckFailure {
 impl fmt::Display for CheckFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            CheckFailure::Cancelled => f.write_str("the check was cancelled"),
             CheckFailure::Unreadable(e) => write!(f, "unreadable: {e}"),
             CheckFailure::Integrity { check, detail } => {
                 write!(f, "failed the integrity check ({check}: {detail})")
@@ -140,8 +144,15 @@ pub fn open_immutable(path: &Path) -> rusqlite::Result<Connection> {
 
 /// Runs the integrity check suited to the file's size and collects every table's figures. Both
 /// read the whole file; they run on two threads (two read-only connections), so a cycle waits
-/// for the longer one only.
-pub fn inspect(path: &Path) -> Result<BTreeMap<String, TableStats>, CheckFailure> {
+/// for the longer one only. Both stop when `cancel` fires (a job that timed out does not keep
+/// checking a large or hostile file in the background).
+pub fn inspect(
+    path: &Path,
+    cancel: &CancellationToken,
+) -> Result<BTreeMap<String, TableStats>, CheckFailure> {
+    if cancel.is_cancelled() {
+        return Err(CheckFailure::Cancelled);
+    }
     let size = std::fs::metadata(path)
         .map_err(|e| CheckFailure::Unreadable(e.to_string()))?
         .len();
@@ -153,21 +164,68 @@ pub fn inspect(path: &Path) -> Result<BTreeMap<String, TableStats>, CheckFailure
     let (checked, stats) = std::thread::scope(|scope| {
         let stats = scope.spawn(|| {
             open_immutable(path)
-                .and_then(|c| table_stats(&c))
+                .and_then(|c| {
+                    let _stop = stop_on(&c, cancel);
+                    table_stats(&c)
+                })
                 .map_err(unreadable)
         });
-        let checked = integrity(path, check);
+        let checked = integrity(path, check, cancel);
         let stats = stats
             .join()
             .unwrap_or_else(|_| Err(CheckFailure::Unreadable("table figures failed".into())));
         (checked, stats)
     });
+    if cancel.is_cancelled() {
+        return Err(CheckFailure::Cancelled);
+    }
     checked?;
     stats
 }
 
-fn integrity(path: &Path, check: &'static str) -> Result<(), CheckFailure> {
+/// Interrupts SQLite's work on a connection (SQLITE_INTERRUPT) once `cancel` fires, until
+/// dropped. A watcher thread polls the token every 50 ms.
+pub struct StopOn {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    watcher: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts a [`StopOn`] for `conn`.
+pub fn stop_on(conn: &Connection, cancel: &CancellationToken) -> StopOn {
+    use std::sync::atomic::Ordering;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (handle, cancel, flag) = (conn.get_interrupt_handle(), cancel.clone(), done.clone());
+    let watcher = std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            if cancel.is_cancelled() {
+                handle.interrupt();
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
+    StopOn {
+        done,
+        watcher: Some(watcher),
+    }
+}
+
+impl Drop for StopOn {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn integrity(
+    path: &Path,
+    check: &'static str,
+    cancel: &CancellationToken,
+) -> Result<(), CheckFailure> {
     let conn = open_immutable(path).map_err(unreadable)?;
+    let _stop = stop_on(&conn, cancel);
     let rows: Vec<String> = conn
         .prepare(&format!("PRAGMA {check}(5)"))
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
@@ -323,7 +381,8 @@ mod tests {
         )
         .unwrap();
         drop(c);
-        let got = inspect(&p).unwrap();
+        let never = CancellationToken::new();
+        let got = inspect(&p, &never).unwrap();
         assert_eq!(
             got,
             stats(&[
@@ -339,8 +398,11 @@ mod tests {
             *b = 0xA5;
         }
         std::fs::write(&p, &bytes).unwrap();
+        let cancelled = CancellationToken::new();
+        cancelled.cancel();
+        assert_eq!(inspect(&p, &cancelled), Err(CheckFailure::Cancelled));
         assert!(matches!(
-            inspect(&p),
+            inspect(&p, &never),
             Err(CheckFailure::Integrity {
                 check: "integrity_check",
                 ..

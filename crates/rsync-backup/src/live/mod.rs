@@ -31,6 +31,8 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::parse::Itemized;
 use build::{Built, RawSet};
 use check::CheckFailure;
@@ -434,14 +436,14 @@ impl Live {
 
     /// Builds and checks every consistent database and puts the copies in staging in place of the
     /// raw files; removes the raw database files that were not made into a checked copy. The raw
-    /// companions stay until [`Live::commit`] (promotion never moves companions). `cancelled` is
-    /// polled between databases.
-    pub fn build_all(&mut self, cancelled: &dyn Fn() -> bool) {
+    /// companions stay until [`Live::commit`] (promotion never moves companions). `cancel` is
+    /// polled between databases and stops SQLite's work on one.
+    pub fn build_all(&mut self, cancel: &CancellationToken) {
         let sets = std::mem::take(&mut self.sets);
         for set in &sets {
             self.report.passes = self.report.passes.max(set.passes);
             match set.verdict {
-                Verdict::Build(base) if !cancelled() => self.build_one(set, base),
+                Verdict::Build(base) if !cancel.is_cancelled() => self.build_one(set, base, cancel),
                 Verdict::Build(_) => {}
                 Verdict::Unchanged => self.report.unchanged += 1,
                 Verdict::Missing => {}
@@ -490,8 +492,8 @@ impl Live {
         self.sets = sets;
     }
 
-    fn build_one(&mut self, set: &DbSet, base: Base) {
-        match self.try_build(set, base) {
+    fn build_one(&mut self, set: &DbSet, base: Base, cancel: &CancellationToken) {
+        match self.try_build(set, base, cancel) {
             Ok(pending) => self.pending.push(pending),
             Err(BuildOutcome::Rejected(why)) => self.report.rejected.push(Held {
                 path: set.rel.clone(),
@@ -504,7 +506,12 @@ impl Live {
         }
     }
 
-    fn try_build(&self, set: &DbSet, base: Base) -> Result<Pending, BuildOutcome> {
+    fn try_build(
+        &self,
+        set: &DbSet,
+        base: Base,
+        cancel: &CancellationToken,
+    ) -> Result<Pending, BuildOutcome> {
         let failed = |e: &dyn std::fmt::Display| BuildOutcome::Failed(e.to_string());
         let archived = below(&self.paths.archive, &set.rel).map_err(|e| failed(&e))?;
         let base_path = match base {
@@ -542,9 +549,9 @@ impl Live {
         };
         let work = self.paths.work.join("build");
         let started = std::time::Instant::now();
-        let built = build::build(&work, &raw).map_err(|e| failed(&e))?;
+        let built = build::build(&work, &raw, cancel).map_err(|e| failed(&e))?;
         let build_time = started.elapsed();
-        let tables = self.verify(set, &built)?;
+        let tables = self.verify(set, &built, cancel)?;
         tracing::debug!(
             "{}: built from {:?} in {:.3} s, checked in {:.3} s",
             set.rel,
@@ -587,11 +594,14 @@ impl Live {
         &self,
         set: &DbSet,
         built: &Built,
+        cancel: &CancellationToken,
     ) -> Result<BTreeMap<String, check::TableStats>, BuildOutcome> {
         let empty = BTreeMap::new();
         let last = set.record.as_ref().map_or(&empty, |r| &r.tables);
-        match check::inspect(&built.path).and_then(|t| check::compare(last, &t).map(|()| t)) {
+        match check::inspect(&built.path, cancel).and_then(|t| check::compare(last, &t).map(|()| t))
+        {
             Ok(t) => Ok(t),
+            Err(CheckFailure::Cancelled) => Err(BuildOutcome::Failed("cancelled".into())),
             Err(failure) => {
                 let kept = self.reject(&set.rel, &built.path);
                 Err(BuildOutcome::Rejected(rejected_reason(&failure, kept)))
