@@ -354,9 +354,9 @@ mod tests {
         let p = RereadPaths {
             source: "rsync://10.0.0.5/ethoscope_data/results/0123/".into(),
             transport: Transport::Daemon,
-            list: "/s/work/pass-2.list".into(),
-            basis: "/s/work/basis-2".into(),
-            dest: "/s/work/pass-2".into(),
+            list: "/s/live-work/pass-2.list".into(),
+            basis: "/s/live-work/basis-2".into(),
+            dest: "/s/live-work/pass-2".into(),
             temp: "/s/tmp".into(),
         };
         let a = strings(&reread_args(&config(), &p).unwrap());
@@ -365,15 +365,15 @@ mod tests {
             "-ii",
             "--from0",
             "--ignore-missing-args",
-            "--files-from=/s/work/pass-2.list",
-            "--compare-dest=/s/work/basis-2/",
+            "--files-from=/s/live-work/pass-2.list",
+            "--compare-dest=/s/live-work/basis-2/",
             "--contimeout=10",
         ] {
             assert!(a.iter().any(|x| x == must), "missing {must} in {a:?}");
         }
         assert!(!a.iter().any(|x| x == "-r" || x.starts_with("-r")));
         let n = a.len();
-        assert_eq!(a[n - 1], "/s/work/pass-2/");
+        assert_eq!(a[n - 1], "/s/live-work/pass-2/");
         assert_eq!(a[n - 3], "--");
     }
 
