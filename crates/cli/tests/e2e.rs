@@ -3,8 +3,9 @@
 //!
 //! While devices run, backups must happen and the node must see every device with its status.
 //! Once experiments are held (data at rest), the next backup cycle must make every MariaDB
-//! device's mirror equal its source database row by row, and every SQLite result file and video
-//! chunk equal its source byte for byte; `/backup/status` must show MariaDB devices `success` and
+//! device's mirror and every SQLite device's result file (written in WAL mode, copied as a
+//! single-file database) equal its source row by row, and every other file and video chunk equal
+//! its source byte for byte; `/backup/status` must show MariaDB devices `success` and
 //! the others `partial`. Then a device is unplugged: the node reports it `offline` and its last
 //! backup stays as it was.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -257,34 +258,22 @@ async fn simulated_lab_is_backed_up_completely() {
             );
             assert!(source["IMG_SNAPSHOTS"].1.len() > 1);
         } else {
-            let src = files_below(&dev.root().join("results").join(id));
-            let dst = files_below(&results.join(id));
+            let source = dev.root().join("results").join(id);
             if dev.spec().role == Role::Tracker(DbKind::Sqlite) {
-                assert_eq!(src.len(), 1, "{}: one experiment file", dev.name());
+                assert_eq!(
+                    files_below(&source).len(),
+                    1,
+                    "{}: one experiment file, no -wal left",
+                    dev.name()
+                );
             }
-            assert_eq!(
-                src.keys().collect::<Vec<_>>(),
-                dst.keys().collect::<Vec<_>>(),
-                "{}: result files differ",
-                dev.name()
-            );
-            for (p, bytes) in &src {
-                assert!(bytes == &dst[p], "{}: {} differs", dev.name(), p.display());
-            }
+            assert_tree_copied(&source, &results.join(id), dev.name());
         }
-        let src = files_below(&dev.root().join("videos").join(id));
-        let dst = files_below(&videos.join(id));
-        assert_eq!(
-            src.keys().collect::<Vec<_>>(),
-            dst.keys().collect::<Vec<_>>(),
-            "{}: video files differ",
-            dev.name()
-        );
-        for (p, bytes) in &src {
-            assert!(bytes == &dst[p], "{}: {} differs", dev.name(), p.display());
-        }
+        let device_videos = dev.root().join("videos").join(id);
+        assert_tree_copied(&device_videos, &videos.join(id), dev.name());
         if dev.spec().role == Role::Recorder {
-            assert!(src.len() >= 2, "the recorder wrote {} chunks", src.len());
+            let chunks = files_below(&device_videos).len();
+            assert!(chunks >= 2, "the recorder wrote {chunks} chunks");
         }
     }
 

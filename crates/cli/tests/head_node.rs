@@ -26,7 +26,7 @@ use serde_json::{json, Map, Value};
 
 mod common;
 
-use common::files_below;
+use common::{assert_tree_copied, files_below};
 
 const BIN: &str = env!("CARGO_BIN_EXE_etho-backup");
 
@@ -286,20 +286,10 @@ async fn daemons_back_up_behind_heads_node() {
 
     // 3. Every copy equals its source.
     for d in &devs[1..] {
-        let src = files_below(&d.root().join("results").join(d.id()));
-        assert_eq!(
-            src,
-            files_below(&results.join(d.id())),
-            "{} results",
-            d.name()
-        );
-        let src = files_below(&d.root().join("videos").join(d.id()));
-        assert_eq!(
-            src,
-            files_below(&videos.join(d.id())),
-            "{} videos",
-            d.name()
-        );
+        let results_of = d.root().join("results").join(d.id());
+        assert_tree_copied(&results_of, &results.join(d.id()), d.name());
+        let videos_of = d.root().join("videos").join(d.id());
+        assert_tree_copied(&videos_of, &videos.join(d.id()), d.name());
     }
     assert_eq!(
         files_below(&devs[1].root().join("results").join(devs[1].id())).len(),

@@ -206,6 +206,11 @@ pub fn sqlite_tables(path: &Path) -> BTreeMap<String, (Vec<String>, Vec<Vec<Cell
     let conn =
         rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
+    tables_of(&conn)
+}
+
+/// Every table of an open database: column names and rows (sorted).
+pub fn tables_of(conn: &rusqlite::Connection) -> BTreeMap<String, (Vec<String>, Vec<Vec<Cell>>)> {
     let names: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
         .unwrap()
@@ -230,6 +235,78 @@ pub fn sqlite_tables(path: &Path) -> BTreeMap<String, (Vec<String>, Vec<Vec<Cell
         out.insert(t, (cols, sorted(rows)));
     }
     out
+}
+
+/// A device's SQLite result file (written in WAL mode, closed) and its archived copy: the copy is
+/// a single-file rollback-journal database that passes integrity_check and holds the same tables,
+/// columns and rows.
+pub fn assert_sqlite_copy(source: &Path, copy: &Path, name: &str) {
+    let head = std::fs::read(source).unwrap();
+    assert_eq!(
+        (head[18], head[19]),
+        (2, 2),
+        "{name}: the device writes in WAL mode"
+    );
+    let head = std::fs::read(copy).unwrap();
+    assert_eq!(
+        (head[18], head[19]),
+        (1, 1),
+        "{name}: the copy is a single file"
+    );
+    let ok: String = open_immutable(copy)
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok", "{name}");
+    let (want, got) = (
+        tables_of(&open_immutable(source)),
+        tables_of(&open_immutable(copy)),
+    );
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>(),
+        "{name}: tables differ"
+    );
+    for (table, (cols, rows)) in &want {
+        let (ccols, crows) = &got[table];
+        assert_eq!(cols, ccols, "{name}: columns of {table}");
+        assert_eq!(rows.len(), crows.len(), "{name}: rows of {table}");
+        if let Some((a, b)) = rows.iter().zip(crows).find(|(a, b)| a != b) {
+            panic!("{name}: {table} differs from its source: {a:?} vs {b:?}");
+        }
+    }
+    assert!(
+        want["ROI_1"].1.len() > 10,
+        "{name}: too little data to prove anything"
+    );
+}
+
+/// A device tree and its archived copy hold the same files: SQLite databases equal row by row
+/// as single-file copies ([`assert_sqlite_copy`]), every other file byte for byte.
+pub fn assert_tree_copied(source: &Path, copy: &Path, name: &str) {
+    let (src, dst) = (files_below(source), files_below(copy));
+    assert_eq!(
+        src.keys().collect::<Vec<_>>(),
+        dst.keys().collect::<Vec<_>>(),
+        "{name}: files differ between {} and {}",
+        source.display(),
+        copy.display()
+    );
+    for (p, bytes) in &src {
+        if bytes.starts_with(b"SQLite format 3\0") {
+            assert_sqlite_copy(&source.join(p), &copy.join(p), name);
+        } else {
+            assert!(bytes == &dst[p], "{name}: {} differs", p.display());
+        }
+    }
+}
+
+/// Opens a closed database read-only without creating `-shm`/`-wal` next to it.
+pub fn open_immutable(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        format!("file:{}?immutable=1", path.display()),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )
+    .unwrap()
 }
 
 /// Every regular file below `root`, relative path → bytes.
