@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# rsync-backup benchmark: GET /status latency (wrk) against the archive size, and the full
-# archive rescan against `du -sb` on the same tree, in the same run.
+# rsync-backup benchmarks, each against a baseline measured in the same run:
 #
-#   bench/rsync.sh                # 500 000 files over 50 devices, plus a 50 x 20 file baseline
-#   FILES=100000 bench/rsync.sh   # smaller run
+# - status: GET /status latency (wrk) against the archive size, and the full archive rescan
+#   against `du -sb` on the same tree. Writes docs/benchmarks/rsync.md (override with OUT=...).
+# - live: one backup cycle of a live 200 MB WAL-mode database (4 MB WAL, a few hundred new rows)
+#   against a plain rsync of the same two files, into an empty directory and into one holding
+#   their previous versions: wall time, CPU (user+sys, children included) and peak RSS. Writes
+#   docs/benchmarks/rsync-live.md (override with OUT_LIVE=...).
 #
-# Everything listens on 127.0.0.1 only and is stopped (and the synthetic tree deleted) on exit.
-# Writes the results as Markdown to docs/benchmarks/rsync.md (override with OUT=...).
+#   bench/rsync.sh                # both; 500 000 files over 50 devices, plus a 50 x 20 file baseline
+#   PARTS=live bench/rsync.sh     # only the live database cycle
+#   FILES=100000 bench/rsync.sh   # smaller status run
+#
+# Everything listens on 127.0.0.1 only and is stopped (and the synthetic trees deleted) on exit.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,6 +25,12 @@ WRK_LOADS=${WRK_LOADS:-"1 10"}   # concurrent connections: one poller (the node)
 RUNS=${RUNS:-5}
 ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-docs/benchmarks/rsync.md}
+OUT_LIVE=${OUT_LIVE:-docs/benchmarks/rsync-live.md}
+PARTS=${PARTS:-"status live"}
+LIVE_DB_MB=${LIVE_DB_MB:-200}
+LIVE_WAL_MB=${LIVE_WAL_MB:-4}
+LIVE_ROWS=${LIVE_ROWS:-300}
+LIVE_ROUNDS=${LIVE_ROUNDS:-5}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/etho-rsync-bench.XXXXXX")
 PIDS=()
 
@@ -29,6 +41,7 @@ stop_all() {
 }
 cleanup() {
     stop_all
+    if [ -n "${WRITER_PID:-}" ]; then kill "$WRITER_PID" 2>/dev/null || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -132,6 +145,7 @@ num() { printf '%.3f' "$1"; }   # bc prints ".5"; show "0.500"
 
 median() { sort -n | awk '{ a[NR]=$1 } END { print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2 }'; }
 
+status_bench() {
 echo "== generating $FILES files over $DEVICES devices in $WORK/big"
 t0=$(date +%s.%N)
 make_archive "$WORK/big" "$FILES" "$DEVICES"
@@ -223,3 +237,162 @@ ${rows}
 EOF
 echo "== wrote $OUT"
 cat "$OUT"
+}
+
+# One device whose results tree holds a live WAL-mode database: a writer process keeps its
+# connection open (as a device does) and adds rows on request.
+live_writer() { # db
+    cat > "$WORK/live-writer.py" <<'PYEOF'
+import os, sqlite3, sys
+db, db_mb, wal_mb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+c = sqlite3.connect(db, isolation_level=None)
+c.execute("PRAGMA journal_mode=WAL"); c.execute("PRAGMA synchronous=NORMAL")
+c.execute("PRAGMA wal_autocheckpoint=0")
+cols = "t INTEGER, x INTEGER, y INTEGER, w INTEGER, h INTEGER, phi INTEGER, xy INTEGER, inf INTEGER, hi INTEGER"
+for r in range(1, 21):
+    c.execute(f"CREATE TABLE ROI_{r} (id INTEGER PRIMARY KEY, {cols})")
+c.execute("CREATE TABLE IMG_SNAPSHOTS (id INTEGER PRIMARY KEY, t INTEGER, img BLOB)")
+t = [0]
+def frames(n, snapshot=True):
+    c.execute("BEGIN")
+    for r in range(1, 21):
+        c.executemany(f"INSERT INTO ROI_{r} (t, x, y, w, h, phi, xy, inf, hi) VALUES (?,?,?,?,?,?,?,?,?)",
+                      [(t[0] + i, i % 1280, i % 960, 30, 12, i % 180, i % 3000, 0, 0) for i in range(n)])
+    if snapshot:
+        c.execute("INSERT INTO IMG_SNAPSHOTS (t, img) VALUES (?, randomblob(30000))", (t[0],))
+    c.execute("COMMIT")
+    t[0] += n
+def size(p):
+    return os.path.getsize(p) if os.path.exists(p) else 0
+while size(db) + size(db + "-wal") < db_mb * 1_000_000:
+    frames(2000)
+    if size(db + "-wal") > 64_000_000:
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+while size(db + "-wal") < wal_mb * 1_000_000:
+    frames(200)
+print("ready", size(db), size(db + "-wal"), flush=True)
+for line in sys.stdin:
+    frames(max(1, int(line) // 20), snapshot=False)
+    print("ok", flush=True)
+PYEOF
+    coproc WRITER { python3 -u "$WORK/live-writer.py" "$1" "$LIVE_DB_MB" "$LIVE_WAL_MB"; }
+    WRITER_PID=$WRITER_PID
+    local ready
+    read -r ready LIVE_DB_BYTES LIVE_WAL_BYTES <&"${WRITER[0]}"
+    [ "$ready" = ready ] || { echo "live writer failed" >&2; exit 1; }
+}
+
+# `/usr/bin/time` of a command: "wall cpu(user+sys) maxrss_kb".
+timed() {
+    /usr/bin/time -f '%e %U %S %M' -o "$WORK/time.txt" "$@" >/dev/null 2>>"$WORK/timed.log"
+    awk '{ printf "%.3f %.3f %d\n", $1, $2 + $3, $4 }' "$WORK/time.txt"
+}
+
+rows_in() { # db
+    python3 -c "import sqlite3,sys; c=sqlite3.connect('file:'+sys.argv[1]+sys.argv[2], uri=True); print(sum(c.execute(f'SELECT count(*) FROM ROI_{r}').fetchone()[0] for r in range(1,21)))" "$1" "$2"
+}
+
+live_bench() {
+    local id name ts dir data port rsyncd_port state archive
+    id=$(printf 'ab%.0s' $(seq 1 16)); name=ETHOSCOPE_099; ts=2025-07-10_10-00-00
+    data="$WORK/live/device"; state="$WORK/live/state"; archive="$WORK/live/archive"
+    dir="$data/results/$id/$name/$ts"
+    mkdir -p "$dir" "$data/videos/$id" "$state/node" "$archive/results" "$archive/videos"
+    echo "== live database: writing a ${LIVE_DB_MB} MB WAL-mode database with a ${LIVE_WAL_MB} MB WAL"
+    live_writer "$dir/${ts}_$id.db"
+    echo "   database ${LIVE_DB_BYTES} B, WAL ${LIVE_WAL_BYTES} B"
+    rsyncd_port=$(free_port)
+    # As the device's own user (run as root, rsyncd would drop to nobody).
+    printf 'use chroot = no\nread only = yes\nnumeric ids = yes\nreverse lookup = no\nhosts allow = 127.0.0.1\nuid = %s\ngid = %s\n[ethoscope_data]\n    path = %s\n' \
+        "$(id -u)" "$(id -g)" "$data" > "$WORK/live/rsyncd.conf"
+    rsync --daemon --no-detach --address=127.0.0.1 --port="$rsyncd_port" --config="$WORK/live/rsyncd.conf" &
+    PIDS+=($!)
+    for _ in $(seq 1 100); do rsync "rsync://127.0.0.1:$rsyncd_port/" >/dev/null 2>&1 && break; sleep 0.05; done
+    printf '{"%s": {"id": "%s", "name": "%s", "ip": "127.0.0.1", "status": "running", "databases": {"SQLite": {"x.db": {}}, "MariaDB": {}}}}' \
+        "$id" "$id" "$name" > "$state/node/devices"
+    port=$(free_port)
+    python3 -m http.server --bind 127.0.0.1 --directory "$state/node" "$port" >/dev/null 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/devices" >/dev/null && break; sleep 0.05; done
+    local cycle=("$BIN" rsync-backup -e "$id" -i "127.0.0.1:$port" -r "$archive/results" -v "$archive/videos"
+        --results-only --state-dir "$state/daemon" --source "rsync://{ip}:$rsyncd_port/ethoscope_data")
+    local src="rsync://127.0.0.1:$rsyncd_port/ethoscope_data/results/$id/$name/$ts/${ts}_$id.db"
+    local copy="$archive/results/$id/$name/$ts/${ts}_$id.db"
+    echo "== first copy (not measured)"
+    RUST_LOG=warn "${cycle[@]}" >"$WORK/live/first.log" 2>&1 || { cat "$WORK/live/first.log" >&2; exit 1; }
+    tail -3 "$WORK/live/first.log"
+    mkdir -p "$WORK/live/prev"
+    rsync -a "$src" "$src-wal" "$WORK/live/prev/"
+    echo "== $LIVE_ROUNDS rounds: +$LIVE_ROWS rows, then our cycle / rsync into an empty dir / rsync over the previous versions"
+    local ok
+    for round in $(seq 1 "$LIVE_ROUNDS"); do
+        echo "$LIVE_ROWS" >&"${WRITER[1]}"; read -r ok <&"${WRITER[0]}"
+        sync
+        RUST_LOG=warn timed "${cycle[@]}" >> "$WORK/live/ours"
+        rm -rf "$WORK/live/empty"; mkdir -p "$WORK/live/empty"
+        timed rsync -a "$src" "$src-wal" "$WORK/live/empty/" >> "$WORK/live/blank"
+        timed rsync -a "$src" "$src-wal" "$WORK/live/prev/" >> "$WORK/live/prevs"
+        echo "   round $round (wall s, cpu s, peak KB): ours $(tail -1 "$WORK/live/ours"), empty dir $(tail -1 "$WORK/live/blank"), previous versions $(tail -1 "$WORK/live/prevs")"
+    done
+    # Where a cycle's time goes: one more round with the engine's debug log.
+    echo "$LIVE_ROWS" >&"${WRITER[1]}"; read -r ok <&"${WRITER[0]}"
+    RUST_LOG=etho_rsync_backup=debug "${cycle[@]}" >"$WORK/live/debug.log" 2>&1 || true
+    local phases
+    phases=$(grep -o 'built from [A-Za-z]* in [0-9.]* s, checked in [0-9.]* s' "$WORK/live/debug.log" | tail -1)
+    echo "   phases of one more cycle: $phases"
+    local rows_archive rows_device
+    rows_archive=$(rows_in "$copy" "?mode=ro")
+    rows_device=$(rows_in "$dir/${ts}_$id.db" "")
+    echo "   ROI rows: archive $rows_archive, device $rows_device"
+    col() { awk -v c="$2" '{ print $c }' "$WORK/live/$1" | median; }
+    local ow oc orss ew ec erss pw pc prss
+    ow=$(col ours 1); oc=$(col ours 2); orss=$(col ours 3)
+    ew=$(col blank 1); ec=$(col blank 2); erss=$(col blank 3)
+    pw=$(col prevs 1); pc=$(col prevs 2); prss=$(col prevs 3)
+    ratio() { if [ "$(echo "$2 > 0" | bc)" = 1 ]; then echo "$(num "$(echo "scale=4; $1 / $2" | bc)")x"; else echo "n/a (baseline 0)"; fi; }
+    mkdir -p "$(dirname "$OUT_LIVE")"
+    cat > "$OUT_LIVE" <<MDEOF
+## rsync-backup: one cycle of a live WAL-mode database
+
+Command: \`PARTS=live bench/rsync.sh\` (LIVE_DB_MB=$LIVE_DB_MB LIVE_WAL_MB=$LIVE_WAL_MB LIVE_ROWS=$LIVE_ROWS
+LIVE_ROUNDS=$LIVE_ROUNDS), release build, $(date -u +%Y-%m-%d), \`nproc\` = $(nproc), rsync
+$(rsync --version | head -1 | awk '{print $3}'), load average at start $LOAD_AT_START (the machine may be shared).
+
+The device: an rsync daemon on 127.0.0.1 serving one results tree with a $LIVE_DB_BYTES B WAL-mode
+database and its $LIVE_WAL_BYTES B \`-wal\` (20 ROI tables and 30 kB snapshots, written by a Python
+writer that keeps its connection open like a device, autocheckpoint off so the WAL keeps its
+size). Before each round the writer commits $LIVE_ROWS new rows, into the WAL. Then, in the same
+round: one backup cycle (\`etho-backup rsync-backup -e <id>\`: the whole process, node query
+included), and two plain rsyncs of the same two files over the same daemon (\`rsync -a db db-wal
+DIR/\`). Medians of $LIVE_ROUNDS rounds; CPU is user+sys of the measured process and its
+children (our rsync clients), i.e. the node's side only: the device-side rsync runs under the
+daemon and is counted for neither. Peak RSS is GNU time's.
+
+| What | Wall | CPU (user+sys) | Peak RSS |
+|---|---|---|---|
+| One backup cycle (ours) | ${ow} s | ${oc} s | ${orss} KB |
+| rsync of both files into an empty directory | ${ew} s | ${ec} s | ${erss} KB |
+| rsync of both files over their previous versions | ${pw} s | ${pc} s | ${prss} KB |
+| **Ratio, ours / empty directory** | **$(ratio "$ow" "$ew")** | **$(ratio "$oc" "$ec")** | $(ratio "$orss" "$erss") |
+| **Ratio, ours / previous versions** | **$(ratio "$ow" "$pw")** | **$(ratio "$oc" "$pc")** | $(ratio "$orss" "$prss") |
+
+Target: <= 1.5x. After the last round the archived copy held $rows_archive ROI rows and the
+device's own reader saw $rows_device. One more cycle with the engine's debug log: the database
+step $phases (the check is \`integrity_check\` and the per-table counts, on two threads; both read
+every page of the file).
+
+What a cycle does here: rsync skips the unchanged database file (its stub matches) and reads the
+WAL (delta against the last raw WAL kept, so only new frames cross the wire); the WAL generation
+is the one the last good copy was built from, so the copy is rebuilt from the last good copy
+(copied: the archive file is never written) plus the WAL, checkpointed into one rollback-journal
+file, integrity-checked (integrity_check reads every page), compared table by table with the last
+good copy's row counts and ids, and renamed over the archive copy. The plain rsync over the
+previous versions only sends the WAL's new blocks and checks nothing.
+MDEOF
+    echo "== wrote $OUT_LIVE"
+    cat "$OUT_LIVE"
+}
+
+if [[ " $PARTS " == *" live "* ]]; then live_bench; stop_all; fi
+if [[ " $PARTS " == *" status "* ]]; then status_bench; fi

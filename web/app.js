@@ -10,6 +10,7 @@ import {
   syncedSize, unavailableState, unifiedEntry,
 } from './backup-status.js';
 import { COLUMNS, buildRows, sortRows, visibleRows } from './devices.js';
+import { ARCHIVE_REFRESH_MS, archiveRefreshMs, archiveSection } from './archive.js';
 
 const POLL_INTERVAL_MS = 5000;
 const FETCH_TIMEOUT_MS = 4000;
@@ -334,6 +335,29 @@ function sideSection(title, side) {
   return section;
 }
 
+// The drawer's archive listing, per device: fetched when the drawer shows the device, reused for
+// ARCHIVE_REFRESH_MS (a few seconds while a database awaits its first check), never two fetches
+// for one device at once.
+const archiveCache = new Map(); // id → { doc, error, at, pending }
+
+function archiveEntry(id) {
+  const entry = archiveCache.get(id) || { doc: null, error: '', at: 0, pending: false };
+  archiveCache.set(id, entry);
+  const ttl = entry.doc ? archiveRefreshMs(entry.doc) : ARCHIVE_REFRESH_MS;
+  if (!entry.pending && Date.now() - entry.at > ttl) {
+    entry.pending = true;
+    fetchJson(`archive?device=${encodeURIComponent(id)}`)
+      .then((doc) => { entry.doc = doc; entry.error = ''; })
+      .catch((error) => { entry.error = reason(error); })
+      .finally(() => {
+        entry.pending = false;
+        entry.at = Date.now();
+        if (view.selected === id) renderDetail();
+      });
+  }
+  return entry;
+}
+
 function renderDetail() {
   const panel = $('detail');
   const row = rows.find((r) => r.id === view.selected);
@@ -366,6 +390,7 @@ function renderDetail() {
       sideSection('MySQL backup', own(info, 'mysql_backup')),
       sideSection('Rsync backup', own(info, 'rsync_backup'))));
   }
+  children.push(archiveSection(archiveEntry(row.id), nowSeconds()));
   body.replaceChildren(...children);
 }
 

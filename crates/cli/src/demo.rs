@@ -99,6 +99,7 @@ fn sim_args(args: &Args, mariadb: MariaDbTarget) -> crate::sim::Args {
         snapshot_interval: 15.0,
         video_chunk_interval: 10.0,
         video_chunk_kib: 256,
+        sqlite_journal: Default::default(),
         fault: Vec::new(),
         mdns: false,
         debug: args.debug,

@@ -45,7 +45,7 @@ pub struct Args {
     pub state_dir: PathBuf,
 }
 
-fn mirror_config(args: &Args) -> anyhow::Result<MirrorConfig> {
+pub(crate) fn mirror_config(args: &Args) -> anyhow::Result<MirrorConfig> {
     let results = match &args.results_dir {
         Some(r) => r.clone(),
         None => etho_daemon::config::load_folders(args.common.configuration.as_deref())?.results,

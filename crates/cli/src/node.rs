@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use etho_node::archive::{ArchiveConfig, Roots};
 use etho_node::registry::DiscoveryConfig;
 use etho_node::target::Target;
 use etho_node::{AppState, NodeConfig, ServiceUrl};
@@ -54,10 +55,61 @@ pub struct Args {
     /// Longest wait for one device answer; fractions allowed.
     #[arg(long, value_name = "SECONDS", default_value = "3", value_parser = parse_seconds)]
     pub device_timeout: Duration,
+
+    /// Configuration directory holding ethoscope.conf, read for the results and videos folders
+    /// the archive is served from (read only, never rewritten).
+    #[arg(short = 'c', long = "configuration", value_name = "DIR")]
+    pub configuration: Option<PathBuf>,
+
+    /// Results archive to serve (default: the config's folders.results.path).
+    #[arg(short = 'r', long, value_name = "DIR")]
+    pub results_dir: Option<PathBuf>,
+
+    /// Videos archive to serve (default: the config's folders.video.path).
+    #[arg(short = 'v', long, value_name = "DIR")]
+    pub videos_dir: Option<PathBuf>,
+
+    /// Do not serve the archive (/archive answers 404), for nodes that must not serve data.
+    #[arg(long)]
+    pub no_archive: bool,
+
+    /// Also write scopr's index.txt atomically to <results>/index.txt after each scan that
+    /// changed it (for labs that serve the results folder over FTP).
+    #[arg(long, conflicts_with = "no_archive")]
+    pub write_index: bool,
+
+    /// Seconds between two scans of the archive (the listing and index.txt are at most this
+    /// old plus one scan); fractions allowed.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    pub archive_scan_interval: Duration,
+
+    /// A database that keeps changing is re-verified at most this often.
+    #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = parse_seconds)]
+    pub archive_verify_interval: Duration,
 }
 
 impl Args {
-    /// The library configuration these flags describe.
+    /// The archive configuration: `None` with `--no-archive`; the folders come from the flags,
+    /// else from ethoscope.conf.
+    pub fn archive(&self) -> anyhow::Result<Option<ArchiveConfig>> {
+        if self.no_archive {
+            return Ok(None);
+        }
+        let folders = etho_daemon::config::load_folders(self.configuration.as_deref())?;
+        let roots = Roots {
+            results: self.results_dir.clone().unwrap_or(folders.results),
+            videos: self.videos_dir.clone().unwrap_or(folders.videos),
+        };
+        let mut config = ArchiveConfig::new(roots, &self.state_dir);
+        config.write_index = self.write_index;
+        config.scan_interval = self.archive_scan_interval;
+        config.verify_interval = self.archive_verify_interval;
+        config.rest_age = config.rest_age.max(2 * self.archive_scan_interval);
+        Ok(Some(config))
+    }
+
+    /// The library configuration these flags describe (without the archive: see
+    /// [`Args::archive`], which reads a file).
     pub fn config(&self) -> NodeConfig {
         NodeConfig {
             mysql_backup_url: self.mysql_backup_url.clone(),
@@ -96,7 +148,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for d in &args.device {
         Target::parse(d, true).map_err(|e| anyhow::anyhow!("--device {d:?}: {e}"))?;
     }
-    let config = args.config();
+    let mut config = args.config();
+    config.archive = args.archive()?;
     let state = AppState::new(config).context("cannot start the node")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -117,6 +170,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.rsync_backup_url,
         args.daemon_timeout
     );
+    match state.archive.as_ref().map(|a| a.config()) {
+        Some(a) => tracing::info!(
+            "serving the archive read-only: results {}, videos {}{}",
+            a.roots.results.display(),
+            a.roots.videos.display(),
+            if a.write_index {
+                ", writing index.txt"
+            } else {
+                ""
+            }
+        ),
+        None => tracing::info!("archive serving is off (--no-archive)"),
+    }
     etho_node::serve(listener, state, crate::logging::shutdown_signal())
         .await
         .context("node server failed")?;
@@ -196,6 +262,47 @@ mod tests {
         ] {
             assert!(parse(argv).is_err(), "{argv:?}");
         }
+    }
+
+    #[test]
+    fn archive_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"{"folders": {"results": {"path": "/data/r"}, "video": {"path": "/data/v"}}}"#;
+        std::fs::write(dir.path().join("ethoscope.conf"), text).unwrap();
+        let conf = dir.path().to_str().unwrap();
+        let a = parse(&["-c", conf]).unwrap().archive().unwrap().unwrap();
+        assert_eq!(a.roots.results, PathBuf::from("/data/r"));
+        assert_eq!(a.roots.videos, PathBuf::from("/data/v"));
+        assert!(!a.write_index);
+        assert_eq!(a.scan_interval, Duration::from_secs(60));
+        let a = parse(&[
+            "-c",
+            conf,
+            "-r",
+            "/x/r",
+            "--write-index",
+            "--archive-scan-interval",
+            "0.5",
+        ])
+        .unwrap()
+        .archive()
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.roots.results, PathBuf::from("/x/r"));
+        assert_eq!(a.roots.videos, PathBuf::from("/data/v"));
+        assert!(a.write_index);
+        assert_eq!(a.scan_interval, Duration::from_millis(500));
+        assert!(parse(&["--no-archive"])
+            .unwrap()
+            .archive()
+            .unwrap()
+            .is_none());
+        assert!(parse(&["--no-archive", "--write-index"]).is_err());
+        let missing = dir.path().join("nope");
+        assert!(parse(&["-c", missing.to_str().unwrap()])
+            .unwrap()
+            .archive()
+            .is_err());
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub struct Args {
     pub unified: bool,
 }
 
-fn engine_config(args: &Args) -> anyhow::Result<RsyncBackupConfig> {
+pub(crate) fn engine_config(args: &Args) -> anyhow::Result<RsyncBackupConfig> {
     let folders = etho_daemon::config::load_folders(args.common.configuration.as_deref())?;
     let results = args.results_dir.clone().unwrap_or(folders.results);
     let videos = args.videos_dir.clone().unwrap_or(folders.videos);

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use etho_sim::config::{default_roles, DEFAULT_FIRST_IP, DEFAULT_HTTP_PORT, DEFAULT_RSYNC_PORT};
 use etho_sim::experiment::Schedule;
 use etho_sim::identity::fleet_identities;
+use etho_sim::SqliteJournal;
 use etho_sim::{
     mariadbd_installed, DbKind, DeviceSpec, Fault, Fleet, FleetConfig, MariaDbTarget, Rates, Role,
 };
@@ -91,9 +92,15 @@ pub struct Args {
     #[arg(long, value_name = "KIB", default_value_t = 256)]
     pub video_chunk_kib: usize,
 
+    /// Journal mode of SQLite trackers: `wal` (current firmware: synchronous=NORMAL, default
+    /// autocheckpoint, one connection per experiment), `off` (seed-era firmware) or `delete`.
+    #[arg(long, value_name = "wal|off|delete", default_value = "wal")]
+    pub sqlite_journal: SqliteJournal,
+
     /// A misbehaving device: `N=KIND[:ARG]` with N the device number and KIND one of offline,
-    /// offline-after:SECONDS, slow:MILLISECONDS, busy, hostile-name, hostile-id, bad-json.
-    /// Repeatable.
+    /// offline-after:SECONDS, slow:MILLISECONDS, busy, hostile-name, hostile-id, bad-json,
+    /// kill-writer:SECONDS (an SQLite tracker's writer dies that long into each experiment
+    /// without closing its database, leaving its -wal as a power cut would). Repeatable.
     #[arg(long, value_name = "N=KIND[:ARG]")]
     pub fault: Vec<String>,
 
@@ -217,6 +224,7 @@ impl Args {
                 video_chunk_every: seconds("--video-chunk-interval", self.video_chunk_interval)?
                     .max(Duration::from_millis(100)),
                 video_chunk_bytes: self.video_chunk_kib.clamp(1, 1024 * 1024) * 1024,
+                sqlite_journal: self.sqlite_journal,
                 ..Rates::default()
             },
             mdns: self.mdns,
@@ -330,6 +338,7 @@ mod tests {
         assert_eq!(c.devices[5].role, Role::Recorder);
         assert_eq!(c.devices[1].schedule.start_delay, Duration::from_secs(2));
         assert!(!c.mdns);
+        assert_eq!(c.rates.sqlite_journal, SqliteJournal::Wal);
     }
 
     #[test]
@@ -345,6 +354,10 @@ mod tests {
             "2=slow:1500",
             "--fault",
             "3=offline-after:10",
+            "--fault",
+            "1=kill-writer:30",
+            "--sqlite-journal",
+            "off",
             "--experiment-length",
             "0",
         ])
@@ -356,6 +369,11 @@ mod tests {
             vec![Fault::Slow(Duration::from_millis(1500))]
         );
         assert_eq!(c.devices[2].offline_after(), Some(Duration::from_secs(10)));
+        assert_eq!(
+            c.devices[0].kill_writer_after(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(c.rates.sqlite_journal, SqliteJournal::Off);
         assert_eq!(c.devices[0].schedule.run_for, None);
     }
 
@@ -377,6 +395,7 @@ mod tests {
             &["--roles", "sqlite"],
             &["--mariadb", "none", "--devices", "1", "--roles", "mariadb"],
             &["--fps", "0"],
+            &["--sqlite-journal", "truncate"],
             &["--pause", "-1"],
         ] {
             assert!(cfg(argv).is_err(), "{argv:?}");

@@ -3,271 +3,19 @@
 //!
 //! While devices run, backups must happen and the node must see every device with its status.
 //! Once experiments are held (data at rest), the next backup cycle must make every MariaDB
-//! device's mirror equal its source database row by row, and every SQLite result file and video
-//! chunk equal its source byte for byte; `/backup/status` must show MariaDB devices `success` and
+//! device's mirror and every SQLite device's result file (written in WAL mode, copied as a
+//! single-file database) equal its source row by row, and every other file and video chunk equal
+//! its source byte for byte; `/backup/status` must show MariaDB devices `success` and
 //! the others `partial`. Then a device is unplugged: the node reports it `offline` and its last
 //! backup stays as it was.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use etho_sim::experiment::Schedule;
-use etho_sim::identity::fleet_identities;
-use etho_sim::{DbKind, DeviceSpec, Fleet, FleetConfig, MariaDbTarget, Rates, Role};
-use mysql_async::prelude::Queryable;
-use serde_json::Value;
+use etho_sim::{DbKind, Fleet, FleetConfig, MariaDbTarget, Rates, Role};
 
-const BIN: &str = env!("CARGO_BIN_EXE_etho-backup");
-
-/// A child `etho-backup` process, killed when dropped; its output goes to a log file.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, args: &[String], logs: &Path) -> Proc {
-        let log = logs.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Proc { name, child, log }
-    }
-
-    fn check_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "etho-backup {} exited ({status}):\n{}",
-                self.name,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn rsync_installed() -> bool {
-    Command::new("rsync")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-struct Lab {
-    client: reqwest::Client,
-    node: String,
-    procs: Vec<Proc>,
-}
-
-impl Lab {
-    async fn get(&mut self, path: &str) -> Value {
-        for p in &mut self.procs {
-            p.check_alive();
-        }
-        match self.client.get(format!("{}{path}", self.node)).send().await {
-            Ok(r) => r.json().await.unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        }
-    }
-
-    /// Polls `path` until `ok` holds, or fails with the last document after `timeout`.
-    async fn wait_for(
-        &mut self,
-        what: &str,
-        path: &str,
-        timeout: Duration,
-        mut ok: impl FnMut(&Value) -> bool,
-    ) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let doc = self.get(path).await;
-            if ok(&doc) {
-                return doc;
-            }
-            if Instant::now() >= deadline {
-                let logs: String = self
-                    .procs
-                    .iter()
-                    .map(|p| {
-                        let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-                        let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                        format!(
-                            "--- {} ---\n{}\n",
-                            p.name,
-                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                        )
-                    })
-                    .collect();
-                panic!("timed out waiting for {what}; last {path}:\n{doc:#}\n{logs}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-/// A value as both databases can hold it: text and blobs compare as bytes.
-#[derive(Debug, Clone, PartialEq, PartialOrd)]
-enum Cell {
-    Null,
-    Int(i64),
-    Real(f64),
-    Bytes(Vec<u8>),
-}
-
-fn mysql_cell(v: mysql_async::Value) -> Cell {
-    use mysql_async::Value as V;
-    match v {
-        V::NULL => Cell::Null,
-        V::Int(i) => Cell::Int(i),
-        V::UInt(u) => Cell::Int(i64::try_from(u).unwrap()),
-        // A FLOAT as MariaDB shows it (shortest decimal that reads back as the same f32), which
-        // is what a client of the text protocol, like upstream's, receives.
-        V::Float(f) => Cell::Real(f.to_string().parse().unwrap()),
-        V::Double(d) => Cell::Real(d),
-        V::Bytes(b) => Cell::Bytes(b),
-        other => panic!("unexpected MariaDB value {other:?}"),
-    }
-}
-
-fn sqlite_cell(v: rusqlite::types::ValueRef<'_>) -> Cell {
-    use rusqlite::types::ValueRef as V;
-    match v {
-        V::Null => Cell::Null,
-        V::Integer(i) => Cell::Int(i),
-        V::Real(r) => Cell::Real(r),
-        V::Text(t) => Cell::Bytes(t.to_vec()),
-        V::Blob(b) => Cell::Bytes(b.to_vec()),
-    }
-}
-
-fn sorted(mut rows: Vec<Vec<Cell>>) -> Vec<Vec<Cell>> {
-    rows.sort_by(|a, b| a.partial_cmp(b).expect("no NaN in ethoscope data"));
-    rows
-}
-
-/// Every table of `<db>`: column names and rows (sorted, so keyless tables compare as multisets).
-async fn mariadb_tables(
-    opts: &mysql_async::Opts,
-    db: &str,
-) -> BTreeMap<String, (Vec<String>, Vec<Vec<Cell>>)> {
-    let mut conn = mysql_async::Conn::new(opts.clone()).await.unwrap();
-    let tables: Vec<String> = conn
-        .exec(
-            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?",
-            (db,),
-        )
-        .await
-        .unwrap();
-    let mut out = BTreeMap::new();
-    for t in tables {
-        let cols: Vec<String> = conn
-            .exec(
-                "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
-                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-                (db, &t),
-            )
-            .await
-            .unwrap();
-        let rows: Vec<mysql_async::Row> = conn
-            .exec(format!("SELECT * FROM `{db}`.`{t}`"), ())
-            .await
-            .unwrap();
-        let rows = rows
-            .into_iter()
-            .map(|r| r.unwrap().into_iter().map(mysql_cell).collect())
-            .collect();
-        out.insert(t, (cols, sorted(rows)));
-    }
-    conn.disconnect().await.unwrap();
-    out
-}
-
-fn sqlite_tables(path: &Path) -> BTreeMap<String, (Vec<String>, Vec<Vec<Cell>>)> {
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    let names: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let mut out = BTreeMap::new();
-    for t in names {
-        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
-        let cols: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
-        let n = cols.len();
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((0..n)
-                    .map(|i| sqlite_cell(r.get_ref(i).unwrap()))
-                    .collect::<Vec<_>>())
-            })
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        out.insert(t, (cols, sorted(rows)));
-    }
-    out
-}
-
-/// Every regular file below `root`, relative path → bytes.
-fn files_below(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(
-                    p.strip_prefix(root).unwrap().to_path_buf(),
-                    std::fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    out
-}
-
-fn side<'a>(status: &'a Value, id: &str, side: &str) -> &'a Value {
-    &status["unified_devices"][id][side]
-}
-
-/// The side finished a run that started at or after `since` and is not running now.
-fn ran_since(status: &Value, id: &str, which: &str, since: i64) -> bool {
-    let s = side(status, id, which);
-    s["processing"] == false && s["started"].as_i64().is_some_and(|t| t >= since)
-}
+mod common;
+use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_lab_is_backed_up_completely() {
@@ -292,25 +40,7 @@ async fn simulated_lab_is_backed_up_completely() {
         Role::Tracker(DbKind::Sqlite),
         Role::Recorder,
     ];
-    // A first address unlikely to collide with other tests running at the same time.
-    let third = (std::process::id() % 200) as u8 + 20;
-    let devices = fleet_identities(roles.len() as u32, Ipv4Addr::new(127, 74, third, 10), 1, 5)
-        .unwrap()
-        .into_iter()
-        .zip(roles)
-        .map(|(identity, role)| DeviceSpec {
-            identity,
-            role,
-            faults: vec![],
-            schedule: Schedule {
-                start_delay: Duration::ZERO,
-                run_for: None,
-                pause_for: Duration::ZERO,
-            },
-            user: "e2e".into(),
-            location: "Bench".into(),
-        })
-        .collect();
+    let devices = always_running(&roles, 74, 5, "e2e");
     let fleet = Fleet::start(FleetConfig {
         devices,
         data_dir: root.join("fleet"),
@@ -528,34 +258,22 @@ async fn simulated_lab_is_backed_up_completely() {
             );
             assert!(source["IMG_SNAPSHOTS"].1.len() > 1);
         } else {
-            let src = files_below(&dev.root().join("results").join(id));
-            let dst = files_below(&results.join(id));
+            let source = dev.root().join("results").join(id);
             if dev.spec().role == Role::Tracker(DbKind::Sqlite) {
-                assert_eq!(src.len(), 1, "{}: one experiment file", dev.name());
+                assert_eq!(
+                    files_below(&source).len(),
+                    1,
+                    "{}: one experiment file, no -wal left",
+                    dev.name()
+                );
             }
-            assert_eq!(
-                src.keys().collect::<Vec<_>>(),
-                dst.keys().collect::<Vec<_>>(),
-                "{}: result files differ",
-                dev.name()
-            );
-            for (p, bytes) in &src {
-                assert!(bytes == &dst[p], "{}: {} differs", dev.name(), p.display());
-            }
+            assert_tree_copied(&source, &results.join(id), dev.name());
         }
-        let src = files_below(&dev.root().join("videos").join(id));
-        let dst = files_below(&videos.join(id));
-        assert_eq!(
-            src.keys().collect::<Vec<_>>(),
-            dst.keys().collect::<Vec<_>>(),
-            "{}: video files differ",
-            dev.name()
-        );
-        for (p, bytes) in &src {
-            assert!(bytes == &dst[p], "{}: {} differs", dev.name(), p.display());
-        }
+        let device_videos = dev.root().join("videos").join(id);
+        assert_tree_copied(&device_videos, &videos.join(id), dev.name());
         if dev.spec().role == Role::Recorder {
-            assert!(src.len() >= 2, "the recorder wrote {} chunks", src.len());
+            let chunks = files_below(&device_videos).len();
+            assert!(chunks >= 2, "the recorder wrote {chunks} chunks");
         }
     }
 

@@ -77,6 +77,11 @@ impl Wiring {
             &format!("http://127.0.0.1:{}", self.rsync_port),
             "--state-dir",
             &self.state("node"),
+            // The archive the daemons write, so the dashboard can list and serve it.
+            "-r",
+            &self.results.display().to_string(),
+            "-v",
+            &self.videos.display().to_string(),
         ]);
         for d in &self.devices {
             args.extend(strings(&["--device", d]));
@@ -177,6 +182,7 @@ mod tests {
             node.args.join(" "),
             "node --listen 127.0.0.1:8080 --mysql-backup-url http://127.0.0.1:41001 \
              --rsync-backup-url http://127.0.0.1:41002 --state-dir /d/state/node \
+             -r /d/backup/results -v /d/backup/videos \
              --device 127.0.0.10:9000 --device 127.0.0.11:9000"
         );
         assert_eq!(node.ready_url, "http://127.0.0.1:8080/healthz");

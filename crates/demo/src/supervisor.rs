@@ -241,6 +241,16 @@ mod tests {
         assert_eq!(sup.names(), ["node"]);
         assert_eq!(sup.exited(), None);
         let pid = sup.procs[0].child.id().unwrap();
+        // The readiness probe is a separate server, so the shell may not have run `echo` yet.
+        let log_path = logs.path().join("node.log");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .is_empty()
+        {
+            assert!(Instant::now() < deadline, "the service never wrote its log");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let started = Instant::now();
         sup.stop_all(Duration::from_secs(10)).await;
         assert!(

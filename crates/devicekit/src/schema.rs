@@ -230,6 +230,36 @@ pub struct ExperimentSpec {
     pub sensors: bool,
     /// Write `CSV_DAM_ACTIVITY`, one line every 60 s of simulated time.
     pub dam: bool,
+    /// Which of the firmware's result writers records the experiment (`METADATA` names it).
+    pub writer: ResultWriter,
+}
+
+/// The firmware's result writer classes, as `METADATA` records them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResultWriter {
+    /// `MySQLResultWriter`: the device's MariaDB.
+    #[default]
+    MySql,
+    /// `SQLiteResultWriter`: one SQLite file per experiment under `/ethoscope_data/results`.
+    Sqlite,
+}
+
+impl ResultWriter {
+    /// `result_writer_type` as the firmware stores it (`_database_type` of the class).
+    pub fn database_type(self) -> &'static str {
+        match self {
+            ResultWriter::MySql => "MySQL",
+            ResultWriter::Sqlite => "SQLite3",
+        }
+    }
+
+    /// The class's Python module path.
+    pub fn class_path(self) -> &'static str {
+        match self {
+            ResultWriter::MySql => "ethoscope.io.mysql.MySQLResultWriter",
+            ResultWriter::Sqlite => "ethoscope.io.sqlite.SQLiteResultWriter",
+        }
+    }
 }
 
 impl ExperimentSpec {
@@ -251,6 +281,7 @@ impl ExperimentSpec {
             snapshot_bytes: 30_000,
             sensors: true,
             dam: true,
+            writer: ResultWriter::MySql,
         }
     }
 
@@ -295,7 +326,10 @@ impl ExperimentSpec {
             ("date_time".into(), Some(format!("{}.0", self.start_time))),
             ("frame_width".into(), s("1280")),
             ("frame_height".into(), s("960")),
-            ("version".into(), s("c0ffee0000000000000000000000000000000000")),
+            (
+                "version".into(),
+                s("c0ffee0000000000000000000000000000000000"),
+            ),
             (
                 "experimental_info".into(),
                 Some(format!(
@@ -303,16 +337,125 @@ impl ExperimentSpec {
                     self.seed
                 )),
             ),
+            ("selected_options".into(), Some(self.selected_options())),
             (
-                "selected_options".into(),
-                s("{'tracker': {'name': 'AdaptiveBGModel'}, 'result_writer': {'name': 'ResultWriter'}}"),
+                "hardware_info".into(),
+                s("{'partitions': [], 'kernel': 'sim'}"),
             ),
-            ("hardware_info".into(), s("{'partitions': [], 'kernel': 'sim'}")),
-            ("reference_points".into(), s("[(0, 0), (1280, 0), (0, 960)]")),
+            (
+                "reference_points".into(),
+                s("[(0, 0), (1280, 0), (0, 960)]"),
+            ),
             ("backup_filename".into(), Some(self.backup_filename())),
-            ("result_writer_type".into(), s("MySQL")),
-            ("sqlite_source_path".into(), None),
+            ("result_writer_type".into(), s(self.writer.database_type())),
+            ("sqlite_source_path".into(), self.sqlite_source_path()),
         ]
+    }
+
+    /// Where the device's SQLite writer keeps the file (`None` for MySQL experiments, whose
+    /// firmware stores NULL).
+    pub fn sqlite_source_path(&self) -> Option<String> {
+        (self.writer == ResultWriter::Sqlite).then(|| {
+            format!(
+                "/ethoscope_data/results/{}/{}/{}/{}",
+                self.machine_id,
+                self.machine_name,
+                self.date_time(),
+                self.backup_filename()
+            )
+        })
+    }
+
+    /// `str()` of the tracking control thread's option dict (`control/tracking.py`
+    /// `_option_dict`), as the firmware stores it in `METADATA.selected_options`: every key a
+    /// device writes, in the firmware's order, with classes printed as Python reprs. Analysis
+    /// code (ethoscopy's `load_ethoscope_metadata`) strips `<`, `>` and `class `, evaluates it
+    /// and reads `["interactor"]`.
+    pub fn selected_options(&self) -> String {
+        let class = |path: &str| format!("<class '{path}'>");
+        let entry = |classes: &[&str], kwargs: &str| {
+            let possible: Vec<String> = classes.iter().map(|c| class(c)).collect();
+            format!(
+                "{{'possible_classes': [{}], 'class': {}, 'kwargs': {kwargs}}}",
+                possible.join(", "),
+                class(classes[0])
+            )
+        };
+        let experimental_info = format!(
+            "{{'name': 'sim', 'location': 'Incubator 1', 'code': 'seed{}', 'sensor': ''}}",
+            self.seed
+        );
+        let writers = match self.writer {
+            ResultWriter::Sqlite => [ResultWriter::Sqlite, ResultWriter::MySql],
+            ResultWriter::MySql => [ResultWriter::MySql, ResultWriter::Sqlite],
+        };
+        let entries = [
+            (
+                "experimental_info",
+                entry(
+                    &["ethoscope.control.tracking.ExperimentalInformation"],
+                    &experimental_info,
+                ),
+            ),
+            (
+                "interactor",
+                entry(
+                    &[
+                        "ethoscope.stimulators.stimulators.DefaultStimulator",
+                        "ethoscope.stimulators.sleep_depriver_stimulators.SleepDepStimulator",
+                        "ethoscope.stimulators.sleep_depriver_stimulators.MiddleCrossingStimulator",
+                    ],
+                    "{}",
+                ),
+            ),
+            (
+                "roi_builder",
+                entry(
+                    &[
+                        "ethoscope.roi_builders.file_based_roi_builder.FileBasedROIBuilder",
+                        "ethoscope.roi_builders.target_roi_builder.TargetGridROIBuilder",
+                    ],
+                    "{}",
+                ),
+            ),
+            (
+                "tracker",
+                entry(
+                    &["ethoscope.trackers.adaptive_bg_tracker.AdaptiveBGModel"],
+                    "{}",
+                ),
+            ),
+            (
+                "drawer",
+                entry(
+                    &[
+                        "ethoscope.drawers.drawers.DefaultDrawer",
+                        "ethoscope.drawers.drawers.NullDrawer",
+                    ],
+                    "{}",
+                ),
+            ),
+            (
+                "camera",
+                entry(
+                    &[
+                        "ethoscope.hardware.input.cameras.OurPiCameraAsync",
+                        "ethoscope.hardware.input.cameras.MovieVirtualCamera",
+                        "ethoscope.hardware.input.cameras.V4L2Camera",
+                    ],
+                    "{}",
+                ),
+            ),
+            (
+                "result_writer",
+                entry(&[writers[0].class_path(), writers[1].class_path()], "{}"),
+            ),
+        ];
+        let items: Vec<String> = entries
+            .iter()
+            .map(|(key, value)| format!("('{key}', {value})"))
+            .collect();
+        format!("OrderedDict([{}])", items.join(", "))
     }
 }
 
@@ -411,5 +554,76 @@ mod tests {
         assert!(meta.contains(&("sqlite_source_path".to_string(), None)));
         assert_eq!(spec.tables().len(), 7 + 20);
         assert!(is_roi_table("ROI_12") && !is_roi_table("ROI_MAP") && !is_roi_table("ROI_"));
+    }
+
+    #[test]
+    fn selected_options_has_every_firmware_key() {
+        let mut spec = ExperimentSpec::new("0123456789abcdef0123456789abcdef", "ETHOSCOPE_001", 0);
+        spec.writer = ResultWriter::Sqlite;
+        let opts = spec.selected_options();
+        let mut at = 0;
+        for key in [
+            "experimental_info",
+            "interactor",
+            "roi_builder",
+            "tracker",
+            "drawer",
+            "camera",
+            "result_writer",
+        ] {
+            let found = opts[at..]
+                .find(&format!("('{key}', {{'possible_classes': ["))
+                .unwrap_or_else(|| panic!("{key} missing or out of order in {opts}"));
+            at += found;
+        }
+        assert!(opts.starts_with("OrderedDict([('experimental_info'"));
+        assert!(opts.contains("'class': <class 'ethoscope.io.sqlite.SQLiteResultWriter'>"));
+        let meta = spec.metadata_rows();
+        assert!(meta.contains(&("result_writer_type".to_string(), Some("SQLite3".into()))));
+        assert!(meta.contains(&(
+            "sqlite_source_path".to_string(),
+            Some(format!(
+                "/ethoscope_data/results/{0}/ETHOSCOPE_001/1970-01-01_00-00-00/1970-01-01_00-00-00_{0}.db",
+                spec.machine_id
+            ))
+        )));
+    }
+
+    /// ethoscopy's `load_ethoscope_metadata` (3.0.0, `src/ethoscopy/load.py`) reads the field
+    /// with Python's `eval` after stripping `<`, `>` and `class `, then takes `["interactor"]`,
+    /// pops its `kwargs` and reads its `class`. The same steps, in Python.
+    #[test]
+    fn selected_options_loads_like_ethoscopy_does() {
+        let spec = ExperimentSpec::new("0123456789abcdef0123456789abcdef", "ETHOSCOPE_001", 0);
+        let script = r#"
+import sys
+from collections import OrderedDict
+raw = sys.stdin.read()
+d = eval(raw.replace("<", "").replace(">", "").replace("class ", ""))["interactor"]
+kw = d.pop("kwargs")
+kw["class"] = d["class"]
+assert kw == {"class": "ethoscope.stimulators.stimulators.DefaultStimulator"}, kw
+print("ok")
+"#;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 is needed (scripts/test installs it)");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(spec.selected_options().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && out.stdout == b"ok\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

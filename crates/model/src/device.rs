@@ -77,6 +77,8 @@ pub enum Ineligible {
     PlaceholderName,
     /// The device reports no MariaDB database (the MySQL mirror has nothing to copy).
     NoMariaDb,
+    /// The node does not know the device's databases yet (upstream's node in its first seconds).
+    WaitingForDatabases,
     /// An engine's own reason, in its words.
     Engine(String),
 }
@@ -89,6 +91,7 @@ impl std::fmt::Display for Ineligible {
                 write!(f, "{PLACEHOLDER_NAME} is the unconfigured placeholder name")
             }
             Ineligible::NoMariaDb => write!(f, "the device reports no MariaDB database"),
+            Ineligible::WaitingForDatabases => f.write_str(WAITING_FOR_DATABASES),
             Ineligible::Engine(reason) => f.write_str(reason),
         }
     }
@@ -185,35 +188,139 @@ impl DeviceInfo {
         Ok(())
     }
 
-    /// The device reports a MariaDB experiment database: `databases.MariaDB` is a non-empty object,
-    /// or (legacy firmware) `database_info.mariadb.exists` is true or `database_info.active_type`
-    /// is `"mariadb"`.
-    pub fn has_mariadb(&self) -> bool {
-        non_empty_object(self.raw.get("databases").and_then(|d| d.get("MariaDB")))
-            || legacy_flag(&self.raw, "mariadb")
+    /// What the entry says about a MariaDB experiment database (see [`DatabaseReport`]).
+    ///
+    /// Present: `databases.MariaDB` is a non-empty object, or (legacy firmware)
+    /// `database_info.mariadb.exists` is true or `database_info.active_type` is `"mariadb"`.
+    /// Absent: the node relayed the device's database list (`databases` is an object) and it has
+    /// no MariaDB entry. Without a list, the writer type decides (top-level `result_writer_type`,
+    /// else upstream HEAD's `latest_cache.result_writer_type`); with neither, it is unknown.
+    ///
+    /// The list wins over the writer type when both are there: a device announces its new
+    /// experiment's database a little after it starts writing it, and connecting before the
+    /// database exists is an error, not a backup.
+    pub fn mariadb_report(&self) -> DatabaseReport {
+        if non_empty_object(self.databases_of("MariaDB")) || legacy_flag(&self.raw, "mariadb") {
+            return DatabaseReport::Present;
+        }
+        if self.has_database_list() {
+            return DatabaseReport::Absent;
+        }
+        match self.writer_kind() {
+            Some(WriterKind::MariaDb) => DatabaseReport::Present,
+            Some(_) => DatabaseReport::Absent,
+            None => DatabaseReport::Unknown,
+        }
     }
 
-    /// The device reports SQLite result databases: `databases.SQLite` is a non-empty object, or
-    /// (legacy firmware) `database_info.sqlite.exists` / `active_type == "sqlite"`, or a
-    /// `result_writer_type` naming the SQLite writer.
-    pub fn has_sqlite(&self) -> bool {
-        non_empty_object(self.raw.get("databases").and_then(|d| d.get("SQLite")))
+    /// What the entry says about SQLite result databases (see [`DatabaseReport`]).
+    ///
+    /// Present: `databases.SQLite` is a non-empty object, or (legacy firmware)
+    /// `database_info.sqlite.exists` / `active_type == "sqlite"`, or the writer type (top-level
+    /// `result_writer_type`, else `latest_cache.result_writer_type`) names the SQLite writer.
+    /// Absent: a database list without SQLite files, or a writer type naming another writer.
+    /// Unknown: neither a list nor a writer type (upstream HEAD's node in its first seconds).
+    pub fn sqlite_report(&self) -> DatabaseReport {
+        if non_empty_object(self.databases_of("SQLite"))
             || legacy_flag(&self.raw, "sqlite")
-            || str_field(&self.raw, "result_writer_type")
-                .is_some_and(|t| t.to_ascii_lowercase().contains("sqlite"))
+            || self.writer_kind() == Some(WriterKind::Sqlite)
+        {
+            return DatabaseReport::Present;
+        }
+        if self.has_database_list() || self.writer_kind().is_some() {
+            DatabaseReport::Absent
+        } else {
+            DatabaseReport::Unknown
+        }
     }
 
-    /// The experiment file name the device announces for its MariaDB database, if any:
-    /// the first `databases.MariaDB.*.backup_filename`, else the top-level `backup_filename`.
+    /// The device reports a MariaDB experiment database ([`DeviceInfo::mariadb_report`]).
+    pub fn has_mariadb(&self) -> bool {
+        self.mariadb_report() == DatabaseReport::Present
+    }
+
+    /// The device reports SQLite result databases ([`DeviceInfo::sqlite_report`]).
+    pub fn has_sqlite(&self) -> bool {
+        self.sqlite_report() == DatabaseReport::Present
+    }
+
+    /// The experiment file name the device announces for its MariaDB database, if any: the first
+    /// `databases.MariaDB.*.backup_filename`, else the top-level `backup_filename` (our node and
+    /// upstream's July node), else `latest_cache.backup_filename` (upstream HEAD's node), else
+    /// `experimental_info.current.backup_filename`, else the previous experiment's
+    /// (`previous_backup_filename`, or HEAD's `experimental_info.previous.backup_filename`).
     /// Untrusted: callers validate it before use.
     pub fn announced_mariadb_filename(&self) -> Option<&str> {
-        self.raw
-            .get("databases")
-            .and_then(|d| d.get("MariaDB"))
+        let nested = |outer: &str, inner: &str, key: &str| -> Option<&str> {
+            self.raw.get(outer)?.get(inner)?.get(key)?.as_str()
+        };
+        self.databases_of("MariaDB")
             .and_then(Value::as_object)
             .and_then(|m| m.values().find_map(|e| e.get("backup_filename")?.as_str()))
             .or_else(|| str_field(&self.raw, "backup_filename"))
+            .or_else(|| self.latest_cache("backup_filename"))
+            .or_else(|| nested("experimental_info", "current", "backup_filename"))
+            .or_else(|| str_field(&self.raw, "previous_backup_filename"))
+            .or_else(|| nested("experimental_info", "previous", "backup_filename"))
     }
+
+    /// `databases.<kind>` as relayed by the node.
+    fn databases_of(&self, kind: &str) -> Option<&Value> {
+        self.raw.get("databases").and_then(|d| d.get(kind))
+    }
+
+    /// The node relayed the device's database list (`GET /data/databases/<id>`).
+    fn has_database_list(&self) -> bool {
+        self.raw.get("databases").is_some_and(Value::is_object)
+    }
+
+    /// A string field of upstream HEAD's `latest_cache` object.
+    fn latest_cache(&self, key: &str) -> Option<&str> {
+        self.raw.get("latest_cache")?.get(key)?.as_str()
+    }
+
+    /// The result writer the device names: top-level `result_writer_type` (the device's own
+    /// field, relayed by our node and upstream's July node), else HEAD's
+    /// `latest_cache.result_writer_type`. `None` when neither is a non-empty string.
+    fn writer_kind(&self) -> Option<WriterKind> {
+        let name = str_field(&self.raw, "result_writer_type")
+            .filter(|s| !s.trim().is_empty())
+            .or_else(|| self.latest_cache("result_writer_type"))
+            .filter(|s| !s.trim().is_empty())?;
+        let lower = name.to_ascii_lowercase();
+        Some(if lower.contains("sqlite") {
+            WriterKind::Sqlite
+        } else if lower.contains("mysql") || lower.contains("mariadb") || name == "ResultWriter" {
+            // Upstream's MySQL writer class is plain `ResultWriter` on older firmware.
+            WriterKind::MariaDb
+        } else {
+            WriterKind::Other
+        })
+    }
+}
+
+/// What a device entry says about one kind of experiment database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseReport {
+    /// The device reports one.
+    Present,
+    /// The device's database list, or its result writer, says there is none.
+    Absent,
+    /// The entry does not say: no database list and no writer type. Upstream HEAD's node shows a
+    /// device like this for about ten seconds after adding it, before its first
+    /// `/data/databases/<id>` answer; a backup daemon must not call that "nothing to copy".
+    Unknown,
+}
+
+/// The outcome message for a device whose database list is not known yet.
+pub const WAITING_FOR_DATABASES: &str = "waiting for the device's database list";
+
+/// Which writer a `result_writer_type` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterKind {
+    MariaDb,
+    Sqlite,
+    Other,
 }
 
 fn non_empty_object(v: Option<&Value>) -> bool {

@@ -71,6 +71,19 @@ impl<'de> Deserialize<'de> for ProgressStatus {
     }
 }
 
+/// `seconds` rounded to a tenth, for `progress.duration_s`: the nearest multiple of 0.1, as the
+/// double whose shortest form has at most one decimal (`0.1`, `1.4`, never
+/// `0.13999999999999999`). Negative and non-finite inputs give 0.
+pub fn round_tenths(seconds: f64) -> f64 {
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return 0.0;
+    }
+    // `tenths` is an exact integer; one division by ten rounds correctly to the double nearest
+    // `tenths / 10`, which is also the double the one-decimal literal parses to.
+    let tenths = (seconds * 10.0).round();
+    tenths / 10.0
+}
+
 /// `progress`: `{}` before the first job, then `{"status", "message", ...extra}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
@@ -158,6 +171,26 @@ mod tests {
             text,
             r#"{"name":"ETHOSCOPE_001","status":"running","started":0,"ended":0,"processing":false,"count":0,"synced":{},"progress":{},"data_duplication":false}"#
         );
+    }
+
+    #[test]
+    fn durations_serialize_with_one_decimal() {
+        // Rounding to hundredths first and dividing again gave 0.13999999999999999.
+        assert_eq!(
+            json!(((0.14_f64 * 100.0).round() / 10.0) / 10.0).to_string(),
+            "0.13999999999999999"
+        );
+        assert_eq!(json!(round_tenths(0.14)).to_string(), "0.1");
+        assert_eq!(json!(round_tenths(1.36)).to_string(), "1.4");
+        assert_eq!(json!(round_tenths(12.0)).to_string(), "12.0");
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(round_tenths(bad), 0.0);
+        }
+        for millis in 0..200_000u32 {
+            let text = json!(round_tenths(f64::from(millis) / 1000.0)).to_string();
+            let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+            assert!(decimals <= 1, "{millis} ms -> {text}");
+        }
     }
 
     #[test]

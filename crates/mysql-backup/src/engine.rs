@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use etho_daemon::{Engine, JobContext, JobOutcome};
-use etho_model::device::{DeviceInfo, Ineligible};
-use etho_model::status::{Progress, ProgressStatus};
+use etho_model::device::{DatabaseReport, DeviceInfo, Ineligible};
+use etho_model::status::{round_tenths, Progress, ProgressStatus};
 use etho_model::{error_chain, now_epoch};
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -193,8 +193,9 @@ fn outcome_at(device: &DeviceInfo, report: &MirrorReport, now: i64) -> JobOutcom
         rows_copied: report.rows_copied,
         bytes_copied: report.bytes_copied,
         target_file: path.clone(),
-        // Hundredths of a second, computed as it always was (1.4 / 10 is 0.13999999999999999).
-        duration_s: round1(secs * 10.0) / 10.0,
+        // One decimal, exactly (`(secs * 10).round() / 10` printed float noise such as
+        // 0.13999999999999999).
+        duration_s: round_tenths(secs),
         skipped_tables: &report.skipped,
         mismatches: &report.mismatches,
     });
@@ -255,10 +256,12 @@ impl Engine for MysqlEngine {
     }
 
     fn accepts(&self, device: &DeviceInfo) -> Result<(), Ineligible> {
-        if device.has_mariadb() {
-            Ok(())
-        } else {
-            Err(Ineligible::NoMariaDb)
+        // An unknown list is not attempted either (connecting to a database that may not exist
+        // is an error, not a backup); the reason says why, in `/status` and in `-e` mode.
+        match device.mariadb_report() {
+            DatabaseReport::Present => Ok(()),
+            DatabaseReport::Absent => Err(Ineligible::NoMariaDb),
+            DatabaseReport::Unknown => Err(Ineligible::WaitingForDatabases),
         }
     }
 
@@ -287,6 +290,7 @@ mod tests {
     use super::*;
     use crate::plan::TableReport;
     use crate::schema::CopyMode;
+    use serde_json::json;
     use std::path::PathBuf;
     use std::time::Duration;
 
@@ -350,7 +354,7 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&out.progress).unwrap(),
             format!(
-                r#"{{"status":"success","message":"Backup completed successfully for device {ID} in 0.1s: 700 new rows, 2 tables verified","percent":100.0,"rows_copied":700,"bytes_copied":56000,"target_file":"{path}","duration_s":0.13999999999999999}}"#
+                r#"{{"status":"success","message":"Backup completed successfully for device {ID} in 0.1s: 700 new rows, 2 tables verified","percent":100.0,"rows_copied":700,"bytes_copied":56000,"target_file":"{path}","duration_s":0.1}}"#
             )
         );
         assert_eq!(
@@ -377,7 +381,7 @@ mod tests {
         let text = serde_json::to_string(&out.progress).unwrap();
         assert!(
             text.ends_with(
-                r#""duration_s":0.13999999999999999,"skipped_tables":[{"table":"bad name","reason":"not a plain name"}]}"#
+                r#""duration_s":0.1,"skipped_tables":[{"table":"bad name","reason":"not a plain name"}]}"#
             ),
             "{text}"
         );
@@ -436,5 +440,58 @@ mod tests {
             .message
             .unwrap()
             .ends_with("after 2.0s: SQLite error on /r/x.db: disk full"));
+    }
+
+    fn device_with(extra: Value) -> DeviceInfo {
+        let mut entry =
+            json!({"id": ID, "name": "ETHOSCOPE_001", "ip": "127.0.0.10", "status": "running"});
+        if let (Some(e), Some(x)) = (entry.as_object_mut(), extra.as_object()) {
+            e.extend(x.clone());
+        }
+        DeviceInfo::from_entry(ID, &entry).unwrap()
+    }
+
+    #[test]
+    fn duration_has_one_decimal() {
+        let report = MirrorReport {
+            db_name: "ETHOSCOPE_001_db".into(),
+            backup_filename: format!("2025-07-10_09-40-41_{ID}.db"),
+            path: PathBuf::from("/r/x.db"),
+            relative_path: PathBuf::from("x.db"),
+            tables: Default::default(),
+            rows_copied: 0,
+            bytes_copied: 0,
+            skipped: vec![],
+            mismatches: vec![],
+            data_duplication: false,
+            percent: 100.0,
+            file_size: 0,
+            dam_lines: 0,
+            duration: Duration::from_millis(140),
+        };
+        let o = outcome_of_report(&device_with(json!({})), &report);
+        // The old rounding gave 0.13999999999999999 here.
+        assert_eq!(o.progress.extra["duration_s"].to_string(), "0.1");
+    }
+
+    #[test]
+    fn eligibility_follows_the_database_report() {
+        let engine = MysqlEngine::new(MirrorConfig::new(PathBuf::from("/r")));
+        let listed =
+            device_with(json!({"databases": {"MariaDB": {"ETHOSCOPE_001_db": {}}, "SQLite": {}}}));
+        assert_eq!(engine.accepts(&listed), Ok(()));
+        // Upstream HEAD's node before the device's list arrived: the writer type decides.
+        let head = device_with(
+            json!({"latest_cache": {"result_writer_type": "MySQLResultWriter", "backup_filename": null}}),
+        );
+        assert_eq!(engine.accepts(&head), Ok(()));
+        let sqlite = device_with(json!({"databases": {"MariaDB": {}, "SQLite": {"a.db": {}}}}));
+        assert_eq!(engine.accepts(&sqlite), Err(Ineligible::NoMariaDb));
+        assert_eq!(
+            engine.accepts(&device_with(
+                json!({"latest_cache": {"result_writer_type": null}})
+            )),
+            Err(Ineligible::WaitingForDatabases)
+        );
     }
 }

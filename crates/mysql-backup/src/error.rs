@@ -81,6 +81,9 @@ pub enum LocalError {
     /// The DAM `.txt` dump could not be brought up to date.
     #[error(transparent)]
     Sidecar(#[from] crate::sidecar::SidecarError),
+    /// SQLite kept another journal mode than the rollback journal the archive needs.
+    #[error("journal mode stays {0}, not delete")]
+    JournalMode(String),
 }
 
 /// Why the connection to a device's MariaDB failed.

@@ -347,6 +347,19 @@ impl Writer {
         self.conn
             .execute_batch("PRAGMA cache_size = -8192;")
             .map_err(|e| self.err(e))?;
+        // The archive only holds single-file databases: a mirror left in WAL mode (by an older
+        // tool) is switched back, so no -wal/-shm appears next to it and a reader on a read-only
+        // mount can open it. A no-op (no write) for a file already in DELETE mode.
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if !mode.eq_ignore_ascii_case("delete") {
+            return Err(MirrorError::local(
+                &self.db_path,
+                LocalError::JournalMode(mode),
+            ));
+        }
         self.conn.set_prepared_statement_cache_capacity(64);
         Ok(())
     }

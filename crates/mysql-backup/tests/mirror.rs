@@ -524,3 +524,60 @@ async fn a_legacy_mirror_without_primary_key_is_rebuilt_with_it() {
         .unwrap();
     assert_eq!(pk, 1);
 }
+
+/// A mirror file left in WAL mode (by an older tool), with rows still in its -wal: the mirror
+/// keeps those rows and turns the file back into a single-file rollback-journal database, so the
+/// archive holds no -wal or -shm and read-only readers can open it.
+#[tokio::test]
+async fn a_mirror_left_in_wal_mode_becomes_a_single_file() {
+    let spec = spec();
+    let (server, _exp) = start_with(spec.clone(), 40).await;
+    let results = tempfile::tempdir().unwrap();
+    let path = mirror_path(results.path(), &spec);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let old_path = scratch.path().join("old.db");
+    let old = rusqlite::Connection::open(&old_path).unwrap();
+    old.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+         CREATE TABLE ROI_1 (id INTEGER PRIMARY KEY, t INTEGER, x INTEGER, y INTEGER, w INTEGER, h INTEGER, phi INTEGER, xy_dist_log10x1000 INTEGER, is_inferred INTEGER, has_interacted INTEGER);",
+    )
+    .unwrap();
+    let mut conn = mysql_async::Conn::new(server.node_opts(Some(&spec.db_name())))
+        .await
+        .unwrap();
+    let rows: Vec<mysql_async::Row> = conn
+        .query("SELECT * FROM ROI_1 WHERE id <= 10")
+        .await
+        .unwrap();
+    for row in rows {
+        let values: Vec<Option<i64>> = (0..row.len()).map(|i| row.get(i).unwrap()).collect();
+        old.execute(
+            "INSERT INTO ROI_1 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            rusqlite::params_from_iter(values),
+        )
+        .unwrap();
+    }
+    // The old tool dies: what it leaves is the file and its -wal, the rows only in the -wal.
+    let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+    std::fs::copy(&old_path, &path).unwrap();
+    std::fs::copy(scratch.path().join("old.db-wal"), &wal).unwrap();
+    drop(old);
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    let dev = device(ID, NAME, &spec.backup_filename());
+    let report = Mirror::new(config(&server, results.path()))
+        .run(&dev, &CancellationToken::new(), &no_progress())
+        .await
+        .unwrap();
+    assert_eq!(
+        report.tables["ROI_1"].copied, 30,
+        "the 10 rows in the -wal were kept"
+    );
+    let head = std::fs::read(&path).unwrap();
+    assert_eq!((head[18], head[19]), (1, 1), "rollback journal, not WAL");
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let companion = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        assert!(!companion.exists(), "{} left", companion.display());
+    }
+    assert_mirror_equals(&server, &spec.db_name(), &path, &[]).await;
+}

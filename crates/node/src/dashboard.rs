@@ -86,12 +86,13 @@ macro_rules! asset {
 
 static INDEX: Asset = asset!("/", "index.html", HTML);
 
-static ASSETS: [Asset; 5] = [
+static ASSETS: [Asset; 6] = [
     asset!("/app.js", "app.js", JAVASCRIPT),
     asset!("/backup-status.js", "backup-status.js", JAVASCRIPT),
     asset!("/devices.js", "devices.js", JAVASCRIPT),
     asset!("/style.css", "style.css", CSS),
     asset!("/index.html", "index.html", HTML),
+    asset!("/archive.js", "archive.js", JAVASCRIPT),
 ];
 
 /// Routes of this module, merged into [`crate::app`]: `GET /` and the page's files.
@@ -196,7 +197,7 @@ mod tests {
 
     #[tokio::test]
     async fn modules_are_served_as_javascript() {
-        for path in ["/backup-status.js", "/app.js", "/devices.js"] {
+        for path in ["/backup-status.js", "/app.js", "/devices.js", "/archive.js"] {
             let (status, headers, body) = get_path(path, &[]).await;
             assert_eq!(status, StatusCode::OK, "{path}");
             assert_eq!(

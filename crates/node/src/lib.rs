@@ -10,6 +10,8 @@
 //! - [`app`]: the complete router, so tests can drive it without a socket; [`serve`] runs it.
 //! - [`backup_status`]: the unified status endpoint (concurrent, bounded daemon fetches, a
 //!   single-flight cache of the serialized reply).
+//! - [`archive`]: browsing and downloading the archive the daemons wrote, and scopr's
+//!   `index.txt` (read-only).
 //!
 //! What it does not do: back anything up. The daemons do that; the node only reads their status.
 
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use axum::{routing::get, Router};
 
+pub mod archive;
 pub mod backup_status;
 pub mod dashboard;
 pub mod devices;
@@ -48,6 +51,8 @@ pub struct NodeConfig {
     pub state_dir: PathBuf,
     /// Device discovery and polling (see [`registry`]).
     pub discovery: registry::DiscoveryConfig,
+    /// Serving the archive (see [`archive`]); `None` turns `/archive` off.
+    pub archive: Option<archive::ArchiveConfig>,
 }
 
 /// Default `/status` body cap: far above a real daemon's reply, far below memory trouble.
@@ -66,6 +71,7 @@ impl Default for NodeConfig {
             status_cache_ttl: Duration::from_secs(1),
             state_dir: PathBuf::from("/var/lib/etho-backup/node"),
             discovery: registry::DiscoveryConfig::default(),
+            archive: None,
         }
     }
 }
@@ -79,6 +85,8 @@ pub struct AppState {
     pub backup_status: Arc<backup_status::BackupStatusService>,
     /// Known devices and their polling (started by [`serve`]).
     pub devices: Arc<registry::DeviceRegistry>,
+    /// The archive index and downloads (its scan is started by [`serve`]); `None` when off.
+    pub archive: Option<Arc<archive::ArchiveService>>,
 }
 
 impl AppState {
@@ -90,22 +98,32 @@ impl AppState {
             config.discovery.clone(),
             &config.state_dir,
         )?);
+        let archive = match &config.archive {
+            Some(a) => Some(Arc::new(archive::ArchiveService::new(a.clone())?)),
+            None => None,
+        };
         Ok(AppState {
             config,
             backup_status,
             devices,
+            archive,
         })
     }
 }
 
 /// The node's complete router.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz_get))
         .merge(backup_status::router())
         .merge(devices::router())
-        .merge(dashboard::router())
-        .with_state(state)
+        .merge(dashboard::router());
+    let router = if state.archive.is_some() {
+        router.merge(archive::router())
+    } else {
+        router
+    };
+    router.with_state(state)
 }
 
 /// Liveness: answers as long as the server accepts requests, independent of the daemons.
@@ -133,6 +151,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let _discovery = state.devices.start();
+    let _archive = state.archive.as_ref().map(|a| a.start());
     let limits = server_limits(&state.config);
     etho_http::serve(listener, app(state), limits, shutdown).await
 }

@@ -8,12 +8,22 @@
 //!   not copied, so nothing in the archive points at `/etc` or at another device.
 //! - `--chmod=ugo-s,u+rwX`: no set-id bits from a device; the archive stays readable by us.
 //! - excludes: the hidden `.cache/` directories (upstream unpickled a cache file from there) and
-//!   SQLite's `-wal`/`-shm`/`-journal` companions (a copy without its database is useless and a
-//!   stale one is harmful).
+//!   SQLite's `-shm` (an index SQLite rebuilds). A database's `-wal` and `-journal` *are* copied,
+//!   into staging only: the newest committed rows of a WAL database live in its `-wal`
+//!   ([`crate::live`] folds them into a self-contained copy; the archive never holds a companion).
 //! - the destination is a *staging* directory under the state dir with `--compare-dest` pointing
-//!   at the device's archive directory: unchanged files are skipped, changed ones use the archive
-//!   copy as delta basis, and only new or changed files land in staging, from where they are
-//!   verified and renamed into the archive ([`crate::promote`]).
+//!   at the device's archive directory, then at its stub directory ([`crate::live::store`]):
+//!   unchanged files are skipped, changed ones use the archive copy as delta basis, and only new
+//!   or changed files land in staging, from where they are verified and renamed into the archive
+//!   ([`crate::promote`]).
+//! - `-ii` on the results tree: unchanged files are itemized too, so the engine knows which
+//!   databases and companions the device still has.
+//! - re-read passes ([`reread_args`]): `--files-from` with just a few databases and their
+//!   companions, `--ignore-times` (every file is read again, whatever its size and mtime; the
+//!   engine compares the content with the previous read itself) with the previous read as delta
+//!   basis, `--ignore-missing-args` (a companion that does not exist is not an error). Not `-c`:
+//!   the sender checksums while it builds the file list, and reports a file appended to in the
+//!   meantime (a live WAL) as vanished.
 //! - `--temp-dir` and an absolute `--partial-dir`, both under the state dir: rsync's in-flight
 //!   and interrupted files never appear in the archive; `--partial` keeps an interrupted file so
 //!   the next cycle resumes it.
@@ -40,6 +50,10 @@ pub struct TransferPaths {
     pub staging: PathBuf,
     /// The device's archive directory, the comparison basis (absolute).
     pub archive: PathBuf,
+    /// The device's stub directory, the second comparison basis (absolute).
+    pub stubs: Option<PathBuf>,
+    /// Itemize unchanged files too (`-ii`).
+    pub itemize_unchanged: bool,
     /// rsync's partial files (absolute).
     pub partial: PathBuf,
     /// rsync's temporary files (absolute).
@@ -123,43 +137,121 @@ fn dir_arg(flag: &str, path: &Path) -> OsString {
     s
 }
 
-/// The full argument list (without the program name).
+/// Flags every pass shares.
+const COMMON: [&str; 11] = [
+    "-rlpt",
+    "-v",
+    "--partial",
+    "--safe-links",
+    // Compare modification times to the nanosecond: by default rsync treats a file whose size
+    // is unchanged and whose mtime is in the same second as already copied, so the last
+    // write to a live database could stay unbacked forever.
+    "--modify-window=-1",
+    "--chmod=ugo-s,u+rwX",
+    "--exclude=.cache/",
+    "--exclude=*-shm",
+    "--out-format=%i %l %n",
+    "--info=progress2",
+    "--stats",
+];
+
+fn with_slash(dir: &Path) -> OsString {
+    let mut with_slash = dir.as_os_str().to_owned();
+    with_slash.push("/");
+    with_slash
+}
+
+/// Ends the argument list: `-- SOURCE DEST/` (everything after `--` is a path, whatever it
+/// looks like).
+fn source_and_dest(args: &mut Vec<OsString>, source: &str, dest: &Path) {
+    args.push("--".into());
+    args.push(source.into());
+    args.push(with_slash(dest));
+}
+
+fn dir_slash(flag: &str, dir: &Path) -> OsString {
+    let with_slash = with_slash(dir);
+    dir_arg(flag, Path::new(&with_slash))
+}
+
+/// The full argument list of a tree's pass (without the program name).
 pub fn rsync_args(
     config: &RsyncBackupConfig,
     paths: &TransferPaths,
 ) -> Result<Vec<OsString>, CommandError> {
+    let mut args: Vec<OsString> = COMMON.iter().map(OsString::from).collect();
+    if paths.itemize_unchanged {
+        args.push("-ii".into());
+    }
+    args.push(format!("--timeout={}", config.io_timeout.as_secs().max(1)).into());
+    args.push(dir_arg("--partial-dir", &paths.partial));
+    args.push(dir_arg("--temp-dir", &paths.temp));
+    args.push(dir_slash("--compare-dest", &paths.archive));
+    if let Some(stubs) = &paths.stubs {
+        args.push(dir_slash("--compare-dest", stubs));
+    }
+    transport_args(config, paths.transport, &mut args)?;
+    source_and_dest(&mut args, &paths.source, &paths.staging);
+    Ok(args)
+}
+
+/// A re-read pass of a few files of a tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RereadPaths {
+    /// rsync source: the device's data directory, ending in `/` (or `host:`).
+    pub source: String,
+    /// How the source is reached.
+    pub transport: Transport,
+    /// NUL-separated paths relative to the source.
+    pub list: PathBuf,
+    /// The previous read of each file (checksum comparison basis).
+    pub basis: PathBuf,
+    /// Destination.
+    pub dest: PathBuf,
+    /// rsync's temporary files.
+    pub temp: PathBuf,
+}
+
+/// The argument list of a re-read pass: only the listed files, all read again.
+pub fn reread_args(
+    config: &RsyncBackupConfig,
+    paths: &RereadPaths,
+) -> Result<Vec<OsString>, CommandError> {
     let mut args: Vec<OsString> = [
-        "-rlpt",
+        "-lpt",
         "-v",
-        "--partial",
+        "--ignore-times",
+        "-ii",
         "--safe-links",
-        // Compare modification times to the nanosecond: by default rsync treats a file whose size
-        // is unchanged and whose mtime is in the same second as already copied, so the last
-        // write to a live database could stay unbacked forever.
         "--modify-window=-1",
         "--chmod=ugo-s,u+rwX",
-        "--exclude=.cache/",
-        "--exclude=*-wal",
-        "--exclude=*-shm",
-        "--exclude=*-journal",
+        "--from0",
+        "--ignore-missing-args",
         "--out-format=%i %l %n",
-        "--info=progress2",
         "--stats",
     ]
     .iter()
     .map(OsString::from)
     .collect();
     args.push(format!("--timeout={}", config.io_timeout.as_secs().max(1)).into());
-    args.push(dir_arg("--partial-dir", &paths.partial));
+    args.push(dir_arg("--files-from", &paths.list));
     args.push(dir_arg("--temp-dir", &paths.temp));
-    let mut compare = paths.archive.as_os_str().to_owned();
-    compare.push("/");
-    args.push(dir_arg("--compare-dest", Path::new(&compare)));
+    args.push(dir_slash("--compare-dest", &paths.basis));
+    transport_args(config, paths.transport, &mut args)?;
+    source_and_dest(&mut args, &paths.source, &paths.dest);
+    Ok(args)
+}
+
+fn transport_args(
+    config: &RsyncBackupConfig,
+    transport: Transport,
+    args: &mut Vec<OsString>,
+) -> Result<(), CommandError> {
     if let Some(limit) = &config.bwlimit {
         check_bwlimit(limit)?;
         args.push(format!("--bwlimit={limit}").into());
     }
-    match paths.transport {
+    match transport {
         Transport::Ssh => {
             args.push("-e".into());
             args.push(ssh_command(config)?.into());
@@ -170,13 +262,7 @@ pub fn rsync_args(
         }
         Transport::Local => {}
     }
-    // Everything after `--` is a path, whatever it looks like.
-    args.push("--".into());
-    args.push(paths.source.clone().into());
-    let mut dest = paths.staging.as_os_str().to_owned();
-    dest.push("/");
-    args.push(dest);
-    Ok(args)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -200,6 +286,8 @@ mod tests {
             transport,
             staging: "/var/lib/etho/staging/results/0123".into(),
             archive: "/data/results/0123".into(),
+            stubs: Some("/var/lib/etho/stubs/results/0123".into()),
+            itemize_unchanged: true,
             partial: "/var/lib/etho/partial/results/0123".into(),
             temp: "/var/lib/etho/tmp/results/0123".into(),
         }
@@ -222,17 +310,29 @@ mod tests {
             "--safe-links",
             "--modify-window=-1",
             "--exclude=.cache/",
-            "--exclude=*-wal",
             "--exclude=*-shm",
-            "--exclude=*-journal",
+            "-ii",
             "--timeout=120",
             "--bwlimit=5M",
             "--partial-dir=/var/lib/etho/partial/results/0123",
             "--temp-dir=/var/lib/etho/tmp/results/0123",
             "--compare-dest=/data/results/0123/",
+            "--compare-dest=/var/lib/etho/stubs/results/0123/",
         ] {
             assert!(a.iter().any(|x| x == must), "missing {must} in {a:?}");
         }
+        // The archive comes first: it is the delta basis of a changed file.
+        let archive = a
+            .iter()
+            .position(|x| x == "--compare-dest=/data/results/0123/");
+        let stubs = a
+            .iter()
+            .position(|x| x == "--compare-dest=/var/lib/etho/stubs/results/0123/");
+        assert!(archive < stubs);
+        // The WAL and the rollback journal are copied (into staging); -shm never.
+        assert!(!a
+            .iter()
+            .any(|x| x.contains("*-wal") || x.contains("*-journal")));
         let e = a.iter().position(|x| x == "-e").unwrap();
         assert_eq!(
             a[e + 1],
@@ -247,6 +347,34 @@ mod tests {
         assert_eq!(a[n - 3], "--");
         assert_eq!(a[n - 2], "ethoscope@10.0.0.5:/ethoscope_data/results/0123/");
         assert_eq!(a[n - 1], "/var/lib/etho/staging/results/0123/");
+    }
+
+    #[test]
+    fn reread_pass_lists_files_and_compares_content() {
+        let p = RereadPaths {
+            source: "rsync://10.0.0.5/ethoscope_data/results/0123/".into(),
+            transport: Transport::Daemon,
+            list: "/s/live-work/pass-2.list".into(),
+            basis: "/s/live-work/basis-2".into(),
+            dest: "/s/live-work/pass-2".into(),
+            temp: "/s/tmp".into(),
+        };
+        let a = strings(&reread_args(&config(), &p).unwrap());
+        for must in [
+            "--ignore-times",
+            "-ii",
+            "--from0",
+            "--ignore-missing-args",
+            "--files-from=/s/live-work/pass-2.list",
+            "--compare-dest=/s/live-work/basis-2/",
+            "--contimeout=10",
+        ] {
+            assert!(a.iter().any(|x| x == must), "missing {must} in {a:?}");
+        }
+        assert!(!a.iter().any(|x| x == "-r" || x.starts_with("-r")));
+        let n = a.len();
+        assert_eq!(a[n - 1], "/s/live-work/pass-2/");
+        assert_eq!(a[n - 3], "--");
     }
 
     #[test]

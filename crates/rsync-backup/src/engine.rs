@@ -5,10 +5,16 @@
 //! 1. makes sure `<archive root>/<machine_id>` is a real directory (never a symlink: an older
 //!    tool that merged every device's tree into one archive could have planted one);
 //! 2. runs rsync from `<source>/<kind>/<machine_id>/` into a staging directory under the state
-//!    dir, comparing against the archive copy ([`crate::command`]), streaming live progress;
-//! 3. promotes what was staged into the archive, verifying databases ([`crate::promote`]), and
-//!    adjusts the device's size entry by what changed ([`crate::sizes`]);
-//! 4. turns rsync's exit code, stderr and the promotion report into a message.
+//!    dir, comparing against the archive copy and the database stubs ([`crate::command`]),
+//!    streaming live progress;
+//! 3. turns every database it brought (with its `-wal` / `-journal`) into a checked,
+//!    self-contained copy, running short rsync re-reads of the databases not yet proven
+//!    consistent ([`crate::live`]);
+//! 4. promotes what was staged into the archive ([`crate::promote`]), records the database
+//!    copies that got there, and adjusts the device's size entry by what changed
+//!    ([`crate::sizes`]);
+//! 5. turns rsync's exit code, stderr, the database step and the promotion report into a
+//!    message.
 //!
 //! The job's wall-clock limit is enforced here (the rsync process group is killed) as well as by
 //! the scheduler's cancellation, and a dropped job kills its rsync too.
@@ -21,17 +27,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etho_daemon::{Engine, JobContext, JobOutcome};
-use etho_model::device::{is_valid_machine_id, DeviceInfo, Ineligible};
+use etho_model::device::{
+    is_valid_machine_id, DatabaseReport, DeviceInfo, Ineligible, WAITING_FOR_DATABASES,
+};
 use etho_model::size::format_bytes;
 use etho_model::status::{Progress, ProgressStatus};
 use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::command::{check_bwlimit, rsync_args, ssh_command, CommandError, TransferPaths};
+use crate::command::{
+    check_bwlimit, reread_args, rsync_args, ssh_command, CommandError, RereadPaths, TransferPaths,
+};
 use crate::config::{Kind, RsyncBackupConfig};
+use crate::live::{Live, LivePaths, LiveReport};
 use crate::parse::{
-    classify_exit, error_summary, exit_meaning, source_dir_missing, ExitClass, TransferState,
+    classify_exit, error_summary, exit_meaning, source_dir_missing, vanished_files, ExitClass,
+    Itemized, TransferState,
 };
 use crate::promote::{promote, PromoteReport};
 use crate::runner::{kill_strays, run_rsync, RunEnd, RunResult};
@@ -98,7 +110,15 @@ impl RsyncEngine {
             check_bwlimit(limit)?;
         }
         config.state_dir = absolute("state directory", &config.state_dir)?;
-        for sub in ["staging", "partial", "tmp"] {
+        for sub in [
+            "staging",
+            "partial",
+            "tmp",
+            "stubs",
+            "live",
+            "live-work",
+            "rejected",
+        ] {
             let p = config.state_dir.join(sub);
             fs::create_dir_all(&p).map_err(dir_error("state directory", &p))?;
         }
@@ -277,13 +297,65 @@ impl RsyncEngine {
         }
         let mut notes = Vec::new();
         if config.backup_results && !kinds.contains(&Kind::Results) {
-            notes.push("results skipped: the device reports no SQLite database".to_string());
+            // Not knowing is not "nothing to copy": never a success (upstream HEAD's node shows
+            // a new device without its database list for its first seconds).
+            notes.push(match device.sqlite_report() {
+                DatabaseReport::Unknown => {
+                    (Level::Warning, format!("results: {WAITING_FOR_DATABASES}"))
+                }
+                _ => (
+                    Level::Success,
+                    "results skipped: the device reports no SQLite database".to_string(),
+                ),
+            });
         }
         // Nothing measured yet (e.g. the first job after a restart failed before the rescan
         // finished): keep the stored `synced` rather than blanking it.
         let synced = Some(self.synced_for(&device.id, &kinds))
             .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()));
         finish(&trees, notes, synced, started.elapsed())
+    }
+
+    fn state_path(&self, what: &str, kind: Kind, id: &str) -> PathBuf {
+        self.inner
+            .config
+            .state_dir
+            .join(what)
+            .join(kind.as_str())
+            .join(id)
+    }
+
+    fn transfer_paths(&self, device: &DeviceInfo, kind: Kind) -> TransferPaths {
+        let config = &self.inner.config;
+        let id = &device.id;
+        TransferPaths {
+            source: config.source.subtree(device, kind),
+            transport: config.source.transport(),
+            staging: self.state_path("staging", kind, id),
+            archive: config.archive_root(kind).join(id),
+            stubs: Some(self.state_path("stubs", kind, id)),
+            itemize_unchanged: kind == Kind::Results,
+            partial: self.state_path("partial", kind, id),
+            temp: self.state_path("tmp", kind, id),
+        }
+    }
+
+    fn live_paths(&self, paths: &TransferPaths, kind: Kind, id: &str) -> LivePaths {
+        LivePaths {
+            staging: paths.staging.clone(),
+            archive: paths.archive.clone(),
+            stubs: self.state_path("stubs", kind, id),
+            work: self.state_path("live-work", kind, id),
+            rejected: self.state_path("rejected", kind, id),
+            list_prefix: format!("{}/{id}/", kind.as_str()),
+            records: self
+                .inner
+                .config
+                .state_dir
+                .join("live")
+                .join(kind.as_str())
+                .join(format!("{id}.json")),
+        }
     }
 
     async fn sync_tree(
@@ -296,96 +368,219 @@ impl RsyncEngine {
     ) -> TreeOutcome {
         let config = &self.inner.config;
         let id = device.id.clone();
-        let archive = config.archive_root(kind).join(&id);
-        let paths = TransferPaths {
-            source: config.source.subtree(device, kind),
-            transport: config.source.transport(),
-            staging: config
-                .state_dir
-                .join("staging")
-                .join(kind.as_str())
-                .join(&id),
-            archive: archive.clone(),
-            partial: config
-                .state_dir
-                .join("partial")
-                .join(kind.as_str())
-                .join(&id),
-            temp: config.state_dir.join("tmp").join(kind.as_str()).join(&id),
-        };
+        let paths = self.transfer_paths(device, kind);
         ctx.report(Progress {
             status: Some(ProgressStatus::Running),
             message: Some(format!("{} ({step}): starting transfer", kind.title())),
             extra: phase_fields(kind, step, &TransferState::default()),
         });
-        let prep_paths = paths.clone();
-        let prepared = tokio::task::spawn_blocking(move || prepare_dirs(&prep_paths))
-            .await
-            .unwrap_or_else(|e| Err(format!("preparing directories failed: {e}")));
-        if let Err(msg) = prepared {
-            return TreeOutcome::error(kind, msg);
-        }
-        let args = match rsync_args(config, &paths) {
-            Ok(a) => a,
-            Err(e) => return TreeOutcome::error(kind, e.to_string()),
+        let (prep_paths, live_paths) = (paths.clone(), self.live_paths(&paths, kind, &id));
+        let prepared = tokio::task::spawn_blocking(move || {
+            prepare_dirs(&prep_paths)?;
+            let _ = fs::remove_dir_all(&live_paths.work);
+            Ok(Live::new(live_paths, kind == Kind::Results))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("preparing directories failed: {e}")));
+        let live = match prepared {
+            Ok(live) => live,
+            Err(msg) => return TreeOutcome::error(kind, msg),
         };
-        tracing::debug!(device = %id, "rsync {:?}", args);
+        let run = match self
+            .first_pass(&paths, &live, kind, step, ctx, deadline)
+            .await
+        {
+            Ok(run) => run,
+            Err(outcome) => return outcome,
+        };
+        let live = match self
+            .live_step(device, live, &run, &paths, ctx, deadline)
+            .await
+        {
+            Ok(live) => live,
+            Err(msg) => return TreeOutcome::error(kind, msg),
+        };
+        let (report, live_report) = self.promote_tree(kind, &id, &paths, live, ctx).await;
+        describe(kind, &id, config, run, report, &live_report)
+    }
+
+    /// The tree's rsync run, with live progress.
+    async fn first_pass(
+        &self,
+        paths: &TransferPaths,
+        live: &Live,
+        kind: Kind,
+        step: &str,
+        ctx: &JobContext,
+        deadline: Instant,
+    ) -> Result<RunResult, TreeOutcome> {
+        let config = &self.inner.config;
+        let args =
+            rsync_args(config, paths).map_err(|e| TreeOutcome::error(kind, e.to_string()))?;
+        tracing::debug!("rsync {:?}", args);
+        let keep = live.item_filter();
         let mut last_report = Instant::now() - REPORT_EVERY;
         let mut last_file: Option<String> = None;
-        let run = run_rsync(&config.rsync_program, &args, deadline, &ctx.cancel, |st| {
-            let file_changed = st.current_file != last_file;
-            if file_changed || last_report.elapsed() >= REPORT_EVERY {
-                last_report = Instant::now();
-                last_file = st.current_file.clone();
-                ctx.report(Progress {
-                    status: Some(ProgressStatus::Running),
-                    message: Some(live_message(kind, step, st)),
-                    extra: phase_fields(kind, step, st),
-                });
-            }
-        })
-        .await;
-        let run = match run {
-            Ok(r) => r,
-            Err(e) => {
-                return TreeOutcome::error(
-                    kind,
-                    format!("cannot run {}: {e}", config.rsync_program.display()),
-                )
-            }
-        };
+        let run = run_rsync(
+            &config.rsync_program,
+            &args,
+            deadline,
+            &ctx.cancel,
+            &keep,
+            |st| {
+                let file_changed = st.current_file != last_file;
+                if file_changed || last_report.elapsed() >= REPORT_EVERY {
+                    last_report = Instant::now();
+                    last_file = st.current_file.clone();
+                    ctx.report(Progress {
+                        status: Some(ProgressStatus::Running),
+                        message: Some(live_message(kind, step, st)),
+                        extra: phase_fields(kind, step, st),
+                    });
+                }
+            },
+        )
+        .await
+        .map_err(|e| {
+            TreeOutcome::error(
+                kind,
+                format!("cannot run {}: {e}", config.rsync_program.display()),
+            )
+        })?;
         if run.end == RunEnd::Cancelled {
             let mut o =
                 TreeOutcome::error(kind, "cancelled; the transfer resumes next cycle".into());
             o.stopped = true;
-            return o;
+            return Err(o);
         }
+        Ok(run)
+    }
+
+    /// Decides for every database the first pass brought, re-reads the ones not proven
+    /// consistent, and builds the self-contained copies (see [`crate::live`]).
+    async fn live_step(
+        &self,
+        device: &DeviceInfo,
+        live: Live,
+        first: &RunResult,
+        paths: &TransferPaths,
+        ctx: &JobContext,
+        deadline: Instant,
+    ) -> Result<Live, String> {
+        let config = &self.inner.config;
+        let vanished = vanished_files(&first.stderr);
+        let items = first.items.clone();
+        let source_base = config.source.base(device);
+        let mut live = blocking(live, move |l| l.first_pass(&items, &vanished)).await?;
+        while !ctx.cancel.is_cancelled() && Instant::now() < deadline {
+            let (l, plan) = blocking_with(live, |l| l.plan_reread()).await?;
+            live = l;
+            let plan = match plan {
+                Ok(Some(plan)) => plan,
+                Ok(None) => break,
+                Err(e) => return Err(format!("cannot prepare a re-read: {e}")),
+            };
+            let args = reread_args(
+                config,
+                &RereadPaths {
+                    source: source_base.clone(),
+                    transport: paths.transport,
+                    list: plan.list.clone(),
+                    basis: plan.basis.clone(),
+                    dest: plan.dest.clone(),
+                    temp: paths.temp.clone(),
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            let all = |_: &Itemized| true;
+            let run = run_rsync(
+                &config.rsync_program,
+                &args,
+                deadline,
+                &ctx.cancel,
+                &all,
+                |_| {},
+            )
+            .await
+            .map_err(|e| format!("cannot run {}: {e}", config.rsync_program.display()))?;
+            if !matches!(run.end, RunEnd::Exited(0 | 24)) {
+                let why = match run.end {
+                    RunEnd::Exited(code) => format!(
+                        "rsync code {code} ({}): {}",
+                        exit_meaning(code),
+                        error_summary(&run.stderr)
+                    ),
+                    other => format!("{other:?}"),
+                };
+                tracing::warn!("re-read pass {} failed: {why}", plan.pass);
+                live = blocking(live, move |l| l.reread_failed(why)).await?;
+                break;
+            }
+            let vanished = vanished_files(&run.stderr);
+            live = blocking(live, move |l| l.reread_pass(&plan, &run.items, &vanished)).await?;
+        }
+        let cancel = ctx.cancel.clone();
+        blocking(live, move |l| l.build_all(&cancel)).await
+    }
+
+    /// Moves the staged files into the archive, records the database copies that got there, and
+    /// adjusts the size index.
+    async fn promote_tree(
+        &self,
+        kind: Kind,
+        id: &str,
+        paths: &TransferPaths,
+        mut live: Live,
+        ctx: &JobContext,
+    ) -> (PromoteReport, LiveReport) {
         // Promote whatever is complete, whatever rsync's exit: staged files are whole copies.
         let sizes = Arc::clone(&self.inner.sizes);
-        let known = sizes.has(kind, &id);
-        sizes.begin_update(kind, &id);
+        let known = sizes.has(kind, id);
+        sizes.begin_update(kind, id);
         let cancel = ctx.cancel.clone();
-        let (staging, archive_dir) = (paths.staging.clone(), archive.clone());
-        let (report, change) = tokio::task::spawn_blocking(move || {
+        let (staging, archive_dir) = (paths.staging.clone(), paths.archive.clone());
+        let done = tokio::task::spawn_blocking(move || {
             let report = promote(&staging, &archive_dir, &|| cancel.is_cancelled());
+            live.commit();
             let change = if known {
                 SizeChange::Delta(report.delta)
             } else {
                 SizeChange::Absolute(walk_tree(&archive_dir).unwrap_or_default())
             };
-            (report, change)
+            (report, live.report().clone(), change)
         })
-        .await
-        .unwrap_or_else(|e| {
+        .await;
+        let (report, live_report, change) = done.unwrap_or_else(|e| {
             let r = PromoteReport {
                 errors: vec![format!("promotion task failed: {e}")],
                 ..PromoteReport::default()
             };
-            (r, SizeChange::Delta(Default::default()))
+            (
+                r,
+                LiveReport::default(),
+                SizeChange::Delta(Default::default()),
+            )
         });
-        sizes.end_update(kind, &id, change);
-        describe(kind, &id, config, run, report)
+        sizes.end_update(kind, id, change);
+        (report, live_report)
     }
+}
+
+/// Runs `f` on `live` on a blocking thread and hands `live` back.
+async fn blocking(live: Live, f: impl FnOnce(&mut Live) + Send + 'static) -> Result<Live, String> {
+    blocking_with(live, f).await.map(|(l, ())| l)
+}
+
+async fn blocking_with<T: Send + 'static>(
+    mut live: Live,
+    f: impl FnOnce(&mut Live) -> T + Send + 'static,
+) -> Result<(Live, T), String> {
+    tokio::task::spawn_blocking(move || {
+        let out = f(&mut live);
+        (live, out)
+    })
+    .await
+    .map_err(|e| format!("database step failed: {e}"))
 }
 
 fn prepare_dirs(paths: &TransferPaths) -> Result<(), String> {
@@ -501,111 +696,143 @@ fn list(items: &[String], max: usize) -> String {
     s
 }
 
-/// Turns one tree's rsync run and promotion into an outcome.
+/// What rsync's end means for the tree: level, message, whether the job stops.
+fn describe_end(
+    kind: Kind,
+    id: &str,
+    config: &RsyncBackupConfig,
+    run: &RunResult,
+) -> (Level, Option<String>, bool) {
+    match run.end {
+        RunEnd::Exited(code) => match classify_exit(code) {
+            ExitClass::Success => (Level::Success, None, false),
+            ExitClass::Vanished => (
+                Level::Warning,
+                Some("some source files vanished during transfer (rsync code 24); everything else was copied".into()),
+                false,
+            ),
+            ExitClass::Failed(_) if source_dir_missing(&run.stderr, kind.as_str(), id) => {
+                let level = if kind == Kind::Results {
+                    Level::Warning
+                } else {
+                    Level::Success
+                };
+                let msg = format!("the device has no {}/{id}/ directory", kind.as_str());
+                (level, Some(msg), false)
+            }
+            ExitClass::Failed(code) => {
+                let why = error_summary(&run.stderr);
+                let msg = format!(
+                    "rsync failed with code {code} ({}){}",
+                    exit_meaning(code),
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {why}")
+                    }
+                );
+                (Level::Error, Some(msg), false)
+            }
+        },
+        RunEnd::Signalled(sig) => (
+            Level::Error,
+            Some(format!(
+                "rsync was killed by signal {sig}; the transfer resumes next cycle"
+            )),
+            false,
+        ),
+        RunEnd::TimedOut => (
+            Level::Error,
+            Some(format!(
+                "timed out after {} s (job timeout); rsync was stopped and the transfer resumes next cycle",
+                config.job_timeout.as_secs()
+            )),
+            true,
+        ),
+        RunEnd::Cancelled => (Level::Error, Some("cancelled".into()), true),
+    }
+}
+
+fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
+/// Warnings about databases whose fresh copy was not used.
+fn describe_live(live: &LiveReport) -> Vec<String> {
+    let mut parts = Vec::new();
+    let named = |items: &[crate::live::Held]| {
+        let names: Vec<String> = items
+            .iter()
+            .map(|h| format!("{} ({})", h.path, h.reason))
+            .collect();
+        list(&names, 5)
+    };
+    if !live.rejected.is_empty() {
+        let n = live.rejected.len();
+        parts.push(format!(
+            "{n} database cop{} failed a check and {} not used (the last good copy is kept; read again next cycle): {}",
+            plural(n, "y", "ies"),
+            plural(n, "was", "were"),
+            named(&live.rejected)
+        ));
+    }
+    if !live.held.is_empty() {
+        let n = live.held.len();
+        parts.push(format!(
+            "{n} database{} could not be copied consistently (the last good cop{} kept; read again next cycle): {}",
+            plural(n, "", "s"),
+            plural(n, "y is", "ies are"),
+            named(&live.held)
+        ));
+    }
+    if !live.errors.is_empty() {
+        parts.push(list(&live.errors, 3));
+    }
+    parts
+}
+
+/// Turns one tree's rsync run, database step and promotion into an outcome.
 fn describe(
     kind: Kind,
     id: &str,
     config: &RsyncBackupConfig,
     run: RunResult,
     report: PromoteReport,
+    live: &LiveReport,
 ) -> TreeOutcome {
     let title = kind.title();
-    let mut level = Level::Success;
-    let mut parts: Vec<String> = Vec::new();
-    let mut stopped = false;
-    match run.end {
-        RunEnd::Exited(code) => match classify_exit(code) {
-            ExitClass::Success => {}
-            ExitClass::Vanished => {
-                level = Level::Warning;
-                parts.push(
-                    "some source files vanished during transfer (rsync code 24); everything else was copied"
-                        .to_string(),
-                );
-            }
-            ExitClass::Failed(code) => {
-                if source_dir_missing(&run.stderr, kind.as_str(), id) {
-                    if kind == Kind::Results {
-                        level = Level::Warning;
-                    }
-                    parts.push(format!(
-                        "the device has no {}/{id}/ directory",
-                        kind.as_str()
-                    ));
-                } else {
-                    level = Level::Error;
-                    let why = error_summary(&run.stderr);
-                    parts.push(format!(
-                        "rsync failed with code {code} ({}){}",
-                        exit_meaning(code),
-                        if why.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {why}")
-                        }
-                    ));
-                }
-            }
-        },
-        RunEnd::Signalled(sig) => {
-            level = Level::Error;
-            parts.push(format!(
-                "rsync was killed by signal {sig}; the transfer resumes next cycle"
-            ));
-        }
-        RunEnd::TimedOut => {
-            level = Level::Error;
-            stopped = true;
-            parts.push(format!(
-                "timed out after {} s (job timeout); rsync was stopped and the transfer resumes next cycle",
-                config.job_timeout.as_secs()
-            ));
-        }
-        RunEnd::Cancelled => {
-            level = Level::Error;
-            stopped = true;
-            parts.push("cancelled".to_string());
-        }
-    }
-    if !report.rejected.is_empty() {
+    let (mut level, end_msg, stopped) = describe_end(kind, id, config, &run);
+    let mut parts: Vec<String> = end_msg.into_iter().collect();
+    let live_parts = describe_live(live);
+    if !live_parts.is_empty() {
         level = level.max(Level::Warning);
-        let names: Vec<String> = report
-            .rejected
-            .iter()
-            .map(|r| format!("{} ({})", r.path, r.reason))
-            .collect();
-        parts.push(format!(
-            "{} database cop{} failed the integrity check and {} not used (the previous copy is kept; pulled again next cycle): {}",
-            report.rejected.len(),
-            if report.rejected.len() == 1 { "y" } else { "ies" },
-            if report.rejected.len() == 1 { "was" } else { "were" },
-            list(&names, 5)
-        ));
+        parts.extend(live_parts);
     }
     if !report.errors.is_empty() {
         level = level.max(Level::Warning);
+        let n = report.errors.len();
         parts.push(format!(
-            "{} entr{} not moved into the archive: {}",
-            report.errors.len(),
-            if report.errors.len() == 1 { "y" } else { "ies" },
+            "{n} entr{} not moved into the archive: {}",
+            plural(n, "y", "ies"),
             list(&report.errors, 3)
         ));
     }
-    if !run.state.unsafe_symlinks.is_empty() {
+    let unsafe_links = &run.state.unsafe_symlinks;
+    if !unsafe_links.is_empty() {
         tracing::warn!(
             device = %id,
             "{title}: symlinks pointing outside the device's tree were not copied: {}",
-            list(&run.state.unsafe_symlinks, 10)
+            list(unsafe_links, 10)
         );
         parts.push(format!(
             "{} symlink{} pointing outside the device's tree not copied ({})",
-            run.state.unsafe_symlinks.len(),
-            if run.state.unsafe_symlinks.len() == 1 {
-                ""
-            } else {
-                "s"
-            },
-            list(&run.state.unsafe_symlinks, 3)
+            unsafe_links.len(),
+            plural(unsafe_links.len(), "", "s"),
+            list(unsafe_links, 3)
         ));
     }
     if report.cross_device {
@@ -619,19 +846,15 @@ fn describe(
     } else {
         0
     };
-    let copied = if report.files == 0 && report.links == 0 {
-        if level == Level::Success {
-            "no changes".to_string()
-        } else {
-            "no files copied".to_string()
-        }
-    } else {
-        format!(
+    let copied = match (report.files + report.links, level) {
+        (0, Level::Success) => "no changes".to_string(),
+        (0, _) => "no files copied".to_string(),
+        _ => format!(
             "{} file{} copied ({})",
             report.files,
-            if report.files == 1 { "" } else { "s" },
+            plural(report.files as usize, "", "s"),
             format_bytes(bytes)
-        )
+        ),
     };
     let message = if parts.is_empty() {
         format!("{title}: {copied}")
@@ -650,17 +873,18 @@ fn describe(
 
 fn finish(
     trees: &[TreeOutcome],
-    notes: Vec<String>,
+    notes: Vec<(Level, String)>,
     synced: Option<Value>,
     elapsed: Duration,
 ) -> JobOutcome {
     let level = trees
         .iter()
         .map(|t| t.level)
+        .chain(notes.iter().map(|(level, _)| *level))
         .max()
         .unwrap_or(Level::Success);
     let mut details: Vec<String> = trees.iter().map(|t| t.message.clone()).collect();
-    details.extend(notes);
+    details.extend(notes.into_iter().map(|(_, note)| note));
     let secs = elapsed.as_secs_f64();
     let body = details.join("; ");
     let mut outcome = match level {
@@ -713,6 +937,9 @@ impl Engine for RsyncEngine {
 
     fn accepts(&self, device: &DeviceInfo) -> Result<(), Ineligible> {
         if self.kinds_for(device).is_empty() {
+            if device.sqlite_report() == DatabaseReport::Unknown {
+                return Err(Ineligible::WaitingForDatabases);
+            }
             Err(Ineligible::Engine(format!(
                 "Device {} does not have a SQLite database and only results are backed up",
                 device.id
@@ -737,7 +964,7 @@ impl Engine for RsyncEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::promote::RejectedDb;
+    use crate::live::Held;
 
     const ID: &str = "0123456789abcdef0123456789abcdef";
 
@@ -754,6 +981,7 @@ mod tests {
             },
             stderr: stderr.iter().map(|s| s.to_string()).collect(),
             elapsed: Duration::from_secs(1),
+            items: Vec::new(),
         }
     }
 
@@ -773,6 +1001,7 @@ mod tests {
             &c,
             run(RunEnd::Exited(0), &[]),
             copied(2),
+            &LiveReport::default(),
         );
         assert_eq!(ok.level, Level::Success);
         assert_eq!(ok.message, "Results: 2 files copied (2.0 KB)");
@@ -783,6 +1012,7 @@ mod tests {
             &c,
             run(RunEnd::Exited(24), &[]),
             copied(1),
+            &LiveReport::default(),
         );
         assert_eq!(vanished.level, Level::Warning);
         assert!(
@@ -804,6 +1034,7 @@ mod tests {
                 ],
             ),
             copied(0),
+            &LiveReport::default(),
         );
         assert_eq!(failed.level, Level::Error);
         assert!(failed.message.starts_with(
@@ -813,7 +1044,14 @@ mod tests {
             .message
             .ends_with("(code 255) at io.c(232) [Receiver=3.5.0]"));
 
-        let timed_out = describe(Kind::Results, ID, &c, run(RunEnd::TimedOut, &[]), copied(0));
+        let timed_out = describe(
+            Kind::Results,
+            ID,
+            &c,
+            run(RunEnd::TimedOut, &[]),
+            copied(0),
+            &LiveReport::default(),
+        );
         assert_eq!(timed_out.level, Level::Error);
         assert!(timed_out.stopped);
         assert!(timed_out.message.contains("timed out after 600 s"));
@@ -832,6 +1070,7 @@ mod tests {
             &c,
             run(RunEnd::Exited(23), &missing),
             copied(0),
+            &LiveReport::default(),
         );
         assert_eq!(v.level, Level::Success, "no videos yet is normal");
         let missing_r: Vec<String> = missing
@@ -845,6 +1084,7 @@ mod tests {
             &c,
             run(RunEnd::Exited(23), &missing_r),
             copied(0),
+            &LiveReport::default(),
         );
         assert_eq!(
             r.level,
@@ -852,21 +1092,34 @@ mod tests {
             "a SQLite device without results is odd"
         );
 
-        let mut report = copied(1);
-        report.rejected.push(RejectedDb {
-            path: "E/ts/x.db".into(),
-            reason: "database disk image is malformed".into(),
-        });
+        let live = LiveReport {
+            rejected: vec![Held {
+                path: "E/ts/x.db".into(),
+                reason: "failed the integrity check (integrity_check: malformed)".into(),
+            }],
+            held: vec![
+                Held {
+                    path: "E/ts/y.db".into(),
+                    reason: "the database changed while it was copied (5 reads)".into(),
+                },
+                Held {
+                    path: "E/ts/z.db".into(),
+                    reason: "the WAL was checkpointed and reset while it was copied (5 reads)"
+                        .into(),
+                },
+            ],
+            ..LiveReport::default()
+        };
         let mut rr = run(RunEnd::Exited(0), &[]);
         rr.state.unsafe_symlinks = vec!["etc".into()];
-        let o = describe(Kind::Results, ID, &c, rr, report);
+        let o = describe(Kind::Results, ID, &c, rr, copied(1), &live);
         assert_eq!(o.level, Level::Warning);
-        assert!(o
-            .message
-            .contains("1 database copy failed the integrity check and was not used"));
-        assert!(o
-            .message
-            .contains("E/ts/x.db (database disk image is malformed)"));
+        assert!(o.message.contains(
+            "1 database copy failed a check and was not used (the last good copy is kept; read again next cycle): E/ts/x.db (failed the integrity check (integrity_check: malformed))"
+        ), "{}", o.message);
+        assert!(o.message.contains(
+            "2 databases could not be copied consistently (the last good copies are kept; read again next cycle): E/ts/y.db (the database changed while it was copied (5 reads))"
+        ), "{}", o.message);
         assert!(o
             .message
             .contains("1 symlink pointing outside the device's tree not copied (etc)"));
@@ -902,5 +1155,20 @@ mod tests {
             json!("error")
         );
         assert_eq!(o.synced, None);
+
+        // A device whose database list is not known yet: the videos went fine, but the job is
+        // a warning, never a success that skipped the results.
+        let o = finish(
+            &[t(Kind::Videos, Level::Success, "Videos: no changes")],
+            vec![(Level::Warning, format!("results: {WAITING_FOR_DATABASES}"))],
+            None,
+            Duration::from_millis(140),
+        );
+        assert_eq!(o.status(), ProgressStatus::Warning);
+        assert_eq!(
+            o.progress.message.as_deref(),
+            Some("Backup completed with warnings in 0.1s: Videos: no changes; results: waiting for the device's database list")
+        );
+        assert_eq!(o.progress.extra["duration_s"].to_string(), "0.1");
     }
 }

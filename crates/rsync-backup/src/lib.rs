@@ -10,7 +10,9 @@
 //!   by the shared scheduler in `etho-daemon`, configured by [`RsyncBackupConfig`].
 //! - [`command`] builds the rsync command line, [`runner`] runs it in its own process group,
 //!   [`parse`] reads its output (pure, tested on captured output).
-//! - [`promote`] moves staged files into the archive after verifying databases.
+//! - [`live`] turns each database rsync brought (with its `-wal` or `-journal`) into a checked,
+//!   self-contained copy, re-reading it until the copy is provably consistent.
+//! - [`promote`] moves staged files into the archive.
 //! - [`sizes`] keeps the per-device size index (job deltas plus a periodic parallel rescan).
 //! - [`api`] serves `GET /status` and `GET /` from memory.
 //!
@@ -21,6 +23,7 @@ pub mod api;
 pub mod command;
 pub mod config;
 pub mod engine;
+pub mod live;
 pub mod parse;
 pub mod promote;
 pub mod runner;

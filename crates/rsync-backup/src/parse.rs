@@ -156,6 +156,34 @@ fn quoted(line: &str) -> String {
     line.split('"').nth(1).unwrap_or(line).to_string()
 }
 
+/// Undoes rsync's escaping of file names in its output: with `LC_ALL=C` every byte that is not
+/// printable ASCII is written as `\#ooo` (octal). Names that are not UTF-8 come out lossy (and
+/// then match no file, which the engine reports rather than guesses).
+pub fn unescape_name(printed: &str) -> String {
+    let b = printed.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 2..i + 5)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], b.get(i + 1), octal) {
+            (b'\\', Some(b'#'), Some(d)) => {
+                let v = u32::from(d[0] - b'0') * 64
+                    + u32::from(d[1] - b'0') * 8
+                    + u32::from(d[2] - b'0');
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 5;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 /// Classifies one line (already split and trimmed) of rsync's stdout.
 pub fn parse_line(line: &str) -> OutputLine {
     if let Some(c) = item_re().captures(line) {
@@ -163,7 +191,7 @@ pub fn parse_line(line: &str) -> OutputLine {
             return OutputLine::Item(Itemized {
                 changes: c[1].to_string(),
                 length,
-                name: c[3].to_string(),
+                name: unescape_name(&c[3]),
             });
         }
     }
@@ -382,6 +410,16 @@ pub fn error_summary(stderr: &[String]) -> String {
     text
 }
 
+/// The paths rsync reported as vanished (`file has vanished: "PATH"`), as it printed them:
+/// listed in the file list, gone or changing when they were to be read.
+pub fn vanished_files(stderr: &[String]) -> Vec<String> {
+    stderr
+        .iter()
+        .filter_map(|l| l.split_once("file has vanished: \""))
+        .filter_map(|(_, rest)| rest.rsplit_once('"').map(|(path, _)| path.to_string()))
+        .collect()
+}
+
 /// True when stderr says the device has no such tree (`change_dir "…/<kind>/<id>" failed: No
 /// such file or directory`), as opposed to a failed connection or transfer.
 pub fn source_dir_missing(stderr: &[String], kind: &str, id: &str) -> bool {
@@ -533,6 +571,36 @@ total size is 3,000,021  speedup is 1.00\n";
         let long = vec!["x".repeat(2000)];
         assert!(error_summary(&long).len() <= 600);
         assert_eq!(error_summary(&[]), "");
+    }
+
+    #[test]
+    fn escaped_names() {
+        assert_eq!(unescape_name("a/m\\#303\\#266rk.db"), "a/mörk.db");
+        assert_eq!(unescape_name("tab\\#011x"), "tab\tx");
+        assert_eq!(unescape_name("plain/x.db-wal"), "plain/x.db-wal");
+        assert_eq!(unescape_name("back\\#sl.txt"), "back\\#sl.txt");
+        assert_eq!(unescape_name("bad\\#377"), "bad\u{fffd}");
+        let item = match parse_line(">f+++++++++ 8192 a/m\\#303\\#266rk.db") {
+            OutputLine::Item(i) => i,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(item.name, "a/mörk.db");
+    }
+
+    #[test]
+    fn vanished_paths() {
+        let err = vec![
+            "file has vanished: \"/results/0123/E/ts/x.db-wal\" (in ethoscope_data)".to_string(),
+            "file has vanished: \"/data/results/0123/E/ts/we\"ird.db\"".to_string(),
+            "rsync warning: some files vanished before they could be transferred (code 24) at main.c(1956) [generator=3.5.0]".to_string(),
+        ];
+        assert_eq!(
+            vanished_files(&err),
+            vec![
+                "/results/0123/E/ts/x.db-wal",
+                "/data/results/0123/E/ts/we\"ird.db"
+            ]
+        );
     }
 
     #[test]

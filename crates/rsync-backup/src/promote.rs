@@ -1,15 +1,16 @@
-//! Moving finished files from staging into the archive, verifying live SQLite databases first.
+//! Moving finished files from staging into the archive.
 //!
 //! rsync writes only into a staging tree under the state directory. Everything there is a
 //! complete copy of some version of a device file (rsync renames a file into place only after
-//! its checksum matched; interrupted files go to the partial dir). Promotion walks that tree and:
+//! its checksum matched; interrupted files go to the partial dir), and every database there is a
+//! checked, self-contained copy: [`crate::live`] replaced the raw files it received (upstream
+//! shipped torn copies, and WAL databases without their newest rows). Promotion walks that tree
+//! and:
 //!
-//! - checks every SQLite file with `PRAGMA quick_check` (opened `immutable`, so no `-wal`/`-shm`
-//!   is created or read). A database copied while the device was writing it can be torn; such a
-//!   copy is deleted from staging and reported, the previous good copy in the archive stays, and
-//!   the next cycle pulls it again (upstream shipped such torn copies);
-//! - renames everything else (and good databases) over the archive path: same filesystem, so the
-//!   archive only ever holds the old or the new complete file;
+//! - never moves an SQLite companion (`-wal`, `-journal`, `-shm`): the archive only holds
+//!   single-file databases;
+//! - renames everything else over the archive path: same filesystem, so the archive only ever
+//!   holds the old or the new complete file;
 //! - never follows a symlink in the archive: an archive component that is a symlink where the
 //!   device now has a directory is replaced by a real directory, so nothing is written through a
 //!   link;
@@ -35,15 +36,6 @@ const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 /// Suffix of the hidden temporary name used only by the cross-filesystem fallback.
 pub const CROSS_DEVICE_TMP_SUFFIX: &str = ".etho-backup-tmp";
 
-/// A staged database that failed verification.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RejectedDb {
-    /// Path relative to the device's directory.
-    pub path: String,
-    /// What quick_check (or opening) said.
-    pub reason: String,
-}
-
 /// What a promotion did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PromoteReport {
@@ -51,10 +43,6 @@ pub struct PromoteReport {
     pub files: u64,
     /// Symlinks moved into the archive.
     pub links: u64,
-    /// Databases that passed quick_check and were moved.
-    pub verified_dbs: u64,
-    /// Databases that failed and were not moved.
-    pub rejected: Vec<RejectedDb>,
     /// Entries that could not be moved (conflicts, I/O errors), with the reason.
     pub errors: Vec<String>,
     /// Change of the archive's regular-file count and bytes.
@@ -189,17 +177,11 @@ fn promote_entry(
 ) {
     let staged = staging_root.join(rel);
     let shown = rel.to_string_lossy().into_owned();
-    if is_file && is_sqlite_file(&staged) {
-        if let Err(reason) = quick_check(&staged) {
-            tracing::warn!("copied database {shown} failed quick_check: {reason}");
-            let _ = fs::remove_file(&staged);
-            report.rejected.push(RejectedDb {
-                path: shown,
-                reason,
-            });
-            return;
-        }
-        report.verified_dbs += 1;
+    if rel
+        .file_name()
+        .is_some_and(|n| crate::live::is_companion(&n.to_string_lossy()))
+    {
+        return;
     }
     let parent_rel = rel.parent().unwrap_or(Path::new(""));
     let parent = match ensure_archive_dir(archive_root, parent_rel) {
@@ -435,33 +417,20 @@ mod tests {
     }
 
     #[test]
-    fn torn_database_keeps_the_good_copy() {
+    fn sqlite_companions_never_reach_the_archive() {
         let t = tempfile::tempdir().unwrap();
         let (st, ar) = (t.path().join("staging"), t.path().join("archive"));
-        make_db(&ar.join("x/run.db"), 50);
-        let good = fs::read(ar.join("x/run.db")).unwrap();
-        // A newer copy, torn: valid header, garbage pages.
-        make_db(&st.join("x/run.db"), 80);
-        let mut torn = fs::read(st.join("x/run.db")).unwrap();
-        let n = torn.len();
-        for b in &mut torn[4096..n.min(4096 * 6)] {
-            *b = 0xA5;
+        fs::create_dir_all(&ar).unwrap();
+        make_db(&st.join("x/run.db"), 3);
+        for c in ["-wal", "-journal", "-shm"] {
+            write(&st.join(format!("x/run.db{c}")), b"companion");
         }
-        fs::write(st.join("x/run.db"), &torn).unwrap();
-        make_db(&st.join("x/other.db"), 3);
         let r = promote(&st, &ar, &|| false);
-        assert_eq!(r.rejected.len(), 1);
-        assert_eq!(r.rejected[0].path, "x/run.db");
-        assert_eq!(r.verified_dbs, 1);
-        assert_eq!(fs::read(ar.join("x/run.db")).unwrap(), good);
-        assert!(ar.join("x/other.db").exists());
-        assert!(
-            !st.join("x/run.db").exists(),
-            "torn copy must not be reused"
-        );
-        // quick_check did not create companions anywhere.
-        assert!(!ar.join("x/other.db-wal").exists());
-        assert!(!ar.join("x/other.db-shm").exists());
+        assert_eq!(r.files, 1);
+        assert!(ar.join("x/run.db").is_file());
+        for c in ["-wal", "-journal", "-shm"] {
+            assert!(!ar.join(format!("x/run.db{c}")).exists());
+        }
     }
 
     #[test]

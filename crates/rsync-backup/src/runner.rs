@@ -20,10 +20,13 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use crate::parse::{parse_line, LineSplitter, TransferState};
+use crate::parse::{parse_line, Itemized, LineSplitter, OutputLine, TransferState};
 
 /// stderr lines kept for the error message.
 const STDERR_TAIL: usize = 40;
+
+/// Most itemized lines kept from one run (a hostile tree could list millions of files).
+pub const MAX_ITEMS: usize = 200_000;
 
 /// How long rsync gets after SIGTERM to save its partial file before SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(3);
@@ -55,6 +58,8 @@ pub struct RunResult {
     pub stderr: Vec<String>,
     /// Wall-clock duration.
     pub elapsed: Duration,
+    /// The itemized lines the caller asked to keep (at most [`MAX_ITEMS`]).
+    pub items: Vec<Itemized>,
 }
 
 /// Sends SIGKILL to a process group when dropped, unless disarmed.
@@ -136,13 +141,20 @@ pub fn kill_strays(dest: &std::ffi::OsStr) -> Vec<i32> {
     killed
 }
 
+/// Keeps no itemized line.
+pub fn keep_none(_: &Itemized) -> bool {
+    false
+}
+
 /// Runs `program args…` to completion, the deadline or cancellation. `on_update` is called with
-/// the transfer state whenever a line changed something visible.
+/// the transfer state whenever a line changed something visible; itemized lines for which `keep`
+/// is true are returned.
 pub async fn run_rsync(
     program: &Path,
     args: &[OsString],
     deadline: Instant,
     cancel: &CancellationToken,
+    keep: &(dyn Fn(&Itemized) -> bool + Send + Sync),
     mut on_update: impl FnMut(&TransferState),
 ) -> std::io::Result<RunResult> {
     let started = Instant::now();
@@ -160,6 +172,7 @@ pub async fn run_rsync(
     let mut stderr = child.stderr.take();
 
     let mut state = TransferState::default();
+    let mut items: Vec<Itemized> = Vec::new();
     let mut out_split = LineSplitter::default();
     let mut err_split = LineSplitter::default();
     let mut err_tail: Vec<String> = Vec::new();
@@ -188,14 +201,26 @@ pub async fn run_rsync(
                 Some(n) => {
                     for line in out_split.push(&out_buf[..n]) {
                         tracing::trace!("rsync: {line}");
-                        if state.apply(&parse_line(&line)) {
+                        let parsed = parse_line(&line);
+                        if state.apply(&parsed) {
                             on_update(&state);
+                        }
+                        if let OutputLine::Item(item) = parsed {
+                            if items.len() < MAX_ITEMS && keep(&item) {
+                                items.push(item);
+                            }
                         }
                     }
                 }
                 None => {
                     if let Some(line) = out_split.finish() {
-                        state.apply(&parse_line(&line));
+                        let parsed = parse_line(&line);
+                        state.apply(&parsed);
+                        if let OutputLine::Item(item) = parsed {
+                            if items.len() < MAX_ITEMS && keep(&item) {
+                                items.push(item);
+                            }
+                        }
                     }
                     stdout = None;
                 }
@@ -250,6 +275,7 @@ pub async fn run_rsync(
             state,
             stderr: err_tail,
             elapsed: started.elapsed(),
+            items,
         });
     }
     guard.finish();
@@ -268,6 +294,7 @@ pub async fn run_rsync(
         state,
         stderr: err_tail,
         elapsed: started.elapsed(),
+        items,
     })
 }
 
@@ -303,6 +330,7 @@ mod tests {
             &sh("printf '>f+++++++++ 5 a.txt\\r 5 100%%  1.00kB/s 0:00:00 (xfr#1, to-chk=0/2)\\n'; echo 'rsync: boom' >&2; exit 23"),
             deadline,
             &cancel,
+            &|i: &Itemized| i.is_received_file(),
             |_| updates += 1,
         )
         .await
@@ -312,6 +340,8 @@ mod tests {
         assert_eq!(r.state.current_file.as_deref(), Some("a.txt"));
         assert_eq!(r.stderr, vec!["rsync: boom"]);
         assert_eq!(updates, 2);
+        assert_eq!(r.items.len(), 1);
+        assert_eq!(r.items[0].name, "a.txt");
     }
 
     #[tokio::test]
@@ -330,6 +360,7 @@ mod tests {
             &sh(&script),
             Instant::now() + Duration::from_millis(500),
             &cancel,
+            &keep_none,
             |_| {},
         )
         .await
@@ -364,6 +395,7 @@ mod tests {
             &sh("exec sleep 300"),
             Instant::now() + Duration::from_secs(300),
             &cancel,
+            &keep_none,
             |_| {},
         )
         .await

@@ -148,14 +148,20 @@ impl SourceTemplate {
     /// The source of one of the device's trees: `<base>/<kind>/<id>/`. The trailing slash makes
     /// rsync copy the directory's contents into the destination (the device's own directory).
     pub fn subtree(&self, device: &DeviceInfo, kind: Kind) -> String {
+        format!("{}{}/{}/", self.base(device), kind.as_str(), device.id)
+    }
+
+    /// The device's data directory as a transfer root, ending in `/` (or `host:` for the remote
+    /// home directory). Re-read passes list paths below it: an rsync daemon does not find files
+    /// listed with `--files-from` below a subdirectory of its module.
+    pub fn base(&self, device: &DeviceInfo) -> String {
         let base = self.expand(device);
-        let base = if base.ends_with(':') {
+        if base.ends_with(':') {
             // `host:` is the remote home directory; keep it relative.
             base
         } else {
             format!("{}/", base.trim_end_matches('/'))
-        };
-        format!("{base}{}/{}/", kind.as_str(), device.id)
+        }
     }
 }
 
@@ -195,6 +201,7 @@ mod tests {
         );
         let t: SourceTemplate = "{ip}::ethoscope_data".parse().unwrap();
         assert_eq!(t.transport(), Transport::Daemon);
+        assert_eq!(t.base(&device("127.0.0.3")), "127.0.0.3::ethoscope_data/");
         let t: SourceTemplate = "rsync://{ip}/data".parse().unwrap();
         assert_eq!(
             t.subtree(&device("::1"), Kind::Results),

@@ -361,6 +361,18 @@ async fn torn_database_never_replaces_a_good_copy() {
     );
     assert!(msg(&out).contains("integrity check"), "{}", msg(&out));
     assert_eq!(fs::read(&archived).unwrap(), good, "good copy replaced");
+    // The refused copy is kept for inspection under the state directory, not in the archive.
+    let rejected = work
+        .path()
+        .join("state/rejected/results")
+        .join(&id)
+        .join(db.strip_prefix(tree.results()).unwrap());
+    assert!(rejected.is_file(), "{}", rejected.display());
+    assert!(
+        msg(&out).contains(&rejected.display().to_string()),
+        "{}",
+        msg(&out)
+    );
     assert!(temp_files(&work.path().join("archive")).is_empty());
 
     // The device finishes writing (the file is consistent again): the next cycle pulls it again
@@ -918,6 +930,8 @@ async fn rsync_orphaned_by_a_killed_daemon_is_stopped_by_the_next_job() {
         transport: cfg.source.transport(),
         staging: state.join("staging/videos").join(&id),
         archive: cfg.archive_root(Kind::Videos).join(&id),
+        stubs: Some(state.join("stubs/videos").join(&id)),
+        itemize_unchanged: false,
         partial: state.join("partial/videos").join(&id),
         temp: state.join("tmp/videos").join(&id),
     };

@@ -1,5 +1,9 @@
 //! The device HTTP API (`device_server.py` on port 9000): `GET /id`, `GET /data/<id>`,
 //! `GET /data/databases/<id>`, with the device's faults applied.
+//!
+//! `GET /data/` and `GET /data/databases/` (an empty id) are not routes, so they answer 404 as on
+//! a real device, where bottle's `/data/<id>` does not match an empty id. Upstream HEAD's node
+//! scanner relies on that 404 to fall back to `GET /id`; a 200 there kept its id empty forever.
 
 use std::sync::Arc;
 
@@ -18,7 +22,6 @@ use crate::state;
 pub fn router(device: Arc<SimDevice>) -> Router {
     Router::new()
         .route("/id", get(id_get))
-        .route("/data/", get(data_without_id))
         .route("/data/{id}", get(data_get))
         .route("/data/databases/{id}", get(databases_get))
         .with_state(device)
@@ -32,11 +35,6 @@ async fn id_get(State(dev): State<Arc<SimDevice>>) -> Response {
         dev.id()
     };
     Json(json!({"id": id})).into_response()
-}
-
-async fn data_without_id(State(dev): State<Arc<SimDevice>>) -> Response {
-    dev.answer_delay().await;
-    Json(state::wrong_id_json("")).into_response()
 }
 
 async fn data_get(State(dev): State<Arc<SimDevice>>, Path(id): Path<String>) -> Response {

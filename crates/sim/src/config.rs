@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use etho_devicekit::writer_sqlite::SqliteJournal;
+
 use crate::experiment::Schedule;
 use crate::identity::Identity;
 
@@ -55,6 +57,10 @@ pub enum Fault {
     HostileId,
     /// `/data/<id>` answers truncated JSON.
     BadJson,
+    /// This long into every experiment, an SQLite tracker's writer dies without closing its
+    /// database, as in a power cut or a `kill -9`: nothing is checkpointed, the `-wal` stays next
+    /// to the file, and the experiment stops with an error.
+    KillWriter(Duration),
 }
 
 /// The name a [`Fault::HostileName`] device reports.
@@ -66,7 +72,7 @@ impl FromStr for Fault {
     type Err = String;
 
     /// `offline`, `offline-after:SECS`, `slow:MILLIS`, `busy`, `hostile-name`, `hostile-id`,
-    /// `bad-json`.
+    /// `bad-json`, `kill-writer:SECS`.
     fn from_str(s: &str) -> Result<Fault, String> {
         let (kind, arg) = match s.split_once(':') {
             Some((k, a)) => (k, Some(a)),
@@ -95,16 +101,20 @@ impl FromStr for Fault {
             "hostile-name" => no_arg(Fault::HostileName),
             "hostile-id" => no_arg(Fault::HostileId),
             "bad-json" => no_arg(Fault::BadJson),
+            "kill-writer" => Ok(Fault::KillWriter(Duration::from_secs_f64(number(
+                "SECONDS",
+            )?))),
             _ => Err(format!(
                 "unknown fault {kind:?} (offline, offline-after:SECS, slow:MS, busy, hostile-name, \
-                 hostile-id, bad-json)"
+                 hostile-id, bad-json, kill-writer:SECS)"
             )),
         }
     }
 }
 
-/// How fast devices produce data. Upstream intervals are minutes; the simulator defaults to
-/// seconds so a demo shows every table filling within a minute.
+/// How fast devices produce data, and how SQLite trackers write it. Upstream intervals are
+/// minutes; the simulator defaults to seconds so a demo shows every table filling within a
+/// minute.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rates {
     /// Regions of interest per tracker (tables `ROI_1..ROI_n`).
@@ -125,6 +135,9 @@ pub struct Rates {
     pub video_chunk_bytes: usize,
     /// How often the writers flush what accumulated (one transaction per flush).
     pub flush_every: Duration,
+    /// SQLite trackers' journal mode: WAL like current firmware (default), OFF like seed-era
+    /// firmware, or DELETE.
+    pub sqlite_journal: SqliteJournal,
 }
 
 impl Default for Rates {
@@ -139,6 +152,7 @@ impl Default for Rates {
             video_chunk_every: Duration::from_secs(10),
             video_chunk_bytes: 256 * 1024,
             flush_every: Duration::from_millis(500),
+            sqlite_journal: SqliteJournal::Wal,
         }
     }
 }
@@ -170,6 +184,14 @@ impl DeviceSpec {
     pub fn slow_delay(&self) -> Option<Duration> {
         self.faults.iter().find_map(|f| match f {
             Fault::Slow(d) => Some(*d),
+            _ => None,
+        })
+    }
+
+    /// How long into each experiment the SQLite writer is killed, if ever.
+    pub fn kill_writer_after(&self) -> Option<Duration> {
+        self.faults.iter().find_map(|f| match f {
+            Fault::KillWriter(d) => Some(*d),
             _ => None,
         })
     }
@@ -292,6 +314,11 @@ mod tests {
             Ok(Fault::Slow(Duration::from_millis(250)))
         );
         assert_eq!("hostile-name".parse(), Ok(Fault::HostileName));
+        assert_eq!(
+            "kill-writer:2.5".parse(),
+            Ok(Fault::KillWriter(Duration::from_millis(2500)))
+        );
+        assert!("kill-writer".parse::<Fault>().is_err());
         assert!("slow".parse::<Fault>().is_err());
         assert!("slow:-1".parse::<Fault>().is_err());
         assert!("slow:NaN".parse::<Fault>().is_err());

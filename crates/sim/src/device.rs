@@ -38,6 +38,9 @@ pub struct SimDevice {
     /// Cancelled when the device goes offline or the fleet stops; replaced on coming back.
     online: Mutex<CancellationToken>,
     shutdown: CancellationToken,
+    /// Seconds added to the clock the device reports (`current_timestamp`): a device whose
+    /// clock is wrong, for `doctor`'s clock check.
+    clock_offset: Mutex<f64>,
 }
 
 /// Current time as fractional epoch seconds.
@@ -76,6 +79,7 @@ impl SimDevice {
             control,
             online: Mutex::new(CancellationToken::new()),
             shutdown,
+            clock_offset: Mutex::new(0.0),
         }
     }
 
@@ -135,8 +139,14 @@ impl SimDevice {
 
     /// `GET /data/<id>` document.
     pub fn info(&self) -> Value {
+        let now = now_f64() + *lock(&self.clock_offset);
         let st = lock(&self.state);
-        state::info_json(&self.reported(), &st, now_f64())
+        state::info_json(&self.reported(), &st, now)
+    }
+
+    /// Makes the device's reported clock run `seconds` ahead (negative: behind) of this machine's.
+    pub fn set_clock_offset(&self, seconds: f64) {
+        *lock(&self.clock_offset) = seconds;
     }
 
     /// `GET /data/databases/<id>` document.

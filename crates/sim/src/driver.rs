@@ -5,13 +5,16 @@
 //! tracking frames that became due since the last flush (frames follow wall time, so a device
 //! running for a minute at 2 fps has written 120 frames per ROI). Writers come from
 //! `etho-devicekit`: the MariaDB writer drops and recreates `<NAME>_db` for every experiment, as
-//! the firmware does; the SQLite writer creates `results/<id>/<NAME>/<stamp>/<stamp>_<id>.db`.
+//! the firmware does; the SQLite writer creates `results/<id>/<NAME>/<stamp>/<stamp>_<id>.db`
+//! in the configured journal mode (WAL by default, like current firmware) and keeps one
+//! connection for the whole experiment, closed when it stops. A `kill-writer` fault device's
+//! writer dies without closing, leaving the file as a power cut would.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use etho_devicekit::schema::ExperimentSpec;
+use etho_devicekit::schema::{ExperimentSpec, ResultWriter};
 use etho_devicekit::writer_mariadb::MariaDbExperiment;
 use etho_devicekit::writer_sqlite::SqliteExperiment;
 use mysql_async::Opts;
@@ -126,6 +129,9 @@ impl Driver {
         spec.snapshot_bytes = self.rates.snapshot_bytes.max(64);
         spec.sensors = true;
         spec.dam = true;
+        if self.dev.spec().role == Role::Tracker(DbKind::Sqlite) {
+            spec.writer = ResultWriter::Sqlite;
+        }
         spec
     }
 
@@ -148,22 +154,7 @@ impl Driver {
             st.status = RunStatus::Initialising;
             st.error = None;
         });
-        let writer = match role {
-            Role::Recorder => Ok(Writer::None),
-            Role::Tracker(DbKind::MariaDb) => match &self.mariadb {
-                Some(opts) => MariaDbExperiment::create(opts.clone(), self.spec_for(&experiment))
-                    .await
-                    .map(|w| Writer::MariaDb(Box::new(w))),
-                None => Err(anyhow::anyhow!("no MariaDB server configured")),
-            },
-            Role::Tracker(DbKind::Sqlite) => {
-                let path = self.dev.root().join(self.sqlite_rel_path(&experiment));
-                let spec = self.spec_for(&experiment);
-                blocking(move || SqliteExperiment::create(path, spec))
-                    .await
-                    .map(|w| Writer::Sqlite(Arc::new(Mutex::new(w))))
-            }
-        };
+        let writer = self.create_writer(role, &experiment).await;
         let writer = match writer {
             Ok(w) => w,
             Err(err) => {
@@ -223,7 +214,31 @@ impl Driver {
         self.refresh_counts(true).await;
     }
 
+    async fn create_writer(&self, role: Role, experiment: &Experiment) -> anyhow::Result<Writer> {
+        match role {
+            Role::Recorder => Ok(Writer::None),
+            Role::Tracker(DbKind::MariaDb) => match &self.mariadb {
+                Some(opts) => MariaDbExperiment::create(opts.clone(), self.spec_for(experiment))
+                    .await
+                    .map(|w| Writer::MariaDb(Box::new(w))),
+                None => Err(anyhow::anyhow!("no MariaDB server configured")),
+            },
+            Role::Tracker(DbKind::Sqlite) => {
+                let path = self.dev.root().join(self.sqlite_rel_path(experiment));
+                let spec = self.spec_for(experiment);
+                let journal = self.rates.sqlite_journal;
+                blocking(move || SqliteExperiment::create_with(path, spec, journal))
+                    .await
+                    .map(|w| Writer::Sqlite(Arc::new(Mutex::new(w))))
+            }
+        }
+    }
+
     async fn produce(&mut self) {
+        if self.kill_writer_due() {
+            self.kill_writer().await;
+            return;
+        }
         let Some(run) = self.running.as_mut() else {
             return;
         };
@@ -344,6 +359,36 @@ impl Driver {
             }
             st.table_counts = counts;
         });
+    }
+
+    fn kill_writer_due(&self) -> bool {
+        match (self.dev.spec().kill_writer_after(), self.running.as_ref()) {
+            (Some(after), Some(run)) => {
+                matches!(run.writer, Writer::Sqlite(_)) && run.started.elapsed() >= after
+            }
+            _ => false,
+        }
+    }
+
+    /// The `kill-writer` fault: the connection is abandoned, never closed.
+    async fn kill_writer(&mut self) {
+        let Some(run) = self.running.as_mut() else {
+            return;
+        };
+        let writer = std::mem::replace(&mut run.writer, Writer::None);
+        if let Writer::Sqlite(w) = writer {
+            let _ = tokio::task::spawn_blocking(move || match Arc::try_unwrap(w) {
+                Ok(m) => m.into_inner().unwrap_or_else(|e| e.into_inner()).abandon(),
+                // Someone still holds it (cannot happen between ticks): leak it all the same.
+                Err(shared) => std::mem::forget(shared),
+            })
+            .await;
+        }
+        tracing::warn!(device = %self.dev.name(), "result writer killed (fault): its -wal stays");
+        self.fail(
+            "the result writer was killed without closing its database (kill-writer fault)".into(),
+        )
+        .await;
     }
 
     async fn fail(&mut self, msg: String) {

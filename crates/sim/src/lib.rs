@@ -31,4 +31,6 @@ pub use config::{
     mariadbd_installed, DbKind, DeviceSpec, Fault, FleetConfig, MariaDbTarget, Rates, Role,
 };
 pub use device::SimDevice;
+/// The SQLite journal mode a simulated device writes with (`--sqlite-journal`).
+pub use etho_devicekit::writer_sqlite::SqliteJournal;
 pub use fleet::{DeviceSummary, Fleet, MariaDbInfo};

@@ -482,3 +482,66 @@ async fn an_existing_mariadb_server_by_url() {
     // A bad URL is refused up front.
     assert!("mysql//x".parse::<MariaDbTarget>().is_err());
 }
+
+/// SQLite trackers write like current firmware (a WAL-mode file, its newest rows in the -wal);
+/// the kill-writer fault leaves the file as a power cut does: the experiment stops with an
+/// error, the -wal stays, and the rows in it are only found by recovering it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_sqlite_writer_leaves_its_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let roles = [Role::Tracker(DbKind::Sqlite)];
+    let faults = vec![vec![Fault::KillWriter(Duration::from_millis(1500))]];
+    let fleet = Fleet::start(FleetConfig {
+        devices: specs(Ipv4Addr::new(127, 71, 3, 10), &roles, &faults, forever()),
+        data_dir: dir.path().to_path_buf(),
+        http_port: 0,
+        rsync_port: 0,
+        rsync: false,
+        mariadb: MariaDbTarget::None,
+        rates: rates(),
+        mdns: false,
+    })
+    .await
+    .unwrap();
+    let d = &fleet.devices()[0];
+    until(
+        "the writer to be killed",
+        Duration::from_secs(20),
+        || async { d.snapshot().error.is_some() },
+    )
+    .await;
+    let exp = d.snapshot().current.unwrap();
+    let db = d.root().join(format!(
+        "results/{}/{}/{}/{}",
+        d.id(),
+        d.name(),
+        exp.stamp,
+        exp.backup_filename
+    ));
+    let head = std::fs::read(&db).unwrap();
+    assert_eq!((head[18], head[19]), (2, 2), "WAL mode");
+    let wal = std::path::PathBuf::from(format!("{}-wal", db.display()));
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0, "the -wal stays");
+    // Rows only a reader that recovers the WAL sees.
+    let copy = dir.path().join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(&db, copy.join("x.db")).unwrap();
+    std::fs::copy(&wal, copy.join("x.db-wal")).unwrap();
+    let recovered: i64 = rusqlite::Connection::open(copy.join("x.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM ROI_1", [], |r| r.get(0))
+        .unwrap();
+    assert!(recovered > 0);
+    let file_only = rusqlite::Connection::open_with_flags(
+        format!("file:{}?immutable=1", db.display()),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )
+    .unwrap()
+    .query_row("SELECT count(*) FROM ROI_1", [], |r| r.get::<_, i64>(0))
+    .unwrap_or(0);
+    assert!(
+        file_only < recovered,
+        "{file_only} rows without the WAL, {recovered} with it"
+    );
+    fleet.stop().await;
+}
