@@ -1,6 +1,7 @@
 //! What `mysql-backup` and `rsync-backup` share on the command line: upstream's common flags
 //! (`-i -c -D -e -p`, scheduling, `--listen`) and the run sequence (one-shot mode, or bind, serve
-//! `GET /status` and cycle until Ctrl-C/SIGTERM, then flush the status table).
+//! `GET /status`, `GET /metrics` and `GET /history/<id>` and cycle until Ctrl-C/SIGTERM, then
+//! flush the status table).
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
@@ -115,6 +116,8 @@ impl DaemonRun {
         if let Some(targets) = targets {
             return Ok(run_once(&daemon, targets).await);
         }
+        // `GET /metrics` and `GET /history/<id>` beside the engine's own routes.
+        let router = router.merge(etho_daemon::observe::router(Arc::clone(&daemon)));
         let listener = etho_daemon::server::bind(listen).await?;
         tracing::info!(
             "{} listening on http://{}; {banner}",

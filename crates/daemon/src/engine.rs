@@ -6,10 +6,13 @@
 //! in blocking loops, race awaits against it, and kill child processes, because a timed-out job
 //! that keeps writing is how upstream ended up with two writers on one file.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etho_model::device::{DeviceInfo, Ineligible};
+use etho_model::history::RunOutcome;
+use etho_model::kind::BackupKind;
 use etho_model::status::{Progress, ProgressStatus};
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
@@ -31,6 +34,53 @@ pub trait Engine: Send + Sync + 'static {
 
     /// One backup job for one device.
     fn run(&self, device: DeviceInfo, ctx: JobContext) -> BoxFuture<'static, JobOutcome>;
+
+    /// The kinds of backup a job for `device` covers. Runs the scheduler ends itself (timeout,
+    /// crash, shutdown) are counted under these kinds.
+    fn kinds(&self, _device: &DeviceInfo) -> Vec<BackupKind> {
+        Vec::new()
+    }
+
+    /// Archive bytes per device and kind, from what the engine already keeps in memory (never a
+    /// walk of the archive: this is read on every metrics scrape).
+    fn archive_bytes(&self) -> Vec<ArchiveBytes> {
+        Vec::new()
+    }
+
+    /// The archive root of each kind this engine writes (their filesystems' free space is
+    /// sampled in the background for the metrics).
+    fn archive_roots(&self) -> Vec<(BackupKind, PathBuf)> {
+        Vec::new()
+    }
+}
+
+/// The archive size of one device and kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveBytes {
+    /// The device.
+    pub device_id: String,
+    /// Which backup.
+    pub kind: BackupKind,
+    /// Bytes on the node.
+    pub bytes: u64,
+}
+
+/// What one part of a job copied: one kind of backup, with its own outcome and duration (the
+/// rsync engine copies results and videos in one job, each with its own rsync run).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Copied {
+    /// Which backup.
+    pub kind: BackupKind,
+    /// How this part ended.
+    pub outcome: RunOutcome,
+    /// How long it took.
+    pub duration: Duration,
+    /// Bytes copied.
+    pub bytes: u64,
+    /// Rows copied, where the engine counts rows.
+    pub rows: Option<u64>,
+    /// Files copied.
+    pub files: u64,
 }
 
 /// The job timeout of a [`JobContext::detached`] context (upstream's 600 s).
@@ -109,6 +159,10 @@ pub struct JobOutcome {
     pub synced: Option<Value>,
     /// Top-level fields to set on the entry (`data_duplication`, `metadata`).
     pub extra: Map<String, Value>,
+    /// What the job copied, per kind of backup, as numbers (metrics and run history). Empty
+    /// when the job ended before copying (the run is then counted under
+    /// [`Engine::kinds`]).
+    pub copied: Vec<Copied>,
 }
 
 impl JobOutcome {
@@ -117,7 +171,14 @@ impl JobOutcome {
             progress: Progress::new(status, message),
             synced: None,
             extra: Map::new(),
+            copied: Vec::new(),
         }
+    }
+
+    /// The same outcome with what the job copied.
+    pub fn with_copied(mut self, copied: Vec<Copied>) -> JobOutcome {
+        self.copied = copied;
+        self
     }
 
     /// A successful job.

@@ -12,6 +12,9 @@
 //!   the state directory so counts and outcomes survive a restart.
 //! - [`oneshot`]: the `-e/--ethoscope` mode: resolve targets through the node, back each up once,
 //!   and return per-target outcomes (progress goes to a channel; the binary draws it).
+//! - [`history`]: the last 200 runs of every device, in SQLite (`GET /history/<device_id>`).
+//! - [`metrics`]: counters, histograms and gauges for `GET /metrics` (Prometheus text format).
+//! - [`observe`]: the routes every daemon serves besides its engine's (`/metrics`, `/history`).
 //! - [`server`]: serving a daemon's axum router until shutdown, with a request timeout and a body
 //!   limit.
 //! - [`config`]: reading (never rewriting) upstream's `ethoscope.conf`.
@@ -21,12 +24,15 @@
 pub mod config;
 pub mod discovery;
 pub mod engine;
+pub mod history;
+pub mod metrics;
+pub mod observe;
 pub mod oneshot;
 pub mod scheduler;
 pub mod server;
 pub mod status;
 
-pub use engine::{Engine, JobContext, JobOutcome};
+pub use engine::{ArchiveBytes, Copied, Engine, JobContext, JobOutcome};
 pub use oneshot::{OneShotEvent, OneShotReport, TargetOutcome};
 pub use scheduler::{CycleReport, Daemon, DaemonConfig, SchedulerConfig};
 pub use server::serve;

@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::discovery::{Discovered, DiscoveryError, NodeClient};
 use crate::engine::{Engine, JobContext, JobOutcome};
+use crate::history::HistoryStore;
+use crate::metrics::DaemonMetrics;
 use crate::status::{DiscoverySource, StatusTable};
 
 /// Default time a cancelled job may take to stop before its task is aborted.
@@ -105,6 +107,8 @@ pub struct Daemon {
     live: Mutex<HashSet<String>>,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
+    metrics: Arc<DaemonMetrics>,
+    history: HistoryStore,
 }
 
 /// Removes a device from the live set when the job's task is really over (even on panic).
@@ -130,6 +134,21 @@ impl Daemon {
         let node = NodeClient::new(&config.node, config.discovery_timeout)?;
         status.update_service(|s| s.discovery.node_url = node.url().to_string());
         let slots = Arc::new(Semaphore::new(config.scheduler.max_jobs.max(1)));
+        let history = match &config.state_dir {
+            Some(dir) => HistoryStore::open(dir)?,
+            None => HistoryStore::in_memory(),
+        };
+        let metrics = Arc::new(DaemonMetrics::new(Arc::clone(&engine)));
+        let known = status
+            .snapshot()
+            .into_iter()
+            .map(|(id, st)| (id, st.name))
+            .collect();
+        let streaks = history.failure_streaks_blocking().unwrap_or_else(|err| {
+            tracing::warn!("cannot read the run history's failure streaks: {err}");
+            Default::default()
+        });
+        metrics.seed(&known, &streaks);
         Ok(Arc::new(Daemon {
             engine,
             config,
@@ -138,7 +157,19 @@ impl Daemon {
             live: Mutex::new(HashSet::new()),
             slots,
             shutdown: CancellationToken::new(),
+            metrics,
+            history,
         }))
+    }
+
+    /// The daemon's metrics (`GET /metrics`).
+    pub fn metrics(&self) -> &Arc<DaemonMetrics> {
+        &self.metrics
+    }
+
+    /// The run history (`GET /history/<device_id>`).
+    pub fn history(&self) -> &HistoryStore {
+        &self.history
     }
 
     /// The status table.
@@ -301,6 +332,9 @@ impl Daemon {
         let id = device.id.clone();
         let name = device.name.clone();
         self.status.start_job(&device);
+        self.metrics.job_started(&id);
+        let kinds = self.engine.kinds(&device);
+        let (start, started) = (now_epoch_f64(), Instant::now());
         tracing::info!("{} backup of {name} ({id}) started", self.engine.name());
         let cancel = self.shutdown.child_token();
         let timeout = self.config.scheduler.job_timeout;
@@ -331,7 +365,11 @@ impl Daemon {
             ProgressStatus::Warning => tracing::warn!("{name} ({id}): {message}"),
             _ => tracing::error!("{name} ({id}): {message}"),
         }
+        self.metrics
+            .job_finished(&id, &name, &kinds, &outcome, started.elapsed());
+        let run = run_record(&outcome, &kinds, start, now_epoch_f64());
         self.status.finish_job(&id, outcome, killed);
+        self.history.record(&id, run).await;
         word
     }
 
@@ -356,6 +394,11 @@ impl Daemon {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let interval = self.config.scheduler.interval;
         let mut cycles = tokio::task::JoinSet::new();
+        let sampler = tokio::spawn(crate::metrics::sample_filesystems(
+            Arc::clone(&self.engine),
+            Arc::clone(&self.metrics),
+            shutdown.clone(),
+        ));
         loop {
             let next = tokio::time::Instant::now() + interval;
             let daemon = Arc::clone(&self);
@@ -381,7 +424,42 @@ impl Daemon {
             while cycles.join_next().await.is_some() {}
         })
         .await;
+        sampler.abort();
         self.status.flush().await;
+    }
+}
+
+/// Unix seconds now, to the millisecond (run history).
+fn now_epoch_f64() -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    (now * 1000.0).round() / 1000.0
+}
+
+/// The history line of a finished job: totals over what it copied.
+fn run_record(
+    outcome: &JobOutcome,
+    kinds: &[etho_model::kind::BackupKind],
+    start: f64,
+    end: f64,
+) -> etho_model::history::RunRecord {
+    let parts = &outcome.copied;
+    let rows = parts.iter().filter_map(|p| p.rows).reduce(|a, b| a + b);
+    etho_model::history::RunRecord {
+        start,
+        end: end.max(start),
+        outcome: etho_model::history::RunOutcome::of(&outcome.status()),
+        message: outcome.progress.message.clone().unwrap_or_default(),
+        bytes: parts.iter().map(|p| p.bytes).sum(),
+        rows,
+        files: parts.iter().map(|p| p.files).sum(),
+        kinds: if parts.is_empty() {
+            kinds.to_vec()
+        } else {
+            parts.iter().map(|p| p.kind).collect()
+        },
     }
 }
 

@@ -9,12 +9,17 @@
 //! - [`merge`]: the node's unified `GET /backup/status` document, built from the two daemons' raw
 //!   documents by the pure [`merge::unify`] function.
 //! - [`size`]: upstream's human size format (`"267.9 GB"`).
+//! - [`kind`]: the kinds of backup ([`kind::BackupKind`]: `mysql`, `results`, `videos`).
+//! - [`history`]: a daemon's run history ([`history::RunRecord`]) and the node's merge of both
+//!   daemons' histories ([`history::merge_histories`]).
 //!
 //! What it does not do: fetch, persist or serve anything. Those live in `etho-daemon` and
 //! `etho-node`.
 #![deny(missing_docs)]
 
 pub mod device;
+pub mod history;
+pub mod kind;
 pub mod merge;
 pub mod size;
 pub mod status;

@@ -7,11 +7,14 @@
 //! mirror; `data_duplication` is measured on the mirror after every job.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use etho_daemon::{Engine, JobContext, JobOutcome};
+use etho_daemon::{ArchiveBytes, Copied, Engine, JobContext, JobOutcome};
 use etho_model::device::{DatabaseReport, DeviceInfo, Ineligible};
+use etho_model::history::RunOutcome;
+use etho_model::kind::BackupKind;
 use etho_model::status::{round_tenths, Progress, ProgressStatus};
 use etho_model::{error_chain, now_epoch};
 use futures::future::BoxFuture;
@@ -27,6 +30,9 @@ use crate::schema::Skipped;
 #[derive(Debug, Clone)]
 pub struct MysqlEngine {
     mirror: Arc<Mirror>,
+    /// Each device's mirror file size after its last finished job (for the metrics; known
+    /// from a device's first job after a start).
+    file_sizes: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl MysqlEngine {
@@ -34,6 +40,7 @@ impl MysqlEngine {
     pub fn new(config: MirrorConfig) -> MysqlEngine {
         MysqlEngine {
             mirror: Arc::new(Mirror::new(config)),
+            file_sizes: Arc::default(),
         }
     }
 
@@ -185,7 +192,7 @@ pub fn outcome_of_report(device: &DeviceInfo, report: &MirrorReport) -> JobOutco
 /// [`outcome_of_report`] at `now` (epoch seconds, the `synced.tracking_db.last_backup`).
 fn outcome_at(device: &DeviceInfo, report: &MirrorReport, now: i64) -> JobOutcome {
     let (status, message) = verdict(device, report);
-    let mut progress = Progress::new(status, message);
+    let mut progress = Progress::new(status.clone(), message);
     let secs = report.duration.as_secs_f64();
     let path = report.relative_path.display().to_string();
     progress.extra = object_of(&FinalExtra {
@@ -231,6 +238,14 @@ fn outcome_at(device: &DeviceInfo, report: &MirrorReport, now: i64) -> JobOutcom
         progress,
         synced: Some(Value::Object(object_of(&synced))),
         extra,
+        copied: vec![Copied {
+            kind: BackupKind::Mysql,
+            outcome: RunOutcome::of(&status),
+            duration: report.duration,
+            bytes: report.bytes_copied,
+            rows: Some(report.rows_copied),
+            files: 0,
+        }],
     }
 }
 
@@ -273,15 +288,42 @@ impl Engine for MysqlEngine {
 
     fn run(&self, device: DeviceInfo, ctx: JobContext) -> BoxFuture<'static, JobOutcome> {
         let mirror = Arc::clone(&self.mirror);
+        let file_sizes = Arc::clone(&self.file_sizes);
         Box::pin(async move {
             let started = Instant::now();
             let report_ctx = ctx.clone();
             let report = move |p: &MirrorProgress| report_ctx.report(live_progress(p));
             match mirror.run(&device, &ctx.cancel, &report).await {
-                Ok(report) => outcome_of_report(&device, &report),
+                Ok(report) => {
+                    file_sizes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(device.id.clone(), report.file_size);
+                    outcome_of_report(&device, &report)
+                }
                 Err(err) => outcome_of_error(&device, &err, started.elapsed().as_secs_f64()),
             }
         })
+    }
+
+    fn kinds(&self, _device: &DeviceInfo) -> Vec<BackupKind> {
+        vec![BackupKind::Mysql]
+    }
+
+    fn archive_bytes(&self) -> Vec<ArchiveBytes> {
+        let sizes = self.file_sizes.lock().unwrap_or_else(|p| p.into_inner());
+        sizes
+            .iter()
+            .map(|(id, bytes)| ArchiveBytes {
+                device_id: id.clone(),
+                kind: BackupKind::Mysql,
+                bytes: *bytes,
+            })
+            .collect()
+    }
+
+    fn archive_roots(&self) -> Vec<(BackupKind, PathBuf)> {
+        vec![(BackupKind::Mysql, self.config().results_dir.clone())]
     }
 }
 
@@ -350,6 +392,18 @@ mod tests {
     #[test]
     fn finished_job_wire_shape() {
         let out = outcome_at(&device(), &report(), 1_752_137_404);
+        assert_eq!(
+            out.copied,
+            vec![etho_daemon::Copied {
+                kind: BackupKind::Mysql,
+                outcome: RunOutcome::Success,
+                duration: Duration::from_millis(139),
+                bytes: 56_000,
+                rows: Some(700),
+                files: 0,
+            }],
+            "the typed numbers for metrics and history"
+        );
         let path = format!("{ID}/ETHOSCOPE_001/2025-07-10_10-00-00/2025-07-10_10-00-00_{ID}.db");
         assert_eq!(
             serde_json::to_string(&out.progress).unwrap(),

@@ -26,10 +26,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etho_daemon::{Engine, JobContext, JobOutcome};
+use etho_daemon::{ArchiveBytes, Copied, Engine, JobContext, JobOutcome};
 use etho_model::device::{
     is_valid_machine_id, DatabaseReport, DeviceInfo, Ineligible, WAITING_FOR_DATABASES,
 };
+use etho_model::history::RunOutcome;
+use etho_model::kind::BackupKind;
 use etho_model::size::format_bytes;
 use etho_model::status::{Progress, ProgressStatus};
 use futures::future::BoxFuture;
@@ -288,7 +290,9 @@ impl RsyncEngine {
         let mut trees = Vec::new();
         for (i, kind) in kinds.iter().enumerate() {
             let step = format!("{}/{}", i + 1, kinds.len());
-            let outcome = self.sync_tree(&device, *kind, &step, &ctx, deadline).await;
+            let tree_started = Instant::now();
+            let mut outcome = self.sync_tree(&device, *kind, &step, &ctx, deadline).await;
+            outcome.duration = tree_started.elapsed();
             let stop = outcome.stopped;
             trees.push(outcome);
             if stop {
@@ -668,6 +672,8 @@ struct TreeOutcome {
     bytes: u64,
     /// Cancelled or timed out: the job stops here.
     stopped: bool,
+    /// How long the tree took (set by the job).
+    duration: Duration,
 }
 
 impl TreeOutcome {
@@ -679,6 +685,7 @@ impl TreeOutcome {
             files: 0,
             bytes: 0,
             stopped: false,
+            duration: Duration::ZERO,
         }
     }
 }
@@ -868,6 +875,7 @@ fn describe(
         files: report.files,
         bytes,
         stopped,
+        duration: Duration::ZERO,
     }
 }
 
@@ -927,7 +935,30 @@ fn finish(
         serde_json::to_value(per_tree).unwrap_or_default(),
     );
     outcome.synced = synced;
+    outcome.copied = trees
+        .iter()
+        .map(|t| Copied {
+            kind: backup_kind(t.kind),
+            outcome: match t.level {
+                Level::Success => RunOutcome::Success,
+                Level::Warning => RunOutcome::Warning,
+                Level::Error => RunOutcome::Error,
+            },
+            duration: t.duration,
+            bytes: t.bytes,
+            rows: None,
+            files: t.files,
+        })
+        .collect();
     outcome
+}
+
+/// The metrics' and history's name for a tree.
+fn backup_kind(kind: Kind) -> BackupKind {
+    match kind {
+        Kind::Results => BackupKind::Results,
+        Kind::Videos => BackupKind::Videos,
+    }
 }
 
 impl Engine for RsyncEngine {
@@ -958,6 +989,36 @@ impl Engine for RsyncEngine {
     fn run(&self, device: DeviceInfo, ctx: JobContext) -> BoxFuture<'static, JobOutcome> {
         let engine = self.clone();
         Box::pin(async move { engine.backup(device, ctx).await })
+    }
+
+    fn kinds(&self, device: &DeviceInfo) -> Vec<BackupKind> {
+        self.kinds_for(device)
+            .into_iter()
+            .map(backup_kind)
+            .collect()
+    }
+
+    fn archive_bytes(&self) -> Vec<ArchiveBytes> {
+        self.inner
+            .sizes
+            .all()
+            .into_iter()
+            .filter(|(kind, _, _)| self.inner.config.enabled(*kind))
+            .map(|(kind, device_id, size)| ArchiveBytes {
+                device_id,
+                kind: backup_kind(kind),
+                bytes: size.bytes,
+            })
+            .collect()
+    }
+
+    fn archive_roots(&self) -> Vec<(BackupKind, PathBuf)> {
+        let c = &self.inner.config;
+        Kind::ALL
+            .into_iter()
+            .filter(|k| c.enabled(*k))
+            .map(|k| (backup_kind(k), c.archive_root(k).to_path_buf()))
+            .collect()
     }
 }
 
@@ -1134,6 +1195,7 @@ mod tests {
             files: 1,
             bytes: 10,
             stopped: false,
+            duration: Duration::from_secs(2),
         };
         let o = finish(
             &[
@@ -1155,6 +1217,28 @@ mod tests {
             json!("error")
         );
         assert_eq!(o.synced, None);
+        // The typed numbers for metrics and history: one part per tree, with its own outcome.
+        assert_eq!(
+            o.copied,
+            vec![
+                Copied {
+                    kind: BackupKind::Results,
+                    outcome: RunOutcome::Success,
+                    duration: Duration::from_secs(2),
+                    bytes: 10,
+                    rows: None,
+                    files: 1,
+                },
+                Copied {
+                    kind: BackupKind::Videos,
+                    outcome: RunOutcome::Error,
+                    duration: Duration::from_secs(2),
+                    bytes: 10,
+                    rows: None,
+                    files: 1,
+                },
+            ]
+        );
 
         // A device whose database list is not known yet: the videos went fine, but the job is
         // a warning, never a success that skipped the results.

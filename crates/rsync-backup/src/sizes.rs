@@ -204,6 +204,15 @@ impl SizeIndex {
         (sum(Kind::Results), sum(Kind::Videos))
     }
 
+    /// Every known tree's size: `(kind, device id, size)` (for the metrics).
+    pub fn all(&self) -> Vec<(Kind, String, TreeSize)> {
+        self.read()
+            .entries
+            .iter()
+            .map(|((kind, id), e)| (*kind, id.clone(), e.size))
+            .collect()
+    }
+
     /// Info about the last rescan.
     pub fn rescan_info(&self) -> RescanInfo {
         self.read().rescan.clone()
