@@ -35,6 +35,7 @@ use etho_model::error_chain;
 use etho_model::merge::{DaemonDocument, DocumentError, Service, ServiceReport, UnifiedStatus};
 use futures::future::{BoxFuture, FutureExt, Shared};
 
+use crate::metrics::StatusSnapshot;
 use crate::{AppState, NodeConfig};
 
 /// Last known reachability of a daemon, to log changes once instead of every refresh.
@@ -80,6 +81,8 @@ pub struct BackupStatusService {
     body_limit: usize,
     ttl: Duration,
     cache: Mutex<Cache>,
+    /// What the metrics read from the latest refresh (see [`crate::metrics`]).
+    snapshot: Mutex<Option<Arc<StatusSnapshot>>>,
 }
 
 impl fmt::Debug for BackupStatusService {
@@ -112,7 +115,53 @@ impl BackupStatusService {
             body_limit: config.daemon_body_limit,
             ttl: config.status_cache_ttl,
             cache: Mutex::new(Cache::default()),
+            snapshot: Mutex::new(None),
         })
+    }
+
+    /// The small summary of the latest refresh the metrics read; starts a background refresh
+    /// when the cached reply is older than the TTL, and waits for one only before the first
+    /// refresh ever finished (bounded by the daemon timeout). So a scrape never waits behind a
+    /// slow daemon once the node has answered once, and its numbers are at most one scrape
+    /// interval old.
+    pub async fn snapshot(self: &Arc<Self>) -> Option<Arc<StatusSnapshot>> {
+        let have = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match have {
+            Some(snap) => {
+                let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+                let stale = cache
+                    .fresh
+                    .as_ref()
+                    .is_none_or(|(at, _)| at.elapsed() >= self.ttl);
+                if stale && cache.inflight.is_none() {
+                    let _background = self.start_refresh(&mut cache);
+                }
+                Some(snap)
+            }
+            None => {
+                let _ = self.current().await;
+                self.snapshot
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+            }
+        }
+    }
+
+    /// The HTTP client, the daemons' base URLs and the fetch bounds (for the run history).
+    pub(crate) fn daemons(&self) -> (&reqwest::Client, [(Service, &ServiceUrl); 2], Duration) {
+        (
+            &self.client,
+            [
+                (self.mysql.service, &self.mysql.url),
+                (self.rsync.service, &self.rsync.url),
+            ],
+            self.timeout,
+        )
     }
 
     /// The serialized unified reply: cached if younger than the TTL, else the refresh in flight,
@@ -169,7 +218,11 @@ impl BackupStatusService {
         let bytes = tokio::task::spawn_blocking(move || {
             let mysql = this.mysql.report(mysql.and_then(parse_document));
             let rsync = this.rsync.report(rsync.and_then(parse_document));
+            let up = [&mysql, &rsync].map(|r| matches!(r, ServiceReport::Available(_)));
             let status = UnifiedStatus::from_reports(mysql, rsync);
+            let snapshot = StatusSnapshot::of(&status, up, started);
+            *this.snapshot.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(Arc::new(snapshot));
             serde_json::to_vec(&status).map(Bytes::from)
         })
         .await;

@@ -10,6 +10,8 @@
 //! - [`app`]: the complete router, so tests can drive it without a socket; [`serve`] runs it.
 //! - [`backup_status`]: the unified status endpoint (concurrent, bounded daemon fetches, a
 //!   single-flight cache of the serialized reply).
+//! - [`backup_history`]: `GET /backup/history/<id>`, both daemons' run histories merged.
+//! - [`metrics`]: `GET /metrics` (Prometheus text format) from the latest unified status.
 //! - [`archive`]: browsing and downloading the archive the daemons wrote, and scopr's
 //!   `index.txt` (read-only).
 //!
@@ -23,10 +25,12 @@ use std::time::Duration;
 use axum::{routing::get, Router};
 
 pub mod archive;
+pub mod backup_history;
 pub mod backup_status;
 pub mod dashboard;
 pub mod devices;
 pub mod mdns;
+pub mod metrics;
 pub mod poller;
 pub mod registry;
 pub mod store;
@@ -116,6 +120,8 @@ pub fn app(state: AppState) -> Router {
     let router = Router::new()
         .route("/healthz", get(healthz_get))
         .merge(backup_status::router())
+        .merge(backup_history::router())
+        .merge(metrics::router())
         .merge(devices::router())
         .merge(dashboard::router());
     let router = if state.archive.is_some() {
