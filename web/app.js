@@ -11,6 +11,7 @@ import {
 } from './backup-status.js';
 import { COLUMNS, buildRows, sortRows, visibleRows } from './devices.js';
 import { ARCHIVE_REFRESH_MS, archiveRefreshMs, archiveSection } from './archive.js';
+import { HISTORY_REFRESH_MS, historySection } from './history.js';
 
 const POLL_INTERVAL_MS = 5000;
 const FETCH_TIMEOUT_MS = 4000;
@@ -358,6 +359,27 @@ function archiveEntry(id) {
   return entry;
 }
 
+// The drawer's run history, per device: fetched when the drawer shows the device, reused for
+// HISTORY_REFRESH_MS, never two fetches for one device at once.
+const historyCache = new Map(); // id → { doc, error, at, pending }
+
+function historyEntry(id) {
+  const entry = historyCache.get(id) || { doc: null, error: '', at: 0, pending: false };
+  historyCache.set(id, entry);
+  if (!entry.pending && Date.now() - entry.at > HISTORY_REFRESH_MS) {
+    entry.pending = true;
+    fetchJson(`backup/history/${encodeURIComponent(id)}`)
+      .then((doc) => { entry.doc = doc; entry.error = ''; })
+      .catch((error) => { entry.error = reason(error); })
+      .finally(() => {
+        entry.pending = false;
+        entry.at = Date.now();
+        if (view.selected === id) renderDetail();
+      });
+  }
+  return entry;
+}
+
 function renderDetail() {
   const panel = $('detail');
   const row = rows.find((r) => r.id === view.selected);
@@ -390,6 +412,7 @@ function renderDetail() {
       sideSection('MySQL backup', own(info, 'mysql_backup')),
       sideSection('Rsync backup', own(info, 'rsync_backup'))));
   }
+  children.push(historySection(historyEntry(row.id), nowSeconds()));
   children.push(archiveSection(archiveEntry(row.id), nowSeconds()));
   body.replaceChildren(...children);
 }

@@ -106,7 +106,8 @@ export function archiveView(doc, nowSeconds) {
   };
 }
 
-function el(tag, props = {}, ...children) {
+/** A DOM element with `class`, `text` and attributes, and its children (empty ones skipped). */
+export function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(props)) {
     if (key === 'class') node.className = value;

@@ -47,7 +47,8 @@ export function freePort() {
 }
 
 /**
- * A stand-in for one backup daemon's `GET /status` on 127.0.0.1. `set(doc)` changes what it
+ * A stand-in for one backup daemon's `GET /status` (and `GET /history/<id>` for the ids in
+ * `histories`) on 127.0.0.1. `set(doc)` changes what it
  * answers; `stop()` closes the port (connections are refused afterwards, like a dead daemon);
  * `start()` listens again on the same port.
  */
@@ -55,6 +56,8 @@ export class StubDaemon {
   constructor(name, document) {
     this.name = name;
     this.document = document;
+    /** `GET /history/<id>` answers, by device id. */
+    this.histories = {};
     this.port = 0;
     this.requests = 0;
     this.server = null;
@@ -72,8 +75,13 @@ export class StubDaemon {
   async start() {
     const server = http.createServer((req, res) => {
       this.requests += 1;
+      const history = req.url.startsWith('/history/') ? this.histories[req.url.slice('/history/'.length)] : undefined;
       if (req.method === 'GET' && req.url === '/status') {
         const body = JSON.stringify(this.document);
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+        res.end(body);
+      } else if (req.method === 'GET' && history) {
+        const body = JSON.stringify(history);
         res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
         res.end(body);
       } else {

@@ -86,13 +86,14 @@ macro_rules! asset {
 
 static INDEX: Asset = asset!("/", "index.html", HTML);
 
-static ASSETS: [Asset; 6] = [
+static ASSETS: [Asset; 7] = [
     asset!("/app.js", "app.js", JAVASCRIPT),
     asset!("/backup-status.js", "backup-status.js", JAVASCRIPT),
     asset!("/devices.js", "devices.js", JAVASCRIPT),
     asset!("/style.css", "style.css", CSS),
     asset!("/index.html", "index.html", HTML),
     asset!("/archive.js", "archive.js", JAVASCRIPT),
+    asset!("/history.js", "history.js", JAVASCRIPT),
 ];
 
 /// Routes of this module, merged into [`crate::app`]: `GET /` and the page's files.
@@ -197,7 +198,7 @@ mod tests {
 
     #[tokio::test]
     async fn modules_are_served_as_javascript() {
-        for path in ["/backup-status.js", "/app.js", "/devices.js", "/archive.js"] {
+        for path in ["/backup-status.js", "/app.js", "/devices.js", "/archive.js", "/history.js"] {
             let (status, headers, body) = get_path(path, &[]).await;
             assert_eq!(status, StatusCode::OK, "{path}");
             assert_eq!(
