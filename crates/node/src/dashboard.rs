@@ -198,7 +198,13 @@ mod tests {
 
     #[tokio::test]
     async fn modules_are_served_as_javascript() {
-        for path in ["/backup-status.js", "/app.js", "/devices.js", "/archive.js", "/history.js"] {
+        for path in [
+            "/backup-status.js",
+            "/app.js",
+            "/devices.js",
+            "/archive.js",
+            "/history.js",
+        ] {
             let (status, headers, body) = get_path(path, &[]).await;
             assert_eq!(status, StatusCode::OK, "{path}");
             assert_eq!(
