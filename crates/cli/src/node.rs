@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use etho_node::alerts::AlertConfig;
 use etho_node::archive::{ArchiveConfig, Roots};
 use etho_node::registry::DiscoveryConfig;
 use etho_node::target::Target;
@@ -86,6 +87,15 @@ pub struct Args {
     /// A database that keeps changing is re-verified at most this often.
     #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = parse_seconds)]
     pub archive_verify_interval: Duration,
+
+    /// Slack/Mattermost incoming-webhook URL to post `{"text": …}` alerts to when a device's
+    /// backup becomes at risk, stale or failing, and when it is OK again. Repeatable.
+    #[arg(long, value_name = "URL", value_parser = parse_webhook)]
+    pub alert_webhook: Vec<reqwest::Url>,
+
+    /// Seconds between two checks of every device for alerts.
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    pub alert_interval: Duration,
 }
 
 impl Args {
@@ -123,9 +133,25 @@ impl Args {
                 device_timeout: self.device_timeout,
                 ..DiscoveryConfig::default()
             },
+            alerts: (!self.alert_webhook.is_empty()).then(|| AlertConfig {
+                interval: self.alert_interval,
+                ..AlertConfig::new(self.alert_webhook.clone())
+            }),
             ..NodeConfig::default()
         }
     }
+}
+
+/// An `http://` or `https://` URL with a host.
+fn parse_webhook(text: &str) -> Result<reqwest::Url, String> {
+    let url: reqwest::Url = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("{text:?}: expected an http:// or https:// URL"));
+    }
+    Ok(url)
 }
 
 /// A positive, finite number of seconds (`2`, `0.5`), at most a day.
@@ -261,6 +287,30 @@ mod tests {
             &["--mysql-backup-url", "https://x"],
         ] {
             assert!(parse(argv).is_err(), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn alert_webhooks() {
+        assert!(
+            parse(&[]).unwrap().config().alerts.is_none(),
+            "none by default"
+        );
+        let args = parse(&[
+            "--alert-webhook",
+            "https://chat.example/hooks/abc",
+            "--alert-webhook",
+            "http://127.0.0.1:8065/hooks/xyz",
+            "--alert-interval",
+            "5",
+        ])
+        .unwrap();
+        let alerts = args.config().alerts.unwrap();
+        assert_eq!(alerts.webhooks.len(), 2);
+        assert_eq!(alerts.webhooks[1].path(), "/hooks/xyz");
+        assert_eq!(alerts.interval, Duration::from_secs(5));
+        for bad in ["ftp://x/y", "hooks/abc", "file:///etc/passwd", "http://"] {
+            assert!(parse(&["--alert-webhook", bad]).is_err(), "{bad}");
         }
     }
 

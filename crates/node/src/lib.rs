@@ -12,6 +12,7 @@
 //!   single-flight cache of the serialized reply).
 //! - [`backup_history`]: `GET /backup/history/<id>`, both daemons' run histories merged.
 //! - [`metrics`]: `GET /metrics` (Prometheus text format) from the latest unified status.
+//! - [`alerts`]: Slack/Mattermost webhook messages when a device's backup goes bad or recovers.
 //! - [`archive`]: browsing and downloading the archive the daemons wrote, and scopr's
 //!   `index.txt` (read-only).
 //!
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use axum::{routing::get, Router};
 
+pub mod alerts;
 pub mod archive;
 pub mod backup_history;
 pub mod backup_status;
@@ -57,6 +59,8 @@ pub struct NodeConfig {
     pub discovery: registry::DiscoveryConfig,
     /// Serving the archive (see [`archive`]); `None` turns `/archive` off.
     pub archive: Option<archive::ArchiveConfig>,
+    /// Chat alerts (see [`alerts`]); `None` sends none.
+    pub alerts: Option<alerts::AlertConfig>,
 }
 
 /// Default `/status` body cap: far above a real daemon's reply, far below memory trouble.
@@ -76,6 +80,7 @@ impl Default for NodeConfig {
             state_dir: PathBuf::from("/var/lib/etho-backup/node"),
             discovery: registry::DiscoveryConfig::default(),
             archive: None,
+            alerts: None,
         }
     }
 }
@@ -158,6 +163,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let _discovery = state.devices.start();
     let _archive = state.archive.as_ref().map(|a| a.start());
+    let alerts = tokio_util::sync::CancellationToken::new();
+    let _alerts = alerts.clone().drop_guard();
+    if let Some(config) = &state.config.alerts {
+        alerts::start(Arc::clone(&state.backup_status), config.clone(), alerts)
+            .map_err(std::io::Error::other)?;
+    }
     let limits = server_limits(&state.config);
     etho_http::serve(listener, app(state), limits, shutdown).await
 }

@@ -21,7 +21,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use etho_model::merge::{OverallStatus, UnifiedStatus};
+use etho_model::merge::{OverallStatus, UnifiedDevice, UnifiedStatus};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -53,6 +53,8 @@ pub struct DeviceSnapshot {
     pub name: String,
     /// The seed's combined outcome.
     pub overall: OverallStatus,
+    /// Why the device's backup needs attention, in sentences (for chat alerts).
+    pub reasons: Vec<String>,
 }
 
 /// What one unified status refresh leaves for the metrics: small, immutable, shared.
@@ -79,10 +81,38 @@ impl StatusSnapshot {
                     id: id.clone(),
                     name: d.name.clone(),
                     overall: d.overall_status,
+                    reasons: failure_reasons(d),
                 })
                 .collect(),
         }
     }
+}
+
+/// Longest daemon message quoted in a reason.
+const REASON_MESSAGE_LIMIT: usize = 300;
+
+/// "MySQL backup failed: <message>" for each daemon whose last job of the device failed.
+fn failure_reasons(device: &UnifiedDevice) -> Vec<String> {
+    [
+        ("MySQL backup", &device.mysql_backup),
+        ("rsync backup", &device.rsync_backup),
+    ]
+    .into_iter()
+    .filter(|(_, side)| side.progress.get("status").and_then(|s| s.as_str()) == Some("error"))
+    .map(|(what, side)| {
+        let message = side
+            .progress
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("");
+        let mut cut = REASON_MESSAGE_LIMIT.min(message.len());
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let ellipsis = if cut < message.len() { "…" } else { "" };
+        format!("{what} failed: {}{ellipsis}", &message[..cut])
+    })
+    .collect()
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -183,6 +213,7 @@ mod tests {
             id: format!("{n:032x}"),
             name: format!("ETHOSCOPE_{n:03}"),
             overall,
+            reasons: Vec::new(),
         };
         let snap = StatusSnapshot {
             taken_at,
