@@ -336,18 +336,15 @@ function sideSection(title, side) {
   return section;
 }
 
-// The drawer's archive listing, per device: fetched when the drawer shows the device, reused for
-// ARCHIVE_REFRESH_MS (a few seconds while a database awaits its first check), never two fetches
-// for one device at once.
-const archiveCache = new Map(); // id → { doc, error, at, pending }
-
-function archiveEntry(id) {
-  const entry = archiveCache.get(id) || { doc: null, error: '', at: 0, pending: false };
-  archiveCache.set(id, entry);
-  const ttl = entry.doc ? archiveRefreshMs(entry.doc) : ARCHIVE_REFRESH_MS;
-  if (!entry.pending && Date.now() - entry.at > ttl) {
+// What the drawer fetches per device (its archive listing, its run history): fetched when the
+// drawer shows the device, reused while younger than `ttl(doc)`, never two fetches for one device
+// at once. Each cache maps id → { doc, error, at, pending }.
+function drawerEntry(cache, id, path, ttl) {
+  const entry = cache.get(id) || { doc: null, error: '', at: 0, pending: false };
+  cache.set(id, entry);
+  if (!entry.pending && Date.now() - entry.at > ttl(entry.doc)) {
     entry.pending = true;
-    fetchJson(`archive?device=${encodeURIComponent(id)}`)
+    fetchJson(path)
       .then((doc) => { entry.doc = doc; entry.error = ''; })
       .catch((error) => { entry.error = reason(error); })
       .finally(() => {
@@ -359,26 +356,15 @@ function archiveEntry(id) {
   return entry;
 }
 
-// The drawer's run history, per device: fetched when the drawer shows the device, reused for
-// HISTORY_REFRESH_MS, never two fetches for one device at once.
-const historyCache = new Map(); // id → { doc, error, at, pending }
+// The archive listing: ARCHIVE_REFRESH_MS, a few seconds while a database awaits its first check.
+const archiveCache = new Map();
+const archiveEntry = (id) => drawerEntry(archiveCache, id, `archive?device=${encodeURIComponent(id)}`,
+  (doc) => (doc ? archiveRefreshMs(doc) : ARCHIVE_REFRESH_MS));
 
-function historyEntry(id) {
-  const entry = historyCache.get(id) || { doc: null, error: '', at: 0, pending: false };
-  historyCache.set(id, entry);
-  if (!entry.pending && Date.now() - entry.at > HISTORY_REFRESH_MS) {
-    entry.pending = true;
-    fetchJson(`backup/history/${encodeURIComponent(id)}`)
-      .then((doc) => { entry.doc = doc; entry.error = ''; })
-      .catch((error) => { entry.error = reason(error); })
-      .finally(() => {
-        entry.pending = false;
-        entry.at = Date.now();
-        if (view.selected === id) renderDetail();
-      });
-  }
-  return entry;
-}
+// The run history of both daemons: HISTORY_REFRESH_MS.
+const historyCache = new Map();
+const historyEntry = (id) => drawerEntry(historyCache, id, `backup/history/${encodeURIComponent(id)}`,
+  () => HISTORY_REFRESH_MS);
 
 function renderDetail() {
   const panel = $('detail');

@@ -104,7 +104,6 @@ async fn prometheus_scrapes_the_lab_and_loads_the_rules() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let logs = root.join("logs");
     for d in ["logs", "backup/results", "backup/videos", "prometheus"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
@@ -133,74 +132,10 @@ async fn prometheus_scrapes_the_lab_and_loads_the_rules() {
     })
     .await
     .unwrap();
-    let maria = fleet.mariadb().unwrap().clone();
-    let (node_port, mysql_port, rsync_port) = (free_port(), free_port(), free_port());
-    let node_addr = format!("127.0.0.1:{node_port}");
-    let s = |v: &str| v.to_string();
-    let results = root.join("backup/results").display().to_string();
-    let mut node_args = vec![
-        s("node"),
-        s("--listen"),
-        node_addr.clone(),
-        s("--mysql-backup-url"),
-        format!("http://127.0.0.1:{mysql_port}"),
-        s("--rsync-backup-url"),
-        format!("http://127.0.0.1:{rsync_port}"),
-        s("--state-dir"),
-        root.join("state/node").display().to_string(),
-        s("--poll-interval"),
-        s("0.5"),
-        s("--no-archive"),
-    ];
-    for d in fleet.device_addresses() {
-        node_args.push(s("--device"));
-        node_args.push(d);
-    }
-    let mut procs = vec![
-        Proc::spawn("node", &node_args, &logs),
-        Proc::spawn(
-            "mysql-backup",
-            &[
-                s("mysql-backup"),
-                s("-p"),
-                mysql_port.to_string(),
-                s("-i"),
-                node_addr.clone(),
-                s("-r"),
-                results.clone(),
-                s("--interval"),
-                s("2"),
-                s("--mysql-port"),
-                maria.port.to_string(),
-                s("--state-dir"),
-                root.join("state/mysql").display().to_string(),
-            ],
-            &logs,
-        ),
-        Proc::spawn(
-            "rsync-backup",
-            &[
-                s("rsync-backup"),
-                s("-p"),
-                rsync_port.to_string(),
-                s("-i"),
-                node_addr.clone(),
-                s("-r"),
-                results,
-                s("-v"),
-                root.join("backup/videos").display().to_string(),
-                s("--source"),
-                fleet.rsync_source_template().unwrap(),
-                s("--interval"),
-                s("2"),
-                s("--state-dir"),
-                root.join("state/rsync").display().to_string(),
-            ],
-            &logs,
-        ),
-    ];
+    let lab = LabProcesses::spawn(&fleet, root, &["--no-archive"]);
+    let mut procs = lab.procs;
     let dir = root.join("prometheus");
-    let config = lab_config(&dir, node_port, mysql_port, rsync_port);
+    let config = lab_config(&dir, lab.node_port, lab.mysql_port, lab.rsync_port);
     let mut prom = start_prometheus(&dir, &config);
     let client = reqwest::Client::builder()
         .no_proxy()

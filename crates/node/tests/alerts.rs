@@ -2,7 +2,6 @@
 //! changes, and posts to a local webhook receiver (on loopback) that records every message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,10 +10,12 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use etho_node::alerts::AlertConfig;
-use etho_node::{AppState, NodeConfig, ServiceUrl};
+use etho_node::{NodeConfig, ServiceUrl};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+
+mod common;
+use common::{serve, start_node, Node};
 
 fn id(n: u32) -> String {
     format!("{n:032x}")
@@ -41,13 +42,6 @@ impl Daemon {
             .collect();
         *self.doc.lock().unwrap() = Value::Object(map);
     }
-}
-
-async fn serve(app: Router) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
 }
 
 async fn daemon() -> (Daemon, String) {
@@ -116,40 +110,21 @@ async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-struct Node {
-    base: String,
-    _stop: oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
-}
-
 async fn node(daemon_url: &str, webhooks: Vec<String>) -> Node {
-    let dir = tempfile::tempdir().unwrap();
     let mut alerts = AlertConfig::new(webhooks.iter().map(|u| u.parse().unwrap()).collect());
     alerts.interval = Duration::from_millis(100);
     alerts.backoff = Duration::from_millis(50);
     alerts.timeout = Duration::from_millis(500);
     alerts.retries = 3;
-    let config = NodeConfig {
-        state_dir: dir.path().to_path_buf(),
+    start_node(NodeConfig {
         mysql_backup_url: ServiceUrl::daemon(daemon_url).unwrap(),
         rsync_backup_url: ServiceUrl::daemon(daemon_url).unwrap(),
         daemon_timeout: Duration::from_secs(1),
         status_cache_ttl: Duration::from_millis(50),
         alerts: Some(alerts),
         ..NodeConfig::default()
-    };
-    let state = AppState::new(config).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(etho_node::serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
-    Node {
-        base: format!("http://{addr}"),
-        _stop: stop,
-        _dir: dir,
-    }
+    })
+    .await
 }
 
 /// Waits until the node has refreshed the daemon's status at least `rounds` more times.

@@ -2,77 +2,50 @@
 //! stub daemons serving fixture `/status` and `/history/<id>` documents.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use etho_node::{AppState, NodeConfig, ServiceUrl};
+use etho_node::{NodeConfig, ServiceUrl};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+
+mod common;
+use common::{refused_url, serve, start_node, Node};
 
 const DEV_A: &str = "0043e1b367c544fb8adb6198eccf7805";
 const DEV_B: &str = "11111111111111111111111111111111";
 
 /// A stub daemon: `/status` answers `status`, `/history/<DEV_A>` answers `history`.
 async fn stub(status: Value, history: Value) -> String {
-    let app = Router::new()
-        .route(
-            "/status",
-            get(move || {
-                let s = status.clone();
-                async move { axum::Json(s) }
-            }),
-        )
-        .route(
-            &format!("/history/{DEV_A}"),
-            get(move || {
-                let h = history.clone();
-                async move { axum::Json(h) }
-            }),
-        );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
+    serve(
+        Router::new()
+            .route(
+                "/status",
+                get(move || {
+                    let s = status.clone();
+                    async move { axum::Json(s) }
+                }),
+            )
+            .route(
+                &format!("/history/{DEV_A}"),
+                get(move || {
+                    let h = history.clone();
+                    async move { axum::Json(h) }
+                }),
+            ),
+    )
+    .await
 }
 
-async fn refused_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
-}
-
-struct Node {
-    base: String,
-    _stop: oneshot::Sender<()>,
-    _state_dir: tempfile::TempDir,
-}
-
-async fn start_node(mysql: &str, rsync: &str) -> Node {
-    let state_dir = tempfile::tempdir().unwrap();
-    let config = NodeConfig {
-        state_dir: state_dir.path().to_path_buf(),
+async fn start(mysql: &str, rsync: &str) -> Node {
+    start_node(NodeConfig {
         mysql_backup_url: ServiceUrl::daemon(mysql).unwrap(),
         rsync_backup_url: ServiceUrl::daemon(rsync).unwrap(),
         daemon_timeout: Duration::from_secs(2),
         status_cache_ttl: Duration::from_millis(200),
         ..NodeConfig::default()
-    };
-    let state = AppState::new(config).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(etho_node::serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
-    Node {
-        base: format!("http://{addr}"),
-        _stop: stop,
-        _state_dir: state_dir,
-    }
+    })
+    .await
 }
 
 fn entry(name: &str, status: &str) -> Value {
@@ -110,7 +83,7 @@ async fn metrics_count_devices_and_daemons() {
         json!({}),
     )
     .await;
-    let node = start_node(&mysql, &refused_url().await).await;
+    let node = start(&mysql, &refused_url().await).await;
     let (status, ctype, text) = get_text(&format!("{}/metrics", node.base)).await;
     assert_eq!(status, 200);
     assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
@@ -138,7 +111,7 @@ async fn history_merges_both_daemons_and_names_a_missing_one() {
         json!({"device_id": DEV_A, "runs": [run(200.0, "warning", "Videos: 1 vanished")]}),
     )
     .await;
-    let node = start_node(&mysql, &rsync).await;
+    let node = start(&mysql, &rsync).await;
     let (status, _, body) = get_text(&format!("{}/backup/history/{DEV_A}", node.base)).await;
     assert_eq!(status, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -169,7 +142,7 @@ async fn history_merges_both_daemons_and_names_a_missing_one() {
         json!({"mysql_backup": "HTTP 404 Not Found", "rsync_backup": "HTTP 404 Not Found"})
     );
 
-    let node = start_node(&mysql, &refused_url().await).await;
+    let node = start(&mysql, &refused_url().await).await;
     let (_, _, body) = get_text(&format!("{}/backup/history/{DEV_A}", node.base)).await;
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["runs"].as_array().unwrap().len(), 2);

@@ -365,3 +365,96 @@ pub fn always_running(roles: &[Role], second: u8, seed: u64, user: &str) -> Vec<
         })
         .collect()
 }
+
+/// The node and both backup daemons of a simulated lab, as `etho-backup` processes on free
+/// loopback ports: the node polls every device of `fleet`; both daemons cycle every 2 s into
+/// `<root>/backup/{results,videos}` with their state under `<root>/state/`; logs go to
+/// `<root>/logs/`. `node_extra` is appended to the node's flags.
+pub struct LabProcesses {
+    pub procs: Vec<Proc>,
+    pub node_port: u16,
+    pub mysql_port: u16,
+    pub rsync_port: u16,
+}
+
+impl LabProcesses {
+    pub fn spawn(fleet: &etho_sim::Fleet, root: &Path, node_extra: &[&str]) -> LabProcesses {
+        let (node_port, mysql_port, rsync_port) = (free_port(), free_port(), free_port());
+        let node_addr = format!("127.0.0.1:{node_port}");
+        let logs = root.join("logs");
+        let path = |p: &str| root.join(p).display().to_string();
+        let s = |v: &str| v.to_string();
+        let mut node_args = vec![
+            s("node"),
+            s("--listen"),
+            node_addr.clone(),
+            s("--mysql-backup-url"),
+            format!("http://127.0.0.1:{mysql_port}"),
+            s("--rsync-backup-url"),
+            format!("http://127.0.0.1:{rsync_port}"),
+            s("--daemon-timeout"),
+            s("2"),
+            s("--state-dir"),
+            path("state/node"),
+            s("--poll-interval"),
+            s("0.5"),
+            s("--device-timeout"),
+            s("1"),
+        ];
+        node_args.extend(node_extra.iter().map(|a| s(a)));
+        for d in fleet.device_addresses() {
+            node_args.push(s("--device"));
+            node_args.push(d);
+        }
+        let maria_port = fleet.mariadb().expect("the lab has MariaDB devices").port;
+        let procs = vec![
+            Proc::spawn("node", &node_args, &logs),
+            Proc::spawn(
+                "mysql-backup",
+                &[
+                    s("mysql-backup"),
+                    s("-p"),
+                    mysql_port.to_string(),
+                    s("-i"),
+                    node_addr.clone(),
+                    s("-r"),
+                    path("backup/results"),
+                    s("--interval"),
+                    s("2"),
+                    s("--mysql-port"),
+                    maria_port.to_string(),
+                    s("--state-dir"),
+                    path("state/mysql"),
+                ],
+                &logs,
+            ),
+            Proc::spawn(
+                "rsync-backup",
+                &[
+                    s("rsync-backup"),
+                    s("-p"),
+                    rsync_port.to_string(),
+                    s("-i"),
+                    node_addr,
+                    s("-r"),
+                    path("backup/results"),
+                    s("-v"),
+                    path("backup/videos"),
+                    s("--source"),
+                    fleet.rsync_source_template().unwrap(),
+                    s("--interval"),
+                    s("2"),
+                    s("--state-dir"),
+                    path("state/rsync"),
+                ],
+                &logs,
+            ),
+        ];
+        LabProcesses {
+            procs,
+            node_port,
+            mysql_port,
+            rsync_port,
+        }
+    }
+}
