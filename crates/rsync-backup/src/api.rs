@@ -358,10 +358,10 @@ mod tests {
             files: 3,
             bytes: 1234,
         };
-        st.engine.sizes().begin_update(Kind::Videos, id);
         st.engine
             .sizes()
-            .end_update(Kind::Videos, id, SizeChange::Absolute(size));
+            .begin_update(Kind::Videos, id)
+            .finish(SizeChange::Absolute(size));
         let sized = st.status_bytes();
         let d = doc(&sized);
         assert_eq!(

@@ -534,35 +534,31 @@ impl RsyncEngine {
         ctx: &JobContext,
     ) -> (PromoteReport, LiveReport) {
         // Promote whatever is complete, whatever rsync's exit: staged files are whole copies.
-        let sizes = Arc::clone(&self.inner.sizes);
+        let sizes = &self.inner.sizes;
         let known = sizes.has(kind, id);
-        sizes.begin_update(kind, id);
+        // The update is finished on the blocking thread, once the files really moved: aborting
+        // this job does not stop the promotion, and a panic in it drops the update unfinished.
+        let update = sizes.begin_update(kind, id);
         let cancel = ctx.cancel.clone();
         let (staging, archive_dir) = (paths.staging.clone(), paths.archive.clone());
         let done = tokio::task::spawn_blocking(move || {
             let report = promote(&staging, &archive_dir, &|| cancel.is_cancelled());
             live.commit();
-            let change = if known {
+            update.finish(if known {
                 SizeChange::Delta(report.delta)
             } else {
                 SizeChange::Absolute(walk_tree(&archive_dir).unwrap_or_default())
-            };
-            (report, live.report().clone(), change)
+            });
+            (report, live.report().clone())
         })
         .await;
-        let (report, live_report, change) = done.unwrap_or_else(|e| {
+        done.unwrap_or_else(|e| {
             let r = PromoteReport {
                 errors: vec![format!("promotion task failed: {e}")],
                 ..PromoteReport::default()
             };
-            (
-                r,
-                LiveReport::default(),
-                SizeChange::Delta(Default::default()),
-            )
-        });
-        sizes.end_update(kind, id, change);
-        (report, live_report)
+            (r, LiveReport::default())
+        })
     }
 }
 
@@ -1170,5 +1166,54 @@ mod tests {
             Some("Backup completed with warnings in 0.1s: Videos: no changes; results: waiting for the device's database list")
         );
         assert_eq!(o.progress.extra["duration_s"].to_string(), "0.1");
+    }
+    /// The scheduler aborts a job that outlives its grace period, wherever it is. Aborted while
+    /// it promotes, the job's size update still ends with what was moved (the promotion runs
+    /// to its end on its blocking thread): the tree is not left busy, so rescans keep measuring
+    /// it, and its size is what the archive holds.
+    #[tokio::test]
+    async fn a_job_aborted_mid_promotion_leaves_a_size_that_rescans_keep_true() {
+        use futures::FutureExt;
+        let work = tempfile::tempdir().unwrap();
+        let engine = RsyncEngine::new(RsyncBackupConfig::new(
+            &work.path().join("results"),
+            &work.path().join("videos"),
+            &work.path().join("state"),
+        ))
+        .unwrap();
+        let device = DeviceInfo::from_entry(
+            ID,
+            &json!({"id": ID, "name": "ETHOSCOPE_001", "ip": "127.0.0.1", "status": "running"}),
+        )
+        .unwrap();
+        let kind = Kind::Videos;
+        let paths = engine.transfer_paths(&device, kind);
+        prepare_dirs(&paths).unwrap();
+        for i in 0..300 {
+            let file = paths.staging.join(format!("d{}/{i}.h264", i % 7));
+            fs::create_dir_all(file.parent().unwrap()).unwrap();
+            fs::write(&file, vec![7u8; i]).unwrap();
+        }
+        engine.rescan().await;
+        assert!(engine.sizes().has(kind, ID));
+        let live = Live::new(engine.live_paths(&paths, kind, ID), false);
+        let ctx = JobContext::detached(ID);
+        let job = engine.promote_tree(kind, ID, &paths, live, &ctx);
+        // One poll starts the promotion; dropping the future is what aborting the task does.
+        assert!(
+            job.now_or_never().is_none(),
+            "the promotion finished at once"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while engine.sizes().updating(kind, ID) {
+            assert!(Instant::now() < deadline, "the tree stayed busy");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let on_disk = walk_tree(&paths.archive).unwrap();
+        assert_eq!(on_disk.files, 300);
+        assert_eq!(engine.sizes().get(kind, ID), Some(on_disk));
+        let info = engine.rescan().await;
+        assert_eq!(info.skipped_busy, 0);
+        assert_eq!(engine.sizes().get(kind, ID), Some(on_disk));
     }
 }
