@@ -16,8 +16,10 @@
 //! 5. turns rsync's exit code, stderr, the database step and the promotion report into a
 //!    message.
 //!
-//! The job's wall-clock limit is enforced here (the rsync process group is killed) as well as by
-//! the scheduler's cancellation, and a dropped job kills its rsync too.
+//! The job's wall-clock limit is the scheduler's: it hands the job its deadline
+//! ([`JobContext::deadline`]) and cancels the job there. Every rsync run is bounded by that
+//! deadline too, so the whole rsync process group is killed on time even before the cancellation
+//! is seen, and a dropped job kills its rsync as well.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -284,11 +286,13 @@ impl RsyncEngine {
         if kinds.is_empty() {
             return JobOutcome::warning(format!("No valid backup types for device {}", device.id));
         }
-        let deadline = started + config.job_timeout;
+        // The scheduler's deadline; what it leaves of the job's time is what messages call the
+        // job timeout.
+        let timeout = ctx.deadline().saturating_duration_since(started);
         let mut trees = Vec::new();
         for (i, kind) in kinds.iter().enumerate() {
             let step = format!("{}/{}", i + 1, kinds.len());
-            let outcome = self.sync_tree(&device, *kind, &step, &ctx, deadline).await;
+            let outcome = self.sync_tree(&device, *kind, &step, &ctx, timeout).await;
             let stop = outcome.stopped;
             trees.push(outcome);
             if stop {
@@ -364,9 +368,8 @@ impl RsyncEngine {
         kind: Kind,
         step: &str,
         ctx: &JobContext,
-        deadline: Instant,
+        timeout: Duration,
     ) -> TreeOutcome {
-        let config = &self.inner.config;
         let id = device.id.clone();
         let paths = self.transfer_paths(device, kind);
         ctx.report(Progress {
@@ -386,22 +389,16 @@ impl RsyncEngine {
             Ok(live) => live,
             Err(msg) => return TreeOutcome::error(kind, msg),
         };
-        let run = match self
-            .first_pass(&paths, &live, kind, step, ctx, deadline)
-            .await
-        {
+        let run = match self.first_pass(&paths, &live, kind, step, ctx).await {
             Ok(run) => run,
             Err(outcome) => return outcome,
         };
-        let live = match self
-            .live_step(device, live, &run, &paths, ctx, deadline)
-            .await
-        {
+        let live = match self.live_step(device, live, &run, &paths, ctx).await {
             Ok(live) => live,
             Err(msg) => return TreeOutcome::error(kind, msg),
         };
         let (report, live_report) = self.promote_tree(kind, &id, &paths, live, ctx).await;
-        describe(kind, &id, config, run, report, &live_report)
+        describe(kind, &id, timeout, run, report, &live_report)
     }
 
     /// The tree's rsync run, with live progress.
@@ -412,7 +409,6 @@ impl RsyncEngine {
         kind: Kind,
         step: &str,
         ctx: &JobContext,
-        deadline: Instant,
     ) -> Result<RunResult, TreeOutcome> {
         let config = &self.inner.config;
         let args =
@@ -424,7 +420,7 @@ impl RsyncEngine {
         let run = run_rsync(
             &config.rsync_program,
             &args,
-            deadline,
+            ctx.deadline(),
             &ctx.cancel,
             &keep,
             |st| {
@@ -465,9 +461,9 @@ impl RsyncEngine {
         first: &RunResult,
         paths: &TransferPaths,
         ctx: &JobContext,
-        deadline: Instant,
     ) -> Result<Live, String> {
         let config = &self.inner.config;
+        let deadline = ctx.deadline();
         let vanished = vanished_files(&first.stderr);
         let items = first.items.clone();
         let source_base = config.source.base(device);
@@ -696,7 +692,7 @@ fn list(items: &[String], max: usize) -> String {
 fn describe_end(
     kind: Kind,
     id: &str,
-    config: &RsyncBackupConfig,
+    timeout: Duration,
     run: &RunResult,
 ) -> (Level, Option<String>, bool) {
     match run.end {
@@ -741,11 +737,21 @@ fn describe_end(
             Level::Error,
             Some(format!(
                 "timed out after {} s (job timeout); rsync was stopped and the transfer resumes next cycle",
-                config.job_timeout.as_secs()
+                seconds(timeout)
             )),
             true,
         ),
         RunEnd::Cancelled => (Level::Error, Some("cancelled".into()), true),
+    }
+}
+
+/// A duration in whole seconds, or tenths below one second.
+fn seconds(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs >= 1.0 {
+        format!("{secs:.0}")
+    } else {
+        format!("{secs:.1}")
     }
 }
 
@@ -795,13 +801,13 @@ fn describe_live(live: &LiveReport) -> Vec<String> {
 fn describe(
     kind: Kind,
     id: &str,
-    config: &RsyncBackupConfig,
+    timeout: Duration,
     run: RunResult,
     report: PromoteReport,
     live: &LiveReport,
 ) -> TreeOutcome {
     let title = kind.title();
-    let (mut level, end_msg, stopped) = describe_end(kind, id, config, &run);
+    let (mut level, end_msg, stopped) = describe_end(kind, id, timeout, &run);
     let mut parts: Vec<String> = end_msg.into_iter().collect();
     let live_parts = describe_live(live);
     if !live_parts.is_empty() {
@@ -964,9 +970,8 @@ mod tests {
 
     const ID: &str = "0123456789abcdef0123456789abcdef";
 
-    fn config() -> RsyncBackupConfig {
-        RsyncBackupConfig::new(Path::new("/a/r"), Path::new("/a/v"), Path::new("/s"))
-    }
+    /// The scheduler's default job timeout.
+    const TIMEOUT: Duration = Duration::from_secs(600);
 
     fn run(end: RunEnd, stderr: &[&str]) -> RunResult {
         RunResult {
@@ -990,11 +995,10 @@ mod tests {
 
     #[test]
     fn exit_codes_become_levels_and_messages() {
-        let c = config();
         let ok = describe(
             Kind::Results,
             ID,
-            &c,
+            TIMEOUT,
             run(RunEnd::Exited(0), &[]),
             copied(2),
             &LiveReport::default(),
@@ -1005,7 +1009,7 @@ mod tests {
         let vanished = describe(
             Kind::Videos,
             ID,
-            &c,
+            TIMEOUT,
             run(RunEnd::Exited(24), &[]),
             copied(1),
             &LiveReport::default(),
@@ -1020,7 +1024,7 @@ mod tests {
         let failed = describe(
             Kind::Videos,
             ID,
-            &c,
+            TIMEOUT,
             run(
                 RunEnd::Exited(255),
                 &[
@@ -1043,7 +1047,7 @@ mod tests {
         let timed_out = describe(
             Kind::Results,
             ID,
-            &c,
+            TIMEOUT,
             run(RunEnd::TimedOut, &[]),
             copied(0),
             &LiveReport::default(),
@@ -1055,7 +1059,6 @@ mod tests {
 
     #[test]
     fn missing_trees_rejected_dbs_and_unsafe_links() {
-        let c = config();
         let missing = [format!(
             "rsync: [sender] change_dir \"/videos/{ID}\" (in ethoscope_data) failed: No such file or directory (2)"
         )];
@@ -1063,7 +1066,7 @@ mod tests {
         let v = describe(
             Kind::Videos,
             ID,
-            &c,
+            TIMEOUT,
             run(RunEnd::Exited(23), &missing),
             copied(0),
             &LiveReport::default(),
@@ -1077,7 +1080,7 @@ mod tests {
         let r = describe(
             Kind::Results,
             ID,
-            &c,
+            TIMEOUT,
             run(RunEnd::Exited(23), &missing_r),
             copied(0),
             &LiveReport::default(),
@@ -1108,7 +1111,7 @@ mod tests {
         };
         let mut rr = run(RunEnd::Exited(0), &[]);
         rr.state.unsafe_symlinks = vec!["etc".into()];
-        let o = describe(Kind::Results, ID, &c, rr, copied(1), &live);
+        let o = describe(Kind::Results, ID, TIMEOUT, rr, copied(1), &live);
         assert_eq!(o.level, Level::Warning);
         assert!(o.message.contains(
             "1 database copy failed a check and was not used (the last good copy is kept; read again next cycle): E/ts/x.db (failed the integrity check (integrity_check: malformed))"

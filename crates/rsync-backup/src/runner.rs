@@ -246,7 +246,12 @@ pub async fn run_rsync(
                 break;
             },
             _ = cancel.cancelled(), if stop.is_none() && exit.is_none() => {
-                stop = Some(RunEnd::Cancelled);
+                // The scheduler cancels a job at its deadline: that is a timeout, not a stop.
+                stop = Some(if Instant::now() >= deadline {
+                    RunEnd::TimedOut
+                } else {
+                    RunEnd::Cancelled
+                });
                 break;
             },
             _ = tokio::time::sleep_until(deadline_tokio), if stop.is_none() && exit.is_none() => {
@@ -383,6 +388,25 @@ mod tests {
             assert!(Instant::now() < deadline, "grandchild {pid} survived");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The scheduler cancels a job at its deadline: whichever the runner sees first, the run
+    /// timed out.
+    #[tokio::test]
+    async fn cancel_at_the_deadline_is_a_timeout() {
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let r = run_rsync(
+            Path::new("/bin/sh"),
+            &sh("exec sleep 300"),
+            Instant::now(),
+            &cancel,
+            &keep_none,
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.end, RunEnd::TimedOut);
     }
 
     #[tokio::test]

@@ -242,7 +242,6 @@ pub fn engine_config(work: &Path, source: &str) -> RsyncBackupConfig {
     c.source = source.parse().unwrap();
     c.connect_timeout = Duration::from_secs(3);
     c.io_timeout = Duration::from_secs(30);
-    c.job_timeout = Duration::from_secs(60);
     c
 }
 
@@ -250,8 +249,9 @@ pub fn engine(work: &Path, source: &str) -> RsyncEngine {
     RsyncEngine::new(engine_config(work, source)).unwrap()
 }
 
+/// A job context as the scheduler gives it, with a 60 s deadline.
 pub fn ctx(id: &str) -> JobContext {
-    JobContext::detached(id)
+    JobContext::detached(id).with_deadline(Instant::now() + Duration::from_secs(60))
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes.
