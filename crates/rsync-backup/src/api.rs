@@ -385,4 +385,34 @@ mod tests {
             json!(0)
         );
     }
+    /// The wire text of `GET /status`, key order included: a device whose videos the index
+    /// knows, whose results only the stored `synced` has (with a key a foreign writer added), and
+    /// the summary over both.
+    #[test]
+    fn status_body_wire_shape() {
+        let work = tempfile::tempdir().unwrap();
+        let st = state(work.path());
+        st.engine
+            .sizes()
+            .begin_update(Kind::Videos, ID)
+            .finish(SizeChange::Absolute(TreeSize {
+                files: 2,
+                bytes: 3_145_728,
+            }));
+        let mut entry = DeviceStatus::new("ETHOSCOPE_042", "running");
+        entry.synced = json!({
+            "results": {"local_files": 4, "directory": "/old/results", "disk_usage_bytes": 4096, "disk_usage_human": "4.0 KB"},
+            "other": {"x": 1},
+        });
+        entry.extra.insert("metadata".into(), json!({}));
+        let snapshot: BTreeMap<String, DeviceStatus> = [(ID.to_string(), entry)].into();
+        let body = String::from_utf8(status_body(&snapshot, &st.engine)).unwrap();
+        let videos = st.engine.tree_dir(Kind::Videos, ID);
+        assert_eq!(
+            body,
+            format!(
+                r#"{{"devices":{{"{ID}":{{"name":"ETHOSCOPE_042","status":"running","started":0,"ended":0,"processing":false,"count":0,"synced":{{"results":{{"local_files":4,"directory":"/old/results","disk_usage_bytes":4096,"disk_usage_human":"4.0 KB"}},"videos":{{"local_files":2,"directory":"{videos}","disk_usage_bytes":3145728,"disk_usage_human":"3.0 MB"}},"other":{{"x":1}}}},"progress":{{}},"metadata":{{}}}}}},"disk_usage_summary":{{"results":{{"total_files":4,"total_size_bytes":4096,"total_size_human":"4.0 KB"}},"videos":{{"total_files":2,"total_size_bytes":3145728,"total_size_human":"3.0 MB"}},"combined":{{"total_files":6,"total_size_bytes":3149824,"total_size_human":"3.0 MB"}}}}}}"#
+            )
+        );
+    }
 }

@@ -372,11 +372,12 @@ impl RsyncEngine {
     ) -> TreeOutcome {
         let id = device.id.clone();
         let paths = self.transfer_paths(device, kind);
-        ctx.report(Progress {
-            status: Some(ProgressStatus::Running),
-            message: Some(format!("{} ({step}): starting transfer", kind.title())),
-            extra: phase_fields(kind, step, &TransferState::default()),
-        });
+        ctx.report(tree_progress(
+            kind,
+            step,
+            format!("{} ({step}): starting transfer", kind.title()),
+            &TransferState::default(),
+        ));
         let (prep_paths, live_paths) = (paths.clone(), self.live_paths(&paths, kind, &id));
         let prepared = tokio::task::spawn_blocking(move || {
             prepare_dirs(&prep_paths)?;
@@ -428,11 +429,7 @@ impl RsyncEngine {
                 if file_changed || last_report.elapsed() >= REPORT_EVERY {
                     last_report = Instant::now();
                     last_file = st.current_file.clone();
-                    ctx.report(Progress {
-                        status: Some(ProgressStatus::Running),
-                        message: Some(live_message(kind, step, st)),
-                        extra: phase_fields(kind, step, st),
-                    });
+                    ctx.report(tree_progress(kind, step, live_message(kind, step, st), st));
                 }
             },
         )
@@ -609,6 +606,15 @@ fn prepare_dirs(paths: &TransferPaths) -> Result<(), String> {
     fs::create_dir_all(&paths.temp)
         .map_err(|e| format!("cannot create {}: {e}", paths.temp.display()))?;
     Ok(())
+}
+
+/// A running job's `progress` while it copies one tree.
+fn tree_progress(kind: Kind, step: &str, message: String, st: &TransferState) -> Progress {
+    Progress {
+        status: Some(ProgressStatus::Running),
+        message: Some(message),
+        extra: phase_fields(kind, step, st),
+    }
 }
 
 fn phase_fields(kind: Kind, step: &str, st: &TransferState) -> Map<String, Value> {
@@ -1218,5 +1224,87 @@ mod tests {
         let info = engine.rescan().await;
         assert_eq!(info.skipped_busy, 0);
         assert_eq!(engine.sizes().get(kind, ID), Some(on_disk));
+    }
+    /// The wire text of a running job's `progress`, key order included (as the `json!` literals
+    /// it was first built with wrote it).
+    #[test]
+    fn live_progress_wire_shape() {
+        let st = TransferState {
+            files_transferred: 3,
+            bytes_transferred: 1_572_864,
+            percent: 42,
+            speed: "1.00MB/s".into(),
+            current_file: Some("ETHOSCOPE_001/2025-07-10_10-00-00/a.h264".into()),
+            ..TransferState::default()
+        };
+        let p = tree_progress(
+            Kind::Videos,
+            "2/2",
+            live_message(Kind::Videos, "2/2", &st),
+            &st,
+        );
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"status":"running","message":"Videos (2/2): 42% - 1.5 MB at 1.00MB/s, 3 files, current: ETHOSCOPE_001/2025-07-10_10-00-00/a.h264","phase":"videos","step":"2/2","percent":42.0,"bytes_transferred":1572864,"bytes_transferred_human":"1.5 MB","speed":"1.00MB/s","current_file":"ETHOSCOPE_001/2025-07-10_10-00-00/a.h264","files_transferred":3}"#
+        );
+        let start = tree_progress(
+            Kind::Results,
+            "1/2",
+            "Results (1/2): starting transfer".into(),
+            &TransferState::default(),
+        );
+        assert_eq!(
+            serde_json::to_string(&start).unwrap(),
+            r#"{"status":"running","message":"Results (1/2): starting transfer","phase":"results","step":"1/2","percent":0.0,"bytes_transferred":0,"bytes_transferred_human":"0 B","speed":"","current_file":null,"files_transferred":0}"#
+        );
+    }
+
+    /// The wire text of a finished job's `progress` and `synced`, key order included.
+    #[tokio::test]
+    async fn finished_job_wire_shape() {
+        let t = |kind, level, files, bytes| TreeOutcome {
+            kind,
+            level,
+            message: format!("{kind}: ok"),
+            files,
+            bytes,
+            stopped: false,
+        };
+        let work = tempfile::tempdir().unwrap();
+        let engine = RsyncEngine::new(RsyncBackupConfig::new(
+            &work.path().join("results"),
+            &work.path().join("videos"),
+            &work.path().join("state"),
+        ))
+        .unwrap();
+        let videos = engine.inner.config.videos_dir.join(ID);
+        fs::create_dir_all(&videos).unwrap();
+        fs::write(videos.join("a.h264"), vec![0u8; 1536]).unwrap();
+        engine.rescan().await;
+        let synced = engine.synced_for(ID, &[Kind::Results, Kind::Videos]);
+        let o = finish(
+            &[
+                t(Kind::Results, Level::Warning, 2, 20),
+                t(Kind::Videos, Level::Success, 1, 1536),
+            ],
+            vec![],
+            Some(synced),
+            Duration::from_millis(1234),
+        );
+        assert_eq!(
+            serde_json::to_string(&o.progress).unwrap(),
+            r#"{"status":"warning","message":"Backup completed with warnings in 1.2s: results: ok; videos: ok","files_transferred":3,"bytes_transferred":1556,"duration_s":1.2,"trees":{"results":{"status":"warning","files_transferred":2,"bytes_transferred":20},"videos":{"status":"success","files_transferred":1,"bytes_transferred":1536}}}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&o.synced).unwrap(),
+            format!(
+                r#"{{"videos":{{"local_files":1,"directory":"{}","disk_usage_bytes":1536,"disk_usage_human":"1.5 KB"}}}}"#,
+                videos.display()
+            )
+        );
+        assert_eq!(
+            serde_json::to_string(&engine.default_extra()).unwrap(),
+            r#"{"metadata":{}}"#
+        );
     }
 }
