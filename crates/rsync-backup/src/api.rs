@@ -23,7 +23,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use etho_daemon::Daemon;
-use etho_model::size::format_bytes;
 use etho_model::status::DeviceStatus;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -31,6 +30,7 @@ use serde_json::{json, Value};
 
 use crate::config::Kind;
 use crate::engine::RsyncEngine;
+use crate::wire::{DiskUsageSummary, SyncedTree};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -130,18 +130,9 @@ async fn service_get(State(state): State<ApiState>) -> Json<Value> {
     }))
 }
 
-/// One device tree's `synced` entry.
-#[derive(Serialize)]
-struct TreeView {
-    local_files: u64,
-    directory: String,
-    disk_usage_bytes: u64,
-    disk_usage_human: String,
-}
-
 enum SyncedEntry<'a> {
     /// From the size index.
-    Fresh(TreeView),
+    Fresh(SyncedTree),
     /// As persisted by the last job (the index does not know the tree yet).
     Stored(&'a Value),
 }
@@ -191,33 +182,9 @@ impl Serialize for DeviceView<'_> {
 }
 
 #[derive(Serialize)]
-struct Total {
-    total_files: u64,
-    total_size_bytes: u64,
-    total_size_human: String,
-}
-
-impl Total {
-    fn new(files: u64, bytes: u64) -> Total {
-        Total {
-            total_files: files,
-            total_size_bytes: bytes,
-            total_size_human: format_bytes(bytes),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct Summary {
-    results: Total,
-    videos: Total,
-    combined: Total,
-}
-
-#[derive(Serialize)]
 struct StatusDoc<'a> {
     devices: BTreeMap<&'a str, DeviceView<'a>>,
-    disk_usage_summary: Summary,
+    disk_usage_summary: DiskUsageSummary,
 }
 
 fn build<'a>(snapshot: &'a BTreeMap<String, DeviceStatus>, engine: &RsyncEngine) -> StatusDoc<'a> {
@@ -238,12 +205,7 @@ fn build<'a>(snapshot: &'a BTreeMap<String, DeviceStatus>, engine: &RsyncEngine)
                 (Some(size), _) => {
                     totals[i].0 += size.files;
                     totals[i].1 += size.bytes;
-                    SyncedEntry::Fresh(TreeView {
-                        local_files: size.files,
-                        directory: engine.tree_dir(kind, id),
-                        disk_usage_bytes: size.bytes,
-                        disk_usage_human: format_bytes(size.bytes),
-                    })
+                    SyncedEntry::Fresh(engine.synced_tree(kind, id, size))
                 }
                 (None, Some(v)) => {
                     totals[i].0 += v.get("local_files").and_then(Value::as_u64).unwrap_or(0);
@@ -267,14 +229,10 @@ fn build<'a>(snapshot: &'a BTreeMap<String, DeviceStatus>, engine: &RsyncEngine)
         }
         devices.insert(id.as_str(), DeviceView { status, synced });
     }
-    let [(rf, rb), (vf, vb)] = totals;
+    let [results, videos] = totals;
     StatusDoc {
         devices,
-        disk_usage_summary: Summary {
-            results: Total::new(rf, rb),
-            videos: Total::new(vf, vb),
-            combined: Total::new(rf + vf, rb + vb),
-        },
+        disk_usage_summary: DiskUsageSummary::new(results, videos),
     }
 }
 

@@ -21,7 +21,6 @@
 //! deadline too, so the whole rsync process group is killed on time even before the cancellation
 //! is seen, and a dropped job kills its rsync as well.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -35,7 +34,7 @@ use etho_model::device::{
 use etho_model::size::format_bytes;
 use etho_model::status::{Progress, ProgressStatus};
 use futures::future::BoxFuture;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::command::{
@@ -51,6 +50,7 @@ use crate::promote::{promote, PromoteReport};
 use crate::runner::{kill_strays, run_rsync, RunEnd, RunResult};
 use crate::sizes::{rescan, walk_tree, RescanInfo, SizeChange, SizeIndex, TreeSize};
 use crate::source::Transport;
+use crate::wire::{fields, EntryExtra, FinalExtra, LiveExtra, Synced, SyncedTree, TreeFigures};
 
 /// How often live progress is published at most.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
@@ -239,19 +239,19 @@ impl RsyncEngine {
 
     /// `synced` for a device: one entry per tree the index knows, from `kinds` (and any other
     /// enabled tree the archive holds for it).
-    pub fn synced_for(&self, id: &str, kinds: &[Kind]) -> Value {
-        let mut out = Map::new();
+    pub fn synced_for(&self, id: &str, kinds: &[Kind]) -> Synced {
+        let mut synced = Synced::default();
         for kind in Kind::ALL {
             if !self.inner.config.enabled(kind) {
                 continue;
             }
             if let Some(size) = self.inner.sizes.get(kind, id) {
                 if kinds.contains(&kind) || size.files > 0 {
-                    out.insert(kind.as_str().to_string(), self.tree_json(kind, id, size));
+                    *synced.tree_mut(kind) = Some(self.synced_tree(kind, id, size));
                 }
             }
         }
-        Value::Object(out)
+        synced
     }
 
     /// The archive directory of one device tree, as shown in `synced`.
@@ -264,14 +264,14 @@ impl RsyncEngine {
             .into_owned()
     }
 
-    /// `{local_files, directory, disk_usage_bytes, disk_usage_human}` of one device tree.
-    pub fn tree_json(&self, kind: Kind, id: &str, size: TreeSize) -> Value {
-        json!({
-            "local_files": size.files,
-            "directory": self.tree_dir(kind, id),
-            "disk_usage_bytes": size.bytes,
-            "disk_usage_human": format_bytes(size.bytes),
-        })
+    /// One device tree's entry in `synced`.
+    pub fn synced_tree(&self, kind: Kind, id: &str, size: TreeSize) -> SyncedTree {
+        SyncedTree {
+            local_files: size.files,
+            directory: self.tree_dir(kind, id),
+            disk_usage_bytes: size.bytes,
+            disk_usage_human: format_bytes(size.bytes),
+        }
     }
 
     /// Backs up one device (what [`Engine::run`] runs).
@@ -315,8 +315,8 @@ impl RsyncEngine {
         }
         // Nothing measured yet (e.g. the first job after a restart failed before the rescan
         // finished): keep the stored `synced` rather than blanking it.
-        let synced = Some(self.synced_for(&device.id, &kinds))
-            .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()));
+        let synced = self.synced_for(&device.id, &kinds);
+        let synced = (!synced.is_empty()).then(|| Value::Object(fields(&synced)));
         finish(&trees, notes, synced, started.elapsed())
     }
 
@@ -613,24 +613,8 @@ fn tree_progress(kind: Kind, step: &str, message: String, st: &TransferState) ->
     Progress {
         status: Some(ProgressStatus::Running),
         message: Some(message),
-        extra: phase_fields(kind, step, st),
+        extra: fields(&LiveExtra::new(kind, step, st)),
     }
-}
-
-fn phase_fields(kind: Kind, step: &str, st: &TransferState) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("phase".into(), json!(kind.as_str()));
-    m.insert("step".into(), json!(step));
-    m.insert("percent".into(), json!(f64::from(st.percent)));
-    m.insert("bytes_transferred".into(), json!(st.bytes_transferred));
-    m.insert(
-        "bytes_transferred_human".into(),
-        json!(format_bytes(st.bytes_transferred)),
-    );
-    m.insert("speed".into(), json!(st.speed));
-    m.insert("current_file".into(), json!(st.current_file));
-    m.insert("files_transferred".into(), json!(st.files_transferred));
-    m
 }
 
 fn live_message(kind: Kind, step: &str, st: &TransferState) -> String {
@@ -655,6 +639,17 @@ enum Level {
     Success,
     Warning,
     Error,
+}
+
+impl Level {
+    /// The status word of a tree in `progress.trees`.
+    fn word(self) -> &'static str {
+        match self {
+            Level::Success => "success",
+            Level::Warning => "warning",
+            Level::Error => "error",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -902,38 +897,22 @@ fn finish(
         )),
         Level::Error => JobOutcome::error(format!("Backup failed after {secs:.1}s: {body}")),
     };
-    let files: u64 = trees.iter().map(|t| t.files).sum();
-    let bytes: u64 = trees.iter().map(|t| t.bytes).sum();
-    outcome
-        .progress
-        .extra
-        .insert("files_transferred".into(), json!(files));
-    outcome
-        .progress
-        .extra
-        .insert("bytes_transferred".into(), json!(bytes));
-    outcome
-        .progress
-        .extra
-        .insert("duration_s".into(), json!((secs * 10.0).round() / 10.0));
-    let per_tree: BTreeMap<&str, Value> = trees
-        .iter()
-        .map(|t| {
-            let status = match t.level {
-                Level::Success => "success",
-                Level::Warning => "warning",
-                Level::Error => "error",
-            };
-            (
-                t.kind.as_str(),
-                json!({"status": status, "files_transferred": t.files, "bytes_transferred": t.bytes}),
-            )
-        })
-        .collect();
-    outcome.progress.extra.insert(
-        "trees".into(),
-        serde_json::to_value(per_tree).unwrap_or_default(),
-    );
+    outcome.progress.extra = fields(&FinalExtra {
+        files_transferred: trees.iter().map(|t| t.files).sum(),
+        bytes_transferred: trees.iter().map(|t| t.bytes).sum(),
+        duration_s: (secs * 10.0).round() / 10.0,
+        trees: trees
+            .iter()
+            .map(|t| {
+                let figures = TreeFigures {
+                    status: t.level.word(),
+                    files_transferred: t.files,
+                    bytes_transferred: t.bytes,
+                };
+                (t.kind.as_str(), figures)
+            })
+            .collect(),
+    });
     outcome.synced = synced;
     outcome
 }
@@ -958,9 +937,7 @@ impl Engine for RsyncEngine {
     }
 
     fn default_extra(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("metadata".into(), json!({}));
-        m
+        fields(&EntryExtra::default())
     }
 
     fn run(&self, device: DeviceInfo, ctx: JobContext) -> BoxFuture<'static, JobOutcome> {
@@ -973,6 +950,7 @@ impl Engine for RsyncEngine {
 mod tests {
     use super::*;
     use crate::live::Held;
+    use serde_json::json;
 
     const ID: &str = "0123456789abcdef0123456789abcdef";
 
@@ -1281,14 +1259,14 @@ mod tests {
         fs::create_dir_all(&videos).unwrap();
         fs::write(videos.join("a.h264"), vec![0u8; 1536]).unwrap();
         engine.rescan().await;
-        let synced = engine.synced_for(ID, &[Kind::Results, Kind::Videos]);
+        let synced = fields(&engine.synced_for(ID, &[Kind::Results, Kind::Videos]));
         let o = finish(
             &[
                 t(Kind::Results, Level::Warning, 2, 20),
                 t(Kind::Videos, Level::Success, 1, 1536),
             ],
             vec![],
-            Some(synced),
+            Some(Value::Object(synced)),
             Duration::from_millis(1234),
         );
         assert_eq!(
