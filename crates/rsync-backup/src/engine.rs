@@ -31,6 +31,7 @@ use etho_daemon::{Engine, JobContext, JobOutcome};
 use etho_model::device::{
     is_valid_machine_id, DatabaseReport, DeviceInfo, Ineligible, WAITING_FOR_DATABASES,
 };
+use etho_model::error_chain;
 use etho_model::size::format_bytes;
 use etho_model::status::{Progress, ProgressStatus};
 use futures::future::BoxFuture;
@@ -41,7 +42,7 @@ use crate::command::{
     check_bwlimit, reread_args, rsync_args, ssh_command, CommandError, RereadPaths, TransferPaths,
 };
 use crate::config::{Kind, RsyncBackupConfig};
-use crate::live::{Live, LivePaths, LiveReport};
+use crate::live::{Live, LivePaths, LiveReport, PassPlan};
 use crate::parse::{
     classify_exit, error_summary, exit_meaning, source_dir_missing, vanished_files, ExitClass,
     Itemized, TransferState,
@@ -64,14 +65,16 @@ pub enum EngineError {
     /// A command-line problem (bwlimit, unquotable path).
     #[error(transparent)]
     Command(#[from] CommandError),
-    /// A directory that cannot be created or used.
-    #[error("{what} {path}: {source}")]
+    /// A directory that cannot be created or used (the message names it; the cause is the
+    /// `source`, so `{:#}` and `error_chain` do not print it twice).
+    #[error("{what} {}", .path.display())]
     Dir {
         /// Which directory.
         what: &'static str,
         /// Its path.
         path: PathBuf,
         /// The I/O error.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -385,18 +388,24 @@ impl RsyncEngine {
             Ok(Live::new(live_paths, kind == Kind::Results))
         })
         .await
-        .unwrap_or_else(|e| Err(format!("preparing directories failed: {e}")));
+        .unwrap_or_else(|source| {
+            Err(TreeError::Task {
+                what: "preparing directories",
+                source,
+            })
+        });
         let live = match prepared {
             Ok(live) => live,
-            Err(msg) => return TreeOutcome::error(kind, msg),
+            Err(e) => return TreeOutcome::failed(kind, &e),
         };
         let run = match self.first_pass(&paths, &live, kind, step, ctx).await {
+            Ok(run) if run.end == RunEnd::Cancelled => return TreeOutcome::cancelled(kind),
             Ok(run) => run,
-            Err(outcome) => return outcome,
+            Err(e) => return TreeOutcome::failed(kind, &e),
         };
         let live = match self.live_step(device, live, &run, &paths, ctx).await {
             Ok(live) => live,
-            Err(msg) => return TreeOutcome::error(kind, msg),
+            Err(e) => return TreeOutcome::failed(kind, &e),
         };
         let (report, live_report) = self.promote_tree(kind, &id, &paths, live, ctx).await;
         describe(kind, &id, timeout, run, report, &live_report)
@@ -410,43 +419,39 @@ impl RsyncEngine {
         kind: Kind,
         step: &str,
         ctx: &JobContext,
-    ) -> Result<RunResult, TreeOutcome> {
+    ) -> Result<RunResult, TreeError> {
         let config = &self.inner.config;
-        let args =
-            rsync_args(config, paths).map_err(|e| TreeOutcome::error(kind, e.to_string()))?;
+        let args = rsync_args(config, paths)?;
         tracing::debug!("rsync {:?}", args);
         let keep = live.item_filter();
         let mut last_report = Instant::now() - REPORT_EVERY;
         let mut last_file: Option<String> = None;
-        let run = run_rsync(
-            &config.rsync_program,
-            &args,
-            ctx.deadline(),
-            &ctx.cancel,
-            &keep,
-            |st| {
-                let file_changed = st.current_file != last_file;
-                if file_changed || last_report.elapsed() >= REPORT_EVERY {
-                    last_report = Instant::now();
-                    last_file = st.current_file.clone();
-                    ctx.report(tree_progress(kind, step, live_message(kind, step, st), st));
-                }
-            },
-        )
-        .await
-        .map_err(|e| {
-            TreeOutcome::error(
-                kind,
-                format!("cannot run {}: {e}", config.rsync_program.display()),
-            )
-        })?;
-        if run.end == RunEnd::Cancelled {
-            let mut o =
-                TreeOutcome::error(kind, "cancelled; the transfer resumes next cycle".into());
-            o.stopped = true;
-            return Err(o);
-        }
-        Ok(run)
+        let on_update = |st: &TransferState| {
+            let file_changed = st.current_file != last_file;
+            if file_changed || last_report.elapsed() >= REPORT_EVERY {
+                last_report = Instant::now();
+                last_file = st.current_file.clone();
+                ctx.report(tree_progress(kind, step, live_message(kind, step, st), st));
+            }
+        };
+        self.run(&args, ctx, &keep, on_update).await
+    }
+
+    /// Runs rsync with `args` within the job's deadline and cancellation.
+    async fn run(
+        &self,
+        args: &[std::ffi::OsString],
+        ctx: &JobContext,
+        keep: &(dyn Fn(&Itemized) -> bool + Send + Sync),
+        on_update: impl FnMut(&TransferState),
+    ) -> Result<RunResult, TreeError> {
+        let program = &self.inner.config.rsync_program;
+        run_rsync(program, args, ctx.deadline(), &ctx.cancel, keep, on_update)
+            .await
+            .map_err(|source| TreeError::Spawn {
+                program: program.clone(),
+                source,
+            })
     }
 
     /// Decides for every database the first pass brought, re-reads the ones not proven
@@ -458,53 +463,19 @@ impl RsyncEngine {
         first: &RunResult,
         paths: &TransferPaths,
         ctx: &JobContext,
-    ) -> Result<Live, String> {
-        let config = &self.inner.config;
-        let deadline = ctx.deadline();
+    ) -> Result<Live, TreeError> {
         let vanished = vanished_files(&first.stderr);
         let items = first.items.clone();
-        let source_base = config.source.base(device);
+        let source_base = self.inner.config.source.base(device);
         let mut live = blocking(live, move |l| l.first_pass(&items, &vanished)).await?;
-        while !ctx.cancel.is_cancelled() && Instant::now() < deadline {
+        while !ctx.cancel.is_cancelled() && Instant::now() < ctx.deadline() {
             let (l, plan) = blocking_with(live, |l| l.plan_reread()).await?;
             live = l;
-            let plan = match plan {
-                Ok(Some(plan)) => plan,
-                Ok(None) => break,
-                Err(e) => return Err(format!("cannot prepare a re-read: {e}")),
+            let Some(plan) = plan.map_err(TreeError::Reread)? else {
+                break;
             };
-            let args = reread_args(
-                config,
-                &RereadPaths {
-                    source: source_base.clone(),
-                    transport: paths.transport,
-                    list: plan.list.clone(),
-                    basis: plan.basis.clone(),
-                    dest: plan.dest.clone(),
-                    temp: paths.temp.clone(),
-                },
-            )
-            .map_err(|e| e.to_string())?;
-            let all = |_: &Itemized| true;
-            let run = run_rsync(
-                &config.rsync_program,
-                &args,
-                deadline,
-                &ctx.cancel,
-                &all,
-                |_| {},
-            )
-            .await
-            .map_err(|e| format!("cannot run {}: {e}", config.rsync_program.display()))?;
-            if !matches!(run.end, RunEnd::Exited(0 | 24)) {
-                let why = match run.end {
-                    RunEnd::Exited(code) => format!(
-                        "rsync code {code} ({}): {}",
-                        exit_meaning(code),
-                        error_summary(&run.stderr)
-                    ),
-                    other => format!("{other:?}"),
-                };
+            let run = self.reread(&source_base, paths, &plan, ctx).await?;
+            if let Some(why) = reread_failure(&run) {
                 tracing::warn!("re-read pass {} failed: {why}", plan.pass);
                 live = blocking(live, move |l| l.reread_failed(why)).await?;
                 break;
@@ -514,6 +485,28 @@ impl RsyncEngine {
         }
         let cancel = ctx.cancel.clone();
         blocking(live, move |l| l.build_all(&cancel)).await
+    }
+
+    /// One re-read pass: rsync of just the files `plan` lists.
+    async fn reread(
+        &self,
+        source_base: &str,
+        paths: &TransferPaths,
+        plan: &PassPlan,
+        ctx: &JobContext,
+    ) -> Result<RunResult, TreeError> {
+        let args = reread_args(
+            &self.inner.config,
+            &RereadPaths {
+                source: source_base.to_string(),
+                transport: paths.transport,
+                list: plan.list.clone(),
+                basis: plan.basis.clone(),
+                dest: plan.dest.clone(),
+                temp: paths.temp.clone(),
+            },
+        )?;
+        self.run(&args, ctx, &|_: &Itemized| true, |_| {}).await
     }
 
     /// Moves the staged files into the archive, records the database copies that got there, and
@@ -555,46 +548,102 @@ impl RsyncEngine {
     }
 }
 
+/// Why a re-read pass did not complete (its databases are then held), or `None`: rsync's exit
+/// 0, or 24 (a file vanished, which the live step itself looks at).
+fn reread_failure(run: &RunResult) -> Option<String> {
+    match run.end {
+        RunEnd::Exited(0 | 24) => None,
+        RunEnd::Exited(code) => Some(format!(
+            "rsync code {code} ({}): {}",
+            exit_meaning(code),
+            error_summary(&run.stderr)
+        )),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+/// Why a tree's step failed before rsync's outcome could be judged. The message is the error
+/// with its causes ([`error_chain`]).
+#[derive(Debug, thiserror::Error)]
+enum TreeError {
+    /// A directory of the transfer could not be created.
+    #[error("cannot create {}", .path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The device's archive directory is a symlink (an older tool could have planted one).
+    #[error("refusing to write through symlink {}: replace it by a directory", .0.display())]
+    SymlinkArchive(PathBuf),
+    /// The device's archive directory is a file.
+    #[error("{} exists and is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// A blocking step panicked or was cancelled.
+    #[error("{what} failed")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The files of a re-read pass could not be prepared.
+    #[error("cannot prepare a re-read")]
+    Reread(#[source] std::io::Error),
+    /// The rsync command line could not be built.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// rsync could not be started.
+    #[error("cannot run {}", .program.display())]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Runs `f` on `live` on a blocking thread and hands `live` back.
-async fn blocking(live: Live, f: impl FnOnce(&mut Live) + Send + 'static) -> Result<Live, String> {
+async fn blocking(
+    live: Live,
+    f: impl FnOnce(&mut Live) + Send + 'static,
+) -> Result<Live, TreeError> {
     blocking_with(live, f).await.map(|(l, ())| l)
 }
 
 async fn blocking_with<T: Send + 'static>(
     mut live: Live,
     f: impl FnOnce(&mut Live) -> T + Send + 'static,
-) -> Result<(Live, T), String> {
+) -> Result<(Live, T), TreeError> {
     tokio::task::spawn_blocking(move || {
         let out = f(&mut live);
         (live, out)
     })
     .await
-    .map_err(|e| format!("database step failed: {e}"))
+    .map_err(|source| TreeError::Task {
+        what: "database step",
+        source,
+    })
 }
 
-fn prepare_dirs(paths: &TransferPaths) -> Result<(), String> {
+fn prepare_dirs(paths: &TransferPaths) -> Result<(), TreeError> {
+    let create = |dir: &Path| {
+        fs::create_dir_all(dir).map_err(|source| TreeError::Create {
+            path: dir.to_path_buf(),
+            source,
+        })
+    };
     if let Some(root) = paths.archive.parent() {
-        fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        create(root)?;
     }
     match fs::symlink_metadata(&paths.archive) {
         Ok(m) if m.is_dir() => {}
         Ok(m) if m.file_type().is_symlink() => {
-            return Err(format!(
-                "refusing to write through symlink {}: replace it by a directory",
-                paths.archive.display()
-            ))
+            return Err(TreeError::SymlinkArchive(paths.archive.clone()))
         }
-        Ok(_) => {
-            return Err(format!(
-                "{} exists and is not a directory",
-                paths.archive.display()
-            ))
-        }
-        Err(_) => fs::create_dir(&paths.archive)
-            .map_err(|e| format!("cannot create {}: {e}", paths.archive.display()))?,
+        Ok(_) => return Err(TreeError::NotADirectory(paths.archive.clone())),
+        Err(_) => create(&paths.archive)?,
     }
     for dir in [&paths.staging, &paths.partial] {
-        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        create(dir)?;
     }
     // An rsync orphaned by a SIGKILLed daemon must not keep writing next to the new one.
     let mut dest = paths.staging.as_os_str().to_owned();
@@ -603,9 +652,7 @@ fn prepare_dirs(paths: &TransferPaths) -> Result<(), String> {
     // rsync's temporary files of a killed run are useless (the data went to the partial dir if
     // rsync had the chance); start clean.
     let _ = fs::remove_dir_all(&paths.temp);
-    fs::create_dir_all(&paths.temp)
-        .map_err(|e| format!("cannot create {}: {e}", paths.temp.display()))?;
-    Ok(())
+    create(&paths.temp)
 }
 
 /// A running job's `progress` while it copies one tree.
@@ -672,6 +719,18 @@ impl TreeOutcome {
             files: 0,
             bytes: 0,
             stopped: false,
+        }
+    }
+
+    fn failed(kind: Kind, error: &TreeError) -> TreeOutcome {
+        TreeOutcome::error(kind, error_chain(error))
+    }
+
+    /// The job was cancelled during the tree's first pass: the job stops here.
+    fn cancelled(kind: Kind) -> TreeOutcome {
+        TreeOutcome {
+            stopped: true,
+            ..TreeOutcome::error(kind, "cancelled; the transfer resumes next cycle".into())
         }
     }
 }
