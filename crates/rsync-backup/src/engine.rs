@@ -408,6 +408,15 @@ impl RsyncEngine {
             Err(e) => return TreeOutcome::failed(kind, &e),
         };
         let (report, live_report) = self.promote_tree(kind, &id, &paths, live, ctx).await;
+        let unsafe_links = &run.state.unsafe_symlinks;
+        if !unsafe_links.is_empty() {
+            tracing::warn!(
+                device = %id,
+                "{}: symlinks pointing outside the device's tree were not copied: {}",
+                kind.title(),
+                list(unsafe_links, 10)
+            );
+        }
         describe(kind, &id, timeout, run, report, &live_report)
     }
 
@@ -857,7 +866,7 @@ fn describe_live(live: &LiveReport) -> Vec<String> {
     parts
 }
 
-/// Turns one tree's rsync run, database step and promotion into an outcome.
+/// Turns one tree's rsync run, database step and promotion into an outcome (pure).
 fn describe(
     kind: Kind,
     id: &str,
@@ -866,37 +875,14 @@ fn describe(
     report: PromoteReport,
     live: &LiveReport,
 ) -> TreeOutcome {
-    let title = kind.title();
-    let (mut level, end_msg, stopped) = describe_end(kind, id, timeout, &run);
-    let mut parts: Vec<String> = end_msg.into_iter().collect();
-    let live_parts = describe_live(live);
-    if !live_parts.is_empty() {
-        level = level.max(Level::Warning);
-        parts.extend(live_parts);
-    }
-    if !report.errors.is_empty() {
-        level = level.max(Level::Warning);
-        let n = report.errors.len();
-        parts.push(format!(
-            "{n} entr{} not moved into the archive: {}",
-            plural(n, "y", "ies"),
-            list(&report.errors, 3)
-        ));
-    }
-    let unsafe_links = &run.state.unsafe_symlinks;
-    if !unsafe_links.is_empty() {
-        tracing::warn!(
-            device = %id,
-            "{title}: symlinks pointing outside the device's tree were not copied: {}",
-            list(unsafe_links, 10)
-        );
-        parts.push(format!(
-            "{} symlink{} pointing outside the device's tree not copied ({})",
-            unsafe_links.len(),
-            plural(unsafe_links.len(), "", "s"),
-            list(unsafe_links, 3)
-        ));
-    }
+    let (end_level, end_msg, stopped) = describe_end(kind, id, timeout, &run);
+    let warnings = describe_warnings(live, &report, &run.state.unsafe_symlinks);
+    let level = if warnings.is_empty() {
+        end_level
+    } else {
+        end_level.max(Level::Warning)
+    };
+    let mut parts: Vec<String> = end_msg.into_iter().chain(warnings).collect();
     if report.cross_device {
         parts.push("state directory on another filesystem: files were copied into place".into());
     }
@@ -918,6 +904,7 @@ fn describe(
             format_bytes(bytes)
         ),
     };
+    let title = kind.title();
     let message = if parts.is_empty() {
         format!("{title}: {copied}")
     } else {
@@ -931,6 +918,33 @@ fn describe(
         bytes,
         stopped,
     }
+}
+
+/// What makes a tree a warning besides rsync's end: databases not used, entries not promoted,
+/// symlinks out of the device's tree.
+fn describe_warnings(
+    live: &LiveReport,
+    report: &PromoteReport,
+    unsafe_links: &[String],
+) -> Vec<String> {
+    let mut parts = describe_live(live);
+    if !report.errors.is_empty() {
+        let n = report.errors.len();
+        parts.push(format!(
+            "{n} entr{} not moved into the archive: {}",
+            plural(n, "y", "ies"),
+            list(&report.errors, 3)
+        ));
+    }
+    if !unsafe_links.is_empty() {
+        parts.push(format!(
+            "{} symlink{} pointing outside the device's tree not copied ({})",
+            unsafe_links.len(),
+            plural(unsafe_links.len(), "", "s"),
+            list(unsafe_links, 3)
+        ));
+    }
+    parts
 }
 
 fn finish(
