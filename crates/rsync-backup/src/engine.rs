@@ -876,13 +876,23 @@ fn describe(
     live: &LiveReport,
 ) -> TreeOutcome {
     let (end_level, end_msg, stopped) = describe_end(kind, id, timeout, &run);
-    let warnings = describe_warnings(live, &report, &run.state.unsafe_symlinks);
+    let warnings = describe_warnings(live, &report);
     let level = if warnings.is_empty() {
         end_level
     } else {
         end_level.max(Level::Warning)
     };
     let mut parts: Vec<String> = end_msg.into_iter().chain(warnings).collect();
+    // Noted, not a warning: refusing them is the policy working.
+    let unsafe_links = &run.state.unsafe_symlinks;
+    if !unsafe_links.is_empty() {
+        parts.push(format!(
+            "{} symlink{} pointing outside the device's tree not copied ({})",
+            unsafe_links.len(),
+            plural(unsafe_links.len(), "", "s"),
+            list(unsafe_links, 3)
+        ));
+    }
     if report.cross_device {
         parts.push("state directory on another filesystem: files were copied into place".into());
     }
@@ -920,13 +930,8 @@ fn describe(
     }
 }
 
-/// What makes a tree a warning besides rsync's end: databases not used, entries not promoted,
-/// symlinks out of the device's tree.
-fn describe_warnings(
-    live: &LiveReport,
-    report: &PromoteReport,
-    unsafe_links: &[String],
-) -> Vec<String> {
+/// What makes a tree a warning besides rsync's end: databases not used, entries not promoted.
+fn describe_warnings(live: &LiveReport, report: &PromoteReport) -> Vec<String> {
     let mut parts = describe_live(live);
     if !report.errors.is_empty() {
         let n = report.errors.len();
@@ -934,14 +939,6 @@ fn describe_warnings(
             "{n} entr{} not moved into the archive: {}",
             plural(n, "y", "ies"),
             list(&report.errors, 3)
-        ));
-    }
-    if !unsafe_links.is_empty() {
-        parts.push(format!(
-            "{} symlink{} pointing outside the device's tree not copied ({})",
-            unsafe_links.len(),
-            plural(unsafe_links.len(), "", "s"),
-            list(unsafe_links, 3)
         ));
     }
     parts
@@ -1179,6 +1176,26 @@ mod tests {
         assert!(o
             .message
             .contains("1 symlink pointing outside the device's tree not copied (etc)"));
+    }
+
+    /// Symlinks out of the device's tree are refused by policy: noted, not a warning.
+    #[test]
+    fn refused_symlinks_alone_are_a_note() {
+        let mut rr = run(RunEnd::Exited(0), &[]);
+        rr.state.unsafe_symlinks = vec!["etc".into(), "shadow".into()];
+        let o = describe(
+            Kind::Results,
+            ID,
+            TIMEOUT,
+            rr,
+            copied(1),
+            &LiveReport::default(),
+        );
+        assert_eq!(o.level, Level::Success, "{}", o.message);
+        assert_eq!(
+            o.message,
+            "Results: 1 file copied (2.0 KB); 2 symlinks pointing outside the device's tree not copied (etc, shadow)"
+        );
     }
 
     #[test]
