@@ -1027,6 +1027,16 @@ mod tests {
     /// The scheduler's default job timeout.
     const TIMEOUT: Duration = Duration::from_secs(600);
 
+    /// An engine with its archive roots and state under `work`.
+    fn engine_in(work: &Path) -> RsyncEngine {
+        RsyncEngine::new(RsyncBackupConfig::new(
+            &work.join("results"),
+            &work.join("videos"),
+            &work.join("state"),
+        ))
+        .unwrap()
+    }
+
     fn run(end: RunEnd, stderr: &[&str]) -> RunResult {
         RunResult {
             end,
@@ -1252,12 +1262,7 @@ mod tests {
     async fn a_job_aborted_mid_promotion_leaves_a_size_that_rescans_keep_true() {
         use futures::FutureExt;
         let work = tempfile::tempdir().unwrap();
-        let engine = RsyncEngine::new(RsyncBackupConfig::new(
-            &work.path().join("results"),
-            &work.path().join("videos"),
-            &work.path().join("state"),
-        ))
-        .unwrap();
+        let engine = engine_in(work.path());
         let device = DeviceInfo::from_entry(
             ID,
             &json!({"id": ID, "name": "ETHOSCOPE_001", "ip": "127.0.0.1", "status": "running"}),
@@ -1339,12 +1344,7 @@ mod tests {
             stopped: false,
         };
         let work = tempfile::tempdir().unwrap();
-        let engine = RsyncEngine::new(RsyncBackupConfig::new(
-            &work.path().join("results"),
-            &work.path().join("videos"),
-            &work.path().join("state"),
-        ))
-        .unwrap();
+        let engine = engine_in(work.path());
         let videos = engine.inner.config.videos_dir.join(ID);
         fs::create_dir_all(&videos).unwrap();
         fs::write(videos.join("a.h264"), vec![0u8; 1536]).unwrap();

@@ -386,6 +386,20 @@ mod tests {
         vec!["-c".into(), script.into()]
     }
 
+    /// Runs `sh -c script`, keeping no itemized line.
+    async fn run_sh(script: &str, deadline: Instant, cancel: &CancellationToken) -> RunResult {
+        run_rsync(
+            Path::new("/bin/sh"),
+            &sh(script),
+            deadline,
+            cancel,
+            &keep_none,
+            |_| {},
+        )
+        .await
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn reads_both_pipes_and_exit_code() {
         let cancel = CancellationToken::new();
@@ -421,16 +435,12 @@ mod tests {
             pidfile.display()
         );
         let started = Instant::now();
-        let r = run_rsync(
-            Path::new("/bin/sh"),
-            &sh(&script),
+        let r = run_sh(
+            &script,
             Instant::now() + Duration::from_millis(500),
             &cancel,
-            &keep_none,
-            |_| {},
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(r.end, RunEnd::TimedOut);
         assert!(started.elapsed() < Duration::from_secs(10));
         let pid: i32 = std::fs::read_to_string(&pidfile)
@@ -457,16 +467,7 @@ mod tests {
     async fn cancel_at_the_deadline_is_a_timeout() {
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let r = run_rsync(
-            Path::new("/bin/sh"),
-            &sh("exec sleep 300"),
-            Instant::now(),
-            &cancel,
-            &keep_none,
-            |_| {},
-        )
-        .await
-        .unwrap();
+        let r = run_sh("exec sleep 300", Instant::now(), &cancel).await;
         assert_eq!(r.end, RunEnd::TimedOut);
     }
 
@@ -486,16 +487,12 @@ mod tests {
         let cancel = CancellationToken::new();
         cancel.cancel();
         let started = Instant::now();
-        let r = run_rsync(
-            Path::new("/bin/sh"),
-            &sh("exec sleep 300"),
+        let r = run_sh(
+            "exec sleep 300",
             Instant::now() + Duration::from_secs(300),
             &cancel,
-            &keep_none,
-            |_| {},
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(r.end, RunEnd::Cancelled);
         assert!(started.elapsed() < Duration::from_secs(5));
     }
