@@ -62,14 +62,9 @@ impl CommonArgs {
         SchedulerConfig {
             interval: Duration::from_secs(self.interval.max(1)),
             max_jobs: self.max_jobs.max(1),
-            job_timeout: self.job_timeout(),
+            job_timeout: Duration::from_secs(self.job_timeout.max(1)),
             ..SchedulerConfig::default()
         }
-    }
-
-    /// `--job-timeout` as a duration.
-    pub fn job_timeout(&self) -> Duration {
-        Duration::from_secs(self.job_timeout.max(1))
     }
 }
 

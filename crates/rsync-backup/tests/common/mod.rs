@@ -242,7 +242,6 @@ pub fn engine_config(work: &Path, source: &str) -> RsyncBackupConfig {
     c.source = source.parse().unwrap();
     c.connect_timeout = Duration::from_secs(3);
     c.io_timeout = Duration::from_secs(30);
-    c.job_timeout = Duration::from_secs(60);
     c
 }
 
@@ -250,8 +249,9 @@ pub fn engine(work: &Path, source: &str) -> RsyncEngine {
     RsyncEngine::new(engine_config(work, source)).unwrap()
 }
 
+/// A job context as the scheduler gives it, with a 60 s deadline.
 pub fn ctx(id: &str) -> JobContext {
-    JobContext::detached(id)
+    JobContext::detached(id).with_deadline(Instant::now() + Duration::from_secs(60))
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes.
@@ -326,7 +326,9 @@ pub async fn stub_node(devices: Value) -> (SocketAddr, tokio::task::JoinHandle<(
 }
 
 /// A private sshd on a free loopback port accepting one generated client key, for the ssh pull
-/// test. Killed on drop.
+/// tests. Killed on drop. The ssh transport is the production one, so a machine without sshd
+/// fails these tests (as the end-to-end test fails without mariadbd) rather than passing them
+/// silently; `scripts/test` installs openssh-server.
 pub struct TestSshd {
     child: Child,
     pub port: u16,
@@ -337,16 +339,15 @@ pub struct TestSshd {
 pub const SSHD: &str = "/usr/sbin/sshd";
 
 impl TestSshd {
-    /// `None` when sshd is not installed or cannot run here.
-    pub fn start() -> Option<TestSshd> {
-        if !Path::new(SSHD).exists() {
-            eprintln!("skipping: {SSHD} not installed");
-            return None;
-        }
+    /// Starts one; panics when sshd is not installed or cannot run here.
+    pub fn start() -> TestSshd {
+        assert!(
+            Path::new(SSHD).exists(),
+            "the ssh transport tests need {SSHD} (apt-get install openssh-server)"
+        );
         // sshd's privilege separation directory.
-        if fs::create_dir_all("/run/sshd").is_err() {
-            eprintln!("skipping: cannot create /run/sshd");
-            return None;
+        if let Err(e) = fs::create_dir_all("/run/sshd") {
+            panic!("the ssh transport tests need /run/sshd for sshd: {e}");
         }
         let dir = tempfile::tempdir().unwrap();
         let keygen = |name: &str| {
@@ -394,12 +395,12 @@ impl TestSshd {
                     break;
                 }
                 if banner(port) {
-                    return Some(TestSshd {
+                    return TestSshd {
                         child,
                         port,
                         client_key: dir.path().join("client_key"),
                         dir,
-                    });
+                    };
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
@@ -410,7 +411,7 @@ impl TestSshd {
             }
             eprintln!("sshd attempt {attempt} on port {port} failed");
         }
-        None
+        panic!("{SSHD} did not start on a loopback port (5 attempts)");
     }
 
     /// Replaces the host key (as a device re-flashed or impersonated would) and restarts.
