@@ -176,10 +176,7 @@ type Refused = (Option<String>, String);
 
 /// Rebuilds upstream's `/devices` answer as this node's: `(devices, rejected)`. At most
 /// [`MAX_TARGETS`] devices are kept.
-pub fn relay_document(
-    doc: &Value,
-    results: Option<&Path>,
-) -> Result<Relayed, RelayError> {
+pub fn relay_document(doc: &Value, results: Option<&Path>) -> Result<Relayed, RelayError> {
     let map = doc.as_object().ok_or(RelayError::NotAnObject)?;
     if let Some(err) = map.get("error") {
         return Err(RelayError::Upstream(shown(&err.to_string())));
