@@ -86,7 +86,13 @@ pub struct RsyncBackupConfig {
     pub rescan_interval: Duration,
     /// The rsync executable.
     pub rsync_program: PathBuf,
+    /// The daemon's umask, also applied to the modes rsync copies from devices (with group and
+    /// world write always off).
+    pub umask: u32,
 }
+
+/// Default umask of the daemons: nothing for others, no group write.
+pub const DEFAULT_UMASK: u32 = 0o027;
 
 impl RsyncBackupConfig {
     /// A config with upstream's defaults for the given archive and state directories:
@@ -110,6 +116,7 @@ impl RsyncBackupConfig {
             state_dir: state_dir.to_path_buf(),
             rescan_interval: Duration::from_secs(3600),
             rsync_program: PathBuf::from("rsync"),
+            umask: DEFAULT_UMASK,
         }
     }
 

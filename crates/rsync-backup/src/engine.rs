@@ -44,11 +44,11 @@ use crate::command::{
 use crate::config::{Kind, RsyncBackupConfig};
 use crate::live::{Live, LivePaths, LiveReport, PassPlan};
 use crate::parse::{
-    classify_exit, error_summary, exit_meaning, source_dir_missing, vanished_files, ExitClass,
-    Itemized, TransferState,
+    classify_exit, disk_full, error_summary, exit_meaning, source_dir_missing, vanished_files,
+    ExitClass, Itemized, TransferState,
 };
 use crate::promote::{promote, PromoteReport};
-use crate::runner::{kill_strays, run_rsync, RunEnd, RunResult};
+use crate::runner::{kill_strays, run_rsync, Limits, RunEnd, RunResult};
 use crate::sizes::{rescan, walk_tree, RescanInfo, SizeChange, SizeIndex, TreeSize};
 use crate::source::Transport;
 use crate::wire::{fields, EntryExtra, FinalExtra, LiveExtra, Synced, SyncedTree, TreeFigures};
@@ -114,6 +114,8 @@ impl RsyncEngine {
         if let Some(limit) = &config.bwlimit {
             check_bwlimit(limit)?;
         }
+        etho_daemon::config::private_dir(&config.state_dir)
+            .map_err(dir_error("state directory", &config.state_dir))?;
         config.state_dir = absolute("state directory", &config.state_dir)?;
         for sub in [
             "staging",
@@ -134,7 +136,7 @@ impl RsyncEngine {
             config.videos_dir = absolute("videos directory", &config.videos_dir)?;
         }
         if config.source.transport() == Transport::Ssh {
-            ssh_command(&config)?;
+            ssh_command(&config, None)?;
             if let Some(parent) = config.ssh.known_hosts.parent() {
                 fs::create_dir_all(parent).map_err(dir_error("known hosts directory", parent))?;
             }
@@ -344,6 +346,7 @@ impl RsyncEngine {
             itemize_unchanged: kind == Kind::Results,
             partial: self.state_path("partial", kind, id),
             temp: self.state_path("tmp", kind, id),
+            host_key_alias: Some(id.clone()),
         }
     }
 
@@ -408,6 +411,13 @@ impl RsyncEngine {
             Err(e) => return TreeOutcome::failed(kind, &e),
         };
         let (report, live_report) = self.promote_tree(kind, &id, &paths, live, ctx).await;
+        // The disk is full: what rsync kept of the file it was receiving would keep it full (and
+        // starve the MySQL mirror on the same filesystem) until the next attempt.
+        let disk_note = if disk_full(&run.stderr) {
+            Some(self.free_partial(kind, &paths).await)
+        } else {
+            None
+        };
         let unsafe_links = &run.state.unsafe_symlinks;
         if !unsafe_links.is_empty() {
             tracing::warn!(
@@ -417,7 +427,42 @@ impl RsyncEngine {
                 list(unsafe_links, 10)
             );
         }
-        describe(kind, &id, timeout, run, report, &live_report)
+        let outcome = describe(kind, &id, timeout, run, report, &live_report);
+        match disk_note {
+            Some(note) => outcome.disk_full(note),
+            None => outcome,
+        }
+    }
+
+    /// After a full disk: removes rsync's partial and temporary files of this transfer (the
+    /// archive's good copies and the whole files already staged are kept) and says how much space
+    /// is left.
+    async fn free_partial(&self, kind: Kind, paths: &TransferPaths) -> String {
+        let root = self.inner.config.archive_root(kind).to_path_buf();
+        let dirs = [paths.partial.clone(), paths.temp.clone()];
+        let done = tokio::task::spawn_blocking(move || {
+            let mut removed = 0u64;
+            for dir in &dirs {
+                removed += empty_dir(dir);
+            }
+            (removed, free_space(&root))
+        })
+        .await;
+        let (removed, free) = done.unwrap_or((0, None));
+        let free = match free {
+            Some((avail, total)) => format!(
+                "{} free of {} on {}",
+                format_bytes(avail),
+                format_bytes(total),
+                self.inner.config.archive_root(kind).display()
+            ),
+            None => "free space unknown".to_string(),
+        };
+        format!(
+            "the node's disk is full ({free}); the partial file ({}) was removed so the space \
+             is not held until the next attempt",
+            format_bytes(removed)
+        )
     }
 
     /// The tree's rsync run, with live progress.
@@ -454,8 +499,13 @@ impl RsyncEngine {
         keep: &(dyn Fn(&Itemized) -> bool + Send + Sync),
         on_update: impl FnMut(&TransferState),
     ) -> Result<RunResult, TreeError> {
-        let program = &self.inner.config.rsync_program;
-        run_rsync(program, args, ctx.deadline(), &ctx.cancel, keep, on_update)
+        let config = &self.inner.config;
+        let program = &config.rsync_program;
+        let limits = Limits {
+            deadline: ctx.deadline(),
+            stall: Some(config.io_timeout),
+        };
+        run_rsync(program, args, limits, &ctx.cancel, keep, on_update)
             .await
             .map_err(|source| TreeError::Spawn {
                 program: program.clone(),
@@ -477,7 +527,9 @@ impl RsyncEngine {
         let items = first.items.clone();
         let source_base = self.inner.config.source.base(device);
         let mut live = blocking(live, move |l| l.first_pass(&items, &vanished)).await?;
-        while !ctx.cancel.is_cancelled() && Instant::now() < ctx.deadline() {
+        // A device that stopped sending data would stall every re-read too.
+        let stalled = matches!(first.end, RunEnd::Stalled(_));
+        while !stalled && !ctx.cancel.is_cancelled() && Instant::now() < ctx.deadline() {
             let (l, plan) = blocking_with(live, |l| l.plan_reread()).await?;
             live = l;
             let Some(plan) = plan.map_err(TreeError::Reread)? else {
@@ -513,6 +565,7 @@ impl RsyncEngine {
                 basis: plan.basis.clone(),
                 dest: plan.dest.clone(),
                 temp: paths.temp.clone(),
+                host_key_alias: paths.host_key_alias.clone(),
             },
         )?;
         self.run(&args, ctx, &|_: &Itemized| true, |_| {}).await
@@ -566,6 +619,10 @@ fn reread_failure(run: &RunResult) -> Option<String> {
             "rsync code {code} ({}): {}",
             exit_meaning(code),
             error_summary(&run.stderr)
+        )),
+        RunEnd::Stalled(after) => Some(format!(
+            "the device stopped sending data (nothing for {} s)",
+            seconds(after)
         )),
         other => Some(format!("{other:?}")),
     }
@@ -664,6 +721,38 @@ fn prepare_dirs(paths: &TransferPaths) -> Result<(), TreeError> {
     create(&paths.temp)
 }
 
+/// Removes everything below `dir` (kept itself); returns the bytes of the files removed.
+fn empty_dir(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => {
+                removed += walk_tree(&path).map(|t| t.bytes).unwrap_or(0);
+                let _ = fs::remove_dir_all(&path);
+            }
+            _ => {
+                removed += e.metadata().map(|m| m.len()).unwrap_or(0);
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+    removed
+}
+
+/// Space available to us and total size of the filesystem holding `path`.
+fn free_space(path: &Path) -> Option<(u64, u64)> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    let block = st.fragment_size();
+    Some((
+        st.blocks_available().saturating_mul(block),
+        st.blocks().saturating_mul(block),
+    ))
+}
+
 /// A running job's `progress` while it copies one tree.
 fn tree_progress(kind: Kind, step: &str, message: String, st: &TransferState) -> Progress {
     Progress {
@@ -733,6 +822,17 @@ impl TreeOutcome {
 
     fn failed(kind: Kind, error: &TreeError) -> TreeOutcome {
         TreeOutcome::error(kind, error_chain(error))
+    }
+
+    /// The node's disk filled up: an error whatever rsync's exit said, with `note` (the space
+    /// left, the partial file removed), and the job stops (the next tree would fill it again).
+    fn disk_full(self, note: String) -> TreeOutcome {
+        TreeOutcome {
+            level: Level::Error,
+            message: format!("{}; {note}", self.message),
+            stopped: true,
+            ..self
+        }
     }
 
     /// The job was cancelled during the tree's first pass: the job stops here.
@@ -807,6 +907,15 @@ fn describe_end(
             Some(format!(
                 "timed out after {} s (job timeout); rsync was stopped and the transfer resumes next cycle",
                 seconds(timeout)
+            )),
+            true,
+        ),
+        RunEnd::Stalled(after) => (
+            Level::Error,
+            Some(format!(
+                "device stopped sending data: nothing received for {} s (--io-timeout); rsync was \
+                 stopped and the transfer resumes next cycle",
+                seconds(after)
             )),
             true,
         ),

@@ -8,6 +8,11 @@
 //! future (SIGKILL from [`GroupGuard`]'s `Drop`). A daemon that is itself SIGKILLed cannot kill
 //! anything, and its rsync would go on writing into the staging directory next to the one a
 //! restarted daemon starts; [`kill_strays`] ends such leftovers before a new run.
+//!
+//! A progress watchdog ([`Limits::stall`]) ends a run that received nothing for that long. rsync's
+//! own `--timeout` does not: with the device frozen mid-file (SIGSTOP, a wedged SD card), the
+//! keepalives between the node's rsync processes reset it, and the job held a worker until the
+//! job timeout. Activity is any output line except a progress redraw that shows no new byte.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -43,6 +48,8 @@ pub enum RunEnd {
     Signalled(i32),
     /// The wall-clock deadline passed; the process group was killed.
     TimedOut,
+    /// Nothing was received for the stall limit; the process group was killed.
+    Stalled(Duration),
     /// The job was cancelled; the process group was killed.
     Cancelled,
 }
@@ -141,18 +148,37 @@ pub fn kill_strays(dest: &std::ffi::OsStr) -> Vec<i32> {
     killed
 }
 
+/// When a run must end however it is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The job's wall-clock deadline.
+    pub deadline: Instant,
+    /// The longest time without a byte received (the progress watchdog); `None`: no watchdog.
+    pub stall: Option<Duration>,
+}
+
+impl Limits {
+    /// A deadline only.
+    pub fn deadline(deadline: Instant) -> Limits {
+        Limits {
+            deadline,
+            stall: None,
+        }
+    }
+}
+
 /// Keeps no itemized line.
 pub fn keep_none(_: &Itemized) -> bool {
     false
 }
 
-/// Runs `program args…` to completion, the deadline or cancellation. `on_update` is called with
-/// the transfer state whenever a line changed something visible; itemized lines for which `keep`
-/// is true are returned.
+/// Runs `program args…` to completion, the deadline, a stall or cancellation. `on_update` is
+/// called with the transfer state whenever a line changed something visible; itemized lines for
+/// which `keep` is true are returned.
 pub async fn run_rsync(
     program: &Path,
     args: &[OsString],
-    deadline: Instant,
+    limits: Limits,
     cancel: &CancellationToken,
     keep: &(dyn Fn(&Itemized) -> bool + Send + Sync),
     on_update: impl FnMut(&TransferState),
@@ -169,7 +195,7 @@ pub async fn run_rsync(
         .spawn()?;
     let guard = GroupGuard::new(child.id().unwrap_or(0));
     let mut output = Output::new(keep, on_update);
-    let end = match pump(&mut child, &mut output, deadline, cancel).await? {
+    let end = match pump(&mut child, &mut output, limits, cancel).await? {
         Pumped::Exited(status) => run_end(status),
         Pumped::Stopped(end) => {
             stop_group(&guard, &mut child, end).await;
@@ -190,14 +216,15 @@ enum Pumped {
 }
 
 /// Reads both pipes into `output` until rsync exited and its pipes are drained, the deadline
-/// passes or `cancel` fires. Both pipes are read at once: a child blocked on a full stderr pipe
-/// would never finish its stdout.
+/// passes, nothing arrives for the stall limit or `cancel` fires. Both pipes are read at once: a
+/// child blocked on a full stderr pipe would never finish its stdout.
 async fn pump(
     child: &mut Child,
     output: &mut Output<'_, impl FnMut(&TransferState)>,
-    deadline: Instant,
+    limits: Limits,
     cancel: &CancellationToken,
 ) -> std::io::Result<Pumped> {
+    let deadline = limits.deadline;
     let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
     let mut out_buf = vec![0u8; 16 * 1024];
     let mut err_buf = vec![0u8; 4 * 1024];
@@ -235,7 +262,29 @@ async fn pump(
             _ = tokio::time::sleep_until(deadline_tokio), if exit.is_none() => {
                 return Ok(Pumped::Stopped(RunEnd::TimedOut));
             },
+            _ = stall_timer(limits.stall, output.last_activity), if exit.is_none() => {
+                if let Some(stall) = limits.stall {
+                    return Ok(Pumped::Stopped(RunEnd::Stalled(stall)));
+                }
+            },
         }
+    }
+}
+
+/// Fires once `stall` passed since `last_activity` (never without a stall limit).
+async fn stall_timer(stall: Option<Duration>, last_activity: Instant) {
+    match stall {
+        Some(stall) => tokio::time::sleep_until((last_activity + stall).into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether an output line shows the transfer moving: anything but a progress redraw whose byte
+/// count did not grow (`bytes_before` is the count before the line).
+fn is_activity(line: &OutputLine, bytes_before: u64) -> bool {
+    match line {
+        OutputLine::Progress(p) => p.bytes > bytes_before,
+        _ => true,
     }
 }
 
@@ -286,6 +335,8 @@ fn run_end(status: std::process::ExitStatus) -> RunEnd {
 /// lines, the stderr tail.
 struct Output<'k, F> {
     state: TransferState,
+    /// When the last sign of progress arrived (see [`is_activity`]).
+    last_activity: Instant,
     items: Vec<Itemized>,
     keep: &'k (dyn Fn(&Itemized) -> bool + Send + Sync),
     on_update: F,
@@ -298,6 +349,7 @@ impl<'k, F: FnMut(&TransferState)> Output<'k, F> {
     fn new(keep: &'k (dyn Fn(&Itemized) -> bool + Send + Sync), on_update: F) -> Self {
         Output {
             state: TransferState::default(),
+            last_activity: Instant::now(),
             items: Vec::new(),
             keep,
             on_update,
@@ -323,6 +375,9 @@ impl<'k, F: FnMut(&TransferState)> Output<'k, F> {
 
     fn stdout_line(&mut self, line: &str, notify: bool) {
         let parsed = parse_line(line);
+        if is_activity(&parsed, self.state.bytes_transferred) {
+            self.last_activity = Instant::now();
+        }
         if self.state.apply(&parsed) && notify {
             (self.on_update)(&self.state);
         }
@@ -347,6 +402,7 @@ impl<'k, F: FnMut(&TransferState)> Output<'k, F> {
 
     fn stderr_line(&mut self, line: String) {
         tracing::debug!("rsync stderr: {line}");
+        self.last_activity = Instant::now();
         self.err_tail.push(line);
         if self.err_tail.len() > STDERR_TAIL {
             self.err_tail.remove(0);
@@ -388,10 +444,14 @@ mod tests {
 
     /// Runs `sh -c script`, keeping no itemized line.
     async fn run_sh(script: &str, deadline: Instant, cancel: &CancellationToken) -> RunResult {
+        run_sh_limits(script, Limits::deadline(deadline), cancel).await
+    }
+
+    async fn run_sh_limits(script: &str, limits: Limits, cancel: &CancellationToken) -> RunResult {
         run_rsync(
             Path::new("/bin/sh"),
             &sh(script),
-            deadline,
+            limits,
             cancel,
             &keep_none,
             |_| {},
@@ -408,7 +468,7 @@ mod tests {
         let r = run_rsync(
             Path::new("/bin/sh"),
             &sh("printf '>f+++++++++ 5 a.txt\\r 5 100%%  1.00kB/s 0:00:00 (xfr#1, to-chk=0/2)\\n'; echo 'rsync: boom' >&2; exit 23"),
-            deadline,
+            Limits::deadline(deadline),
             &cancel,
             &|i: &Itemized| i.is_received_file(),
             |_| updates += 1,
@@ -495,5 +555,55 @@ mod tests {
         .await;
         assert_eq!(r.end, RunEnd::Cancelled);
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// A run that receives nothing for the stall limit is stopped; one that keeps receiving
+    /// bytes is not, and progress redraws without new bytes do not count.
+    #[tokio::test]
+    async fn the_watchdog_stops_a_stalled_run_only() {
+        let cancel = CancellationToken::new();
+        let limits = Limits {
+            deadline: Instant::now() + Duration::from_secs(60),
+            stall: Some(Duration::from_millis(600)),
+        };
+        let started = Instant::now();
+        // Progress redraws with the same byte count, forever: stalled.
+        let r = run_sh_limits(
+            "while :; do printf '      1,000  10%%  1.00kB/s    0:00:09  \\r'; sleep 0.1; done",
+            limits,
+            &cancel,
+        )
+        .await;
+        assert_eq!(r.end, RunEnd::Stalled(Duration::from_millis(600)));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Growing bytes every 0.2 s for 2 s: never stalled.
+        let r = run_sh_limits(
+            "i=0; while [ $i -lt 10 ]; do i=$((i+1)); printf \"   ${i}000  10%%  1.00kB/s    0:00:09  \\r\"; sleep 0.2; done",
+            limits,
+            &cancel,
+        )
+        .await;
+        assert_eq!(r.end, RunEnd::Exited(0));
+    }
+
+    #[test]
+    fn activity_table() {
+        let progress = |bytes| {
+            OutputLine::Progress(crate::parse::ProgressLine {
+                bytes,
+                percent: 10,
+                speed: "1.00kB/s".into(),
+                time: "0:00:09".into(),
+                files: None,
+                to_check: None,
+                incomplete_list: false,
+            })
+        };
+        assert!(is_activity(&progress(10), 5));
+        assert!(!is_activity(&progress(5), 5));
+        assert!(is_activity(
+            &OutputLine::Other("receiving incremental file list".into()),
+            5
+        ));
     }
 }

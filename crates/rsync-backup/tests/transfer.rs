@@ -935,6 +935,7 @@ async fn rsync_orphaned_by_a_killed_daemon_is_stopped_by_the_next_job() {
         itemize_unchanged: false,
         partial: state.join("partial/videos").join(&id),
         temp: state.join("tmp/videos").join(&id),
+        host_key_alias: Some(id.clone()),
     };
     for d in [&paths.staging, &paths.partial, &paths.temp, &paths.archive] {
         fs::create_dir_all(d).unwrap();

@@ -196,10 +196,40 @@ pub fn excluded(rel: &str) -> bool {
         || rel.contains("/.cache")
 }
 
-/// Asserts `archive` is byte-identical (contents, modes, mtimes, symlinks, directories) to
-/// `source` minus the excluded files.
+/// The mode a device file gets in the archive with the daemon's umask: chmod's
+/// `ugo-st,go-w,<umask bits>-,u+rwX`, computed here independently of the engine.
+pub fn archived_mode(source: u32, umask: u32) -> u32 {
+    let mut mode = source & 0o777 & !(umask | 0o022);
+    mode |= 0o600;
+    if source & 0o111 != 0 {
+        mode |= 0o100;
+    }
+    mode
+}
+
+/// [`listing`] of a device tree as the archive must hold it: modes as [`archived_mode`] with the
+/// default umask.
+pub fn archived_listing(source: &Path) -> BTreeMap<String, Node> {
+    listing(source, &excluded)
+        .into_iter()
+        .map(|(k, n)| match n {
+            Node::File { data, mode, mtime } => (
+                k,
+                Node::File {
+                    data,
+                    mode: archived_mode(mode, etho_rsync_backup::config::DEFAULT_UMASK),
+                    mtime,
+                },
+            ),
+            other => (k, other),
+        })
+        .collect()
+}
+
+/// Asserts `archive` is byte-identical (contents, mtimes, symlinks, directories; modes as the
+/// default umask leaves them) to `source` minus the excluded files.
 pub fn assert_mirror(source: &Path, archive: &Path) {
-    let want = listing(source, &excluded);
+    let want = archived_listing(source);
     let got = listing(archive, &|_| false);
     let want_keys: Vec<_> = want.keys().collect();
     let got_keys: Vec<_> = got.keys().collect();
@@ -325,8 +355,8 @@ pub async fn stub_node(devices: Value) -> (SocketAddr, tokio::task::JoinHandle<(
     (addr, handle)
 }
 
-/// A private sshd on a free loopback port accepting one generated client key, for the ssh pull
-/// tests. Killed on drop. The ssh transport is the production one, so a machine without sshd
+/// A private sshd on a free loopback port (on 127.0.0.1, .2 and .3, for devices that move)
+/// accepting one generated client key, for the ssh pull tests. Killed on drop. The ssh transport is the production one, so a machine without sshd
 /// fails these tests (as the end-to-end test fails without mariadbd) rather than passing them
 /// silently; `scripts/test` installs openssh-server.
 pub struct TestSshd {
@@ -371,7 +401,8 @@ impl TestSshd {
             fs::write(
                 &config,
                 format!(
-                    "ListenAddress 127.0.0.1:{port}\nHostKey {d}/host_key\nPidFile none\nUsePAM no\n\
+                    "ListenAddress 127.0.0.1:{port}\nListenAddress 127.0.0.2:{port}\n\
+                     ListenAddress 127.0.0.3:{port}\nHostKey {d}/host_key\nPidFile none\nUsePAM no\n\
                      StrictModes no\nPermitRootLogin yes\nPubkeyAuthentication yes\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                      AuthorizedKeysFile {d}/authorized_keys\nLogLevel ERROR\n",
