@@ -114,10 +114,18 @@ impl Store {
     }
 }
 
+/// Creates `dir` (and its parents) and makes it private (0700), also when it existed with a
+/// wider mode: the node's state is nobody else's to read, whatever the umask.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Opens (creating) the registry database.
 pub fn open(path: &Path) -> Result<Connection, StoreError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        private_dir(dir)?;
     }
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
@@ -339,6 +347,12 @@ mod tests {
         .unwrap();
         drop(conn);
         let (known, targets) = load(&open(&path).unwrap()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "the state directory is private");
         assert_eq!(known.len(), 1);
         assert_eq!(
             (known[0].id.as_str(), known[0].last_seen, &known[0].target),
