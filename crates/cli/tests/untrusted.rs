@@ -126,6 +126,19 @@ fn block(second: u8) -> impl Fn(u8) -> Ipv4Addr {
     move |last| Ipv4Addr::new(127, second, third, last)
 }
 
+/// `POST /device/add` with `body` (as a script sends it: no Origin, no Referer); the answer.
+async fn add_devices(lab: &Lab, body: String) -> Value {
+    lab.client
+        .post(format!("{}/device/add", lab.node))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn rsync_cycle(doc: &Value) -> u64 {
     doc["cycle_number"].as_u64().unwrap_or(0)
 }
@@ -189,16 +202,7 @@ async fn an_impostor_cannot_replace_a_devices_archive() {
     let b = Fleet::start(fleet_config(fake, &root.join("fleet-b"), rsync_port))
         .await
         .unwrap();
-    let added: Value = lab
-        .client
-        .post(format!("{}/device/add", lab.node))
-        .body(b.device_addresses()[0].clone())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let added = add_devices(&lab, b.device_addresses()[0].clone()).await;
     assert_eq!(added["added"].as_array().unwrap().len(), 1, "{added}");
     let devices = lab
         .wait_for("the conflict", "/devices", Duration::from_secs(30), |d| {
@@ -494,16 +498,7 @@ async fn junk_addresses_cannot_lock_a_real_device_out() {
         .map(|i| format!("127.88.{}.{}:1", i / 250, i % 250 + 1))
         .collect();
     for chunk in junk.chunks(250) {
-        let r: Value = lab
-            .client
-            .post(format!("{}/device/add", lab.node))
-            .body(chunk.join(","))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = add_devices(&lab, chunk.join(",")).await;
         assert_eq!(
             r["added"].as_array().unwrap().len(),
             chunk.len(),
@@ -512,16 +507,7 @@ async fn junk_addresses_cannot_lock_a_real_device_out() {
         );
     }
     let started = Instant::now();
-    let r: Value = lab
-        .client
-        .post(format!("{}/device/add", lab.node))
-        .body(fleet.device_addresses()[0].clone())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = add_devices(&lab, fleet.device_addresses()[0].clone()).await;
     assert_eq!(r["problems"], json!([]), "{r}");
     lab.wait_for(
         "the real device",
