@@ -49,8 +49,8 @@ use crate::error::{ConnectFailure, Inconsistency, MirrorError, NotReady};
 use crate::local::{self, Cmd, Fingerprint, Prepared, WriterSetup, WriterSummary};
 pub use crate::plan::TableReport;
 use crate::plan::{
-    completeness, max_id_sql, verify, verify_keyless, Chunks, CopyPlan, Counts, IdTable, Measured,
-    TableCopy,
+    completeness, id_bounds_sql, indexed_integers, keep_copyable, verify, verify_keyless, Chunks,
+    CopyPlan, Counts, IdTable, Measured, TableCopy,
 };
 use crate::schema::{
     mysql_quote, plan_tables, CopyMode, RemoteColumn, RemoteTable, Skipped, TablePlan,
@@ -345,10 +345,11 @@ impl Remote {
         &mut self,
         cancel: &CancellationToken,
     ) -> Result<Option<Vec<String>>, MirrorError> {
+        // Raw rows: the driver's typed conversion panics on a value that is not UTF-8.
         let values = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(MirrorError::Cancelled { rows_copied: 0 }),
-            r = self.conn.query::<Option<String>, _>(
+            r = self.conn.query::<Row, _>(
                 "SELECT value FROM METADATA WHERE field = 'backup_filename'",
             ) => r,
         };
@@ -363,22 +364,34 @@ impl Remote {
                 ))
             }
         };
-        let mut names: Vec<String> = values.into_iter().flatten().collect();
+        let mut names: Vec<String> = values
+            .into_iter()
+            .filter_map(|row| match row.unwrap().into_iter().next()? {
+                mysql_async::Value::NULL => None,
+                // Not UTF-8 (or not text): shown lossily, and refused as a file name later.
+                mysql_async::Value::Bytes(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+                other => Some(format!("{other:?}")),
+            })
+            .collect();
         names.sort();
         names.dedup();
         Ok(Some(names))
     }
 
-    /// `(index, value)` rows of a `UNION ALL` query built from validated identifiers.
-    async fn indexed_values(
+    /// `(index, values...)` rows of a `UNION ALL` query built from validated identifiers, as
+    /// integers by index. Read as raw values: the driver's typed conversion panics on a value
+    /// that does not fit (an unsigned id above 2^63 in an `i64`).
+    async fn indexed_integers(
         &mut self,
         cancel: &CancellationToken,
         what: &str,
         sql: String,
-    ) -> Result<HashMap<usize, Option<i64>>, MirrorError> {
-        let rows: Vec<(u64, Option<i64>)> =
+    ) -> Result<HashMap<usize, Result<Vec<Option<i128>>, String>>, MirrorError> {
+        let rows: Vec<Row> =
             Remote::guard_addr(&self.addr, cancel, what, self.conn.query(sql)).await?;
-        Ok(rows.into_iter().map(|(i, v)| (i as usize, v)).collect())
+        Ok(indexed_integers(
+            rows.into_iter().map(Row::unwrap).collect(),
+        ))
     }
 }
 
@@ -787,10 +800,15 @@ impl Mirror {
         db: &str,
         target: &Target,
         plans: Vec<TablePlan>,
-        skipped: Vec<Skipped>,
+        mut skipped: Vec<Skipped>,
     ) -> Result<MirrorReport, MirrorError> {
         let cancel = copy.cancel;
-        let (prepared, plan) = self.plan_copy(copy, &plans, target).await?;
+        let (plans, remote_max, out_of_range) = id_bounds(copy, plans).await?;
+        for s in &out_of_range {
+            tracing::warn!("{db}: table {:?} not copied: {}", s.table, s.reason);
+        }
+        skipped.extend(out_of_range);
+        let (prepared, plan) = self.plan_copy(copy, &plans, &remote_max, target).await?;
         let (mut tables, mut mismatches) = sync_keyless(copy, &plans).await?;
         copy.remote.commit(cancel).await?;
 
@@ -839,12 +857,13 @@ impl Mirror {
         })
     }
 
-    /// Step 5's decisions: the writer prepares the file, the device gives its max ids (and the
-    /// counts nothing remembered covers), and [`CopyPlan`] decides.
+    /// Step 5's decisions: the writer prepares the file, the device gives the counts nothing
+    /// remembered covers, and [`CopyPlan`] decides.
     async fn plan_copy(
         &self,
         copy: &mut Copy<'_>,
         plans: &[TablePlan],
+        remote_max: &HashMap<usize, Option<i64>>,
         target: &Target,
     ) -> Result<(Prepared, CopyPlan), MirrorError> {
         let cancel = copy.cancel;
@@ -855,19 +874,11 @@ impl Mirror {
                 reply,
             })
             .await?;
-        let remote_max = match max_id_sql(plans) {
-            Some(sql) => {
-                copy.remote
-                    .indexed_values(cancel, "reading max ids", sql)
-                    .await?
-            }
-            None => HashMap::new(),
-        };
         let remembered = self.remembered(&prepared);
         let mut plan = CopyPlan::new(
             plans,
             &prepared.local_max,
-            &remote_max,
+            remote_max,
             remembered.as_ref(),
             &target.file_name,
         )
@@ -875,7 +886,7 @@ impl Mirror {
         if let Some(sql) = plan.count_sql() {
             let counts = copy
                 .remote
-                .indexed_values(cancel, "counting rows", sql)
+                .indexed_integers(cancel, "counting rows", sql)
                 .await?;
             plan.set_counts(&counts);
         }
@@ -939,6 +950,24 @@ impl Mirror {
         let inserted = copy.writer.ask(|reply| Cmd::EndById { reply }).await?;
         Ok(TableCopy { streamed, inserted })
     }
+}
+
+/// Step 5, first: the device's `MIN(id)`/`MAX(id)` of every id-keyed table, and the tables the
+/// copy by id can take ([`keep_copyable`]): the plans kept (re-indexed), their device max by new
+/// index, and the tables left out with the reason.
+async fn id_bounds(
+    copy: &mut Copy<'_>,
+    plans: Vec<TablePlan>,
+) -> Result<(Vec<TablePlan>, HashMap<usize, Option<i64>>, Vec<Skipped>), MirrorError> {
+    let bounds = match id_bounds_sql(&plans) {
+        Some(sql) => {
+            copy.remote
+                .indexed_integers(copy.cancel, "reading id bounds", sql)
+                .await?
+        }
+        None => HashMap::new(),
+    };
+    Ok(keep_copyable(plans, &bounds))
 }
 
 /// Step 5's keyless tables: each made equal to the snapshot as a multiset. Returns their

@@ -31,10 +31,14 @@ pub mod backup_history;
 pub mod backup_status;
 pub mod dashboard;
 pub mod devices;
+pub mod entry;
+pub mod fields;
+pub mod identity;
 pub mod mdns;
 pub mod metrics;
 pub mod poller;
 pub mod registry;
+pub mod relay;
 pub mod store;
 pub mod target;
 
@@ -51,7 +55,8 @@ pub struct NodeConfig {
     pub daemon_timeout: Duration,
     /// Largest daemon `/status` body accepted; a larger one makes that daemon "unavailable".
     pub daemon_body_limit: usize,
-    /// How long one unified status reply is reused (at most 1 s keeps the view live).
+    /// A unified status reply older than half of this is refreshed in the background while it
+    /// is still served (1 s keeps the view live; see [`backup_status`]).
     pub status_cache_ttl: Duration,
     /// Directory for the node's own persistent state.
     pub state_dir: PathBuf,
@@ -61,6 +66,19 @@ pub struct NodeConfig {
     pub archive: Option<archive::ArchiveConfig>,
     /// Chat alerts (see [`alerts`]); `None` sends none.
     pub alerts: Option<alerts::AlertConfig>,
+    /// `--admin-token`: requests that change the registry must carry it
+    /// (`Authorization: Bearer <token>`); confirming a conflicted address needs it.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// The admin token; its `Debug` does not show it, so it never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<hidden>)")
+    }
 }
 
 /// Default `/status` body cap: far above a real daemon's reply, far below memory trouble.
@@ -81,6 +99,7 @@ impl Default for NodeConfig {
             discovery: registry::DiscoveryConfig::default(),
             archive: None,
             alerts: None,
+            admin_token: None,
         }
     }
 }
