@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etho_model::device::{DeviceInfo, Ineligible};
-use etho_model::status::{Progress, ProgressStatus};
+use etho_model::status::{CopiedExperiment, Progress, ProgressStatus};
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -109,6 +109,9 @@ pub struct JobOutcome {
     pub synced: Option<Value>,
     /// Top-level fields to set on the entry (`data_duplication`, `metadata`).
     pub extra: Map<String, Value>,
+    /// `Some` replaces the entry's `experiment` and `newest_copied_at`; `None` keeps them (a
+    /// failed job leaves the copy as the last one described it).
+    pub copied: Option<CopiedExperiment>,
 }
 
 impl JobOutcome {
@@ -117,6 +120,7 @@ impl JobOutcome {
             progress: Progress::new(status, message),
             synced: None,
             extra: Map::new(),
+            copied: None,
         }
     }
 

@@ -127,6 +127,7 @@ impl Daemon {
             Some(dir) => StatusTable::open(dir, extra)?,
             None => StatusTable::in_memory(extra),
         };
+        status.set_interval(config.scheduler.interval);
         let node = NodeClient::new(&config.node, config.discovery_timeout)?;
         status.update_service(|s| s.discovery.node_url = node.url().to_string());
         let slots = Arc::new(Semaphore::new(config.scheduler.max_jobs.max(1)));

@@ -8,6 +8,8 @@
 //!   ([`status::DeviceStatus`], [`status::Progress`], [`status::ProgressStatus`]).
 //! - [`merge`]: the node's unified `GET /backup/status` document, built from the two daemons' raw
 //!   documents by the pure [`merge::unify`] function.
+//! - [`health`]: how much of a device's data exists only on the device, and what to do about it
+//!   (the pure [`health::assess`], fed by the node).
 //! - [`size`]: upstream's human size format (`"267.9 GB"`).
 //!
 //! What it does not do: fetch, persist or serve anything. Those live in `etho-daemon` and
@@ -15,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod device;
+pub mod health;
 pub mod merge;
 pub mod size;
 pub mod status;
