@@ -174,7 +174,7 @@ impl Serialize for DeviceView<'_> {
             }
         }
         let st = self.status;
-        let mut m = s.serialize_map(Some(8 + st.extra.len()))?;
+        let mut m = s.serialize_map(Some(14 + st.extra.len()))?;
         m.serialize_entry("name", &st.name)?;
         m.serialize_entry("status", &st.status)?;
         m.serialize_entry("started", &st.started)?;
@@ -186,6 +186,12 @@ impl Serialize for DeviceView<'_> {
         for (k, v) in &st.extra {
             m.serialize_entry(k, v)?;
         }
+        m.serialize_entry("last_success", &st.last_success)?;
+        m.serialize_entry("last_success_started", &st.last_success_started)?;
+        m.serialize_entry("failures", &st.failures)?;
+        m.serialize_entry("interval_s", &st.interval_s)?;
+        m.serialize_entry("newest_copied_at", &st.newest_copied_at)?;
+        m.serialize_entry("experiment", &st.experiment)?;
         m.end()
     }
 }

@@ -14,7 +14,9 @@
 //!    copies that got there, and adjusts the device's size entry by what changed
 //!    ([`crate::sizes`]);
 //! 5. turns rsync's exit code, stderr, the database step and the promotion report into a
-//!    message.
+//!    message; for the results tree, the records of the last good copies name the device's
+//!    current or last experiment and its newest copied frame (`experiment`,
+//!    `newest_copied_at`).
 //!
 //! The job's wall-clock limit is enforced here (the rsync process group is killed) as well as by
 //! the scheduler's cancellation, and a dropped job kills its rsync too.
@@ -31,7 +33,7 @@ use etho_model::device::{
     is_valid_machine_id, DatabaseReport, DeviceInfo, Ineligible, WAITING_FOR_DATABASES,
 };
 use etho_model::size::format_bytes;
-use etho_model::status::{Progress, ProgressStatus};
+use etho_model::status::{CopiedExperiment, Progress, ProgressStatus};
 use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -400,8 +402,10 @@ impl RsyncEngine {
             Ok(live) => live,
             Err(msg) => return TreeOutcome::error(kind, msg),
         };
-        let (report, live_report) = self.promote_tree(kind, &id, &paths, live, ctx).await;
-        describe(kind, &id, config, run, report, &live_report)
+        let (report, live_report, copied) = self.promote_tree(kind, &id, &paths, live, ctx).await;
+        let mut outcome = describe(kind, &id, config, run, report, &live_report);
+        outcome.copied = copied.filter(|_| kind == Kind::Results);
+        outcome
     }
 
     /// The tree's rsync run, with live progress.
@@ -524,7 +528,7 @@ impl RsyncEngine {
     }
 
     /// Moves the staged files into the archive, records the database copies that got there, and
-    /// adjusts the size index.
+    /// adjusts the size index. Also returns the newest experiment the records describe.
     async fn promote_tree(
         &self,
         kind: Kind,
@@ -532,7 +536,7 @@ impl RsyncEngine {
         paths: &TransferPaths,
         mut live: Live,
         ctx: &JobContext,
-    ) -> (PromoteReport, LiveReport) {
+    ) -> (PromoteReport, LiveReport, Option<CopiedExperiment>) {
         // Promote whatever is complete, whatever rsync's exit: staged files are whole copies.
         let sizes = Arc::clone(&self.inner.sizes);
         let known = sizes.has(kind, id);
@@ -547,10 +551,15 @@ impl RsyncEngine {
             } else {
                 SizeChange::Absolute(walk_tree(&archive_dir).unwrap_or_default())
             };
-            (report, live.report().clone(), change)
+            (
+                report,
+                live.report().clone(),
+                change,
+                live.newest_experiment(),
+            )
         })
         .await;
-        let (report, live_report, change) = done.unwrap_or_else(|e| {
+        let (report, live_report, change, copied) = done.unwrap_or_else(|e| {
             let r = PromoteReport {
                 errors: vec![format!("promotion task failed: {e}")],
                 ..PromoteReport::default()
@@ -559,10 +568,11 @@ impl RsyncEngine {
                 r,
                 LiveReport::default(),
                 SizeChange::Delta(Default::default()),
+                None,
             )
         });
         sizes.end_update(kind, id, change);
-        (report, live_report)
+        (report, live_report, copied)
     }
 }
 
@@ -668,6 +678,8 @@ struct TreeOutcome {
     bytes: u64,
     /// Cancelled or timed out: the job stops here.
     stopped: bool,
+    /// Results tree: the newest experiment its copies hold.
+    copied: Option<CopiedExperiment>,
 }
 
 impl TreeOutcome {
@@ -679,6 +691,7 @@ impl TreeOutcome {
             files: 0,
             bytes: 0,
             stopped: false,
+            copied: None,
         }
     }
 }
@@ -868,6 +881,7 @@ fn describe(
         files: report.files,
         bytes,
         stopped,
+        copied: None,
     }
 }
 
@@ -927,6 +941,7 @@ fn finish(
         serde_json::to_value(per_tree).unwrap_or_default(),
     );
     outcome.synced = synced;
+    outcome.copied = trees.iter().find_map(|t| t.copied.clone());
     outcome
 }
 
@@ -1134,6 +1149,7 @@ mod tests {
             files: 1,
             bytes: 10,
             stopped: false,
+            copied: None,
         };
         let o = finish(
             &[
