@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use etho_model::health::Thresholds;
 use etho_node::archive::{ArchiveConfig, Roots};
 use etho_node::registry::DiscoveryConfig;
 use etho_node::target::Target;
@@ -86,6 +87,16 @@ pub struct Args {
     /// A database that keeps changing is re-verified at most this often.
     #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = parse_seconds)]
     pub archive_verify_interval: Duration,
+
+    /// A device whose newest data has existed only on the device for longer than this is
+    /// `at_risk` (its `health` in /backup/status and the dashboard's "On the node" column).
+    #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = parse_seconds)]
+    pub at_risk_after: Duration,
+
+    /// A device whose newest data has existed only on the device for longer than this is
+    /// `lagging` (default: 3 times the slowest interval of the daemons it needs, at least 60 s).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub lag_warn: Option<Duration>,
 }
 
 impl Args {
@@ -122,6 +133,10 @@ impl Args {
                 poll_interval: self.poll_interval,
                 device_timeout: self.device_timeout,
                 ..DiscoveryConfig::default()
+            },
+            health: Thresholds {
+                at_risk_after: self.at_risk_after.as_secs_f64(),
+                lag_warn: self.lag_warn.map(|d| d.as_secs_f64()),
             },
             ..NodeConfig::default()
         }
@@ -221,6 +236,22 @@ mod tests {
         );
         assert_eq!(config.daemon_timeout, Duration::from_secs(2));
         assert!(!args.debug);
+        assert_eq!(config.health, Thresholds::default());
+    }
+
+    #[test]
+    fn health_thresholds() {
+        let config = parse(&["--at-risk-after", "600", "--lag-warn", "30"])
+            .unwrap()
+            .config();
+        assert_eq!(
+            config.health,
+            Thresholds {
+                at_risk_after: 600.0,
+                lag_warn: Some(30.0)
+            }
+        );
+        assert!(parse(&["--lag-warn", "0"]).is_err());
     }
 
     #[test]

@@ -512,8 +512,13 @@ pub fn assess(mysql: &Side, rsync: &Side, ctx: &Context<'_>) -> Health {
     };
     let mut reasons = Vec::new();
     link_reasons(&mut reasons, ctx, activity, exposure, lag_warn);
-    for (service, side) in &daemons {
-        daemon_reasons(&mut reasons, *service, side, stale.contains(service), ctx);
+    for (service, side) in [(Service::MysqlBackup, mysql), (Service::RsyncBackup, rsync)] {
+        let needed = daemons.iter().any(|(s, _)| *s == service);
+        // A daemon the device does not need still gets its failure reported.
+        if needed || side.entry.is_some() {
+            let stale = stale.contains(&service);
+            daemon_reasons(&mut reasons, service, side, needed, stale, ctx);
+        }
     }
     Health {
         state,
@@ -606,11 +611,12 @@ fn link_reasons(
     }
 }
 
-/// What one daemon's state calls for.
+/// What one daemon's state calls for; `needed`: the device expects a backup from it.
 fn daemon_reasons(
     reasons: &mut Vec<String>,
     service: Service,
     side: &Side,
+    needed: bool,
     stale: bool,
     ctx: &Context<'_>,
 ) {
@@ -619,7 +625,7 @@ fn daemon_reasons(
         Service::RsyncBackup => "rsync-backup",
     };
     let now = ctx.now;
-    if let Some(since) = side.down_since {
+    if let (Some(since), true) = (side.down_since, needed) {
         reasons.push(format!(
             "the {daemon} service has not answered for {}; its last report is shown",
             span(now - since)
@@ -636,18 +642,25 @@ fn daemon_reasons(
         .filter(|m| !m.is_empty())
         .map(|m| format!(": {m}"))
         .unwrap_or_default();
-    if failed && entry.failures > 0 {
-        let times = if entry.failures == 1 {
-            "once".to_string()
-        } else {
-            format!("{} times", entry.failures)
+    if failed {
+        let times = match entry.failures {
+            // A daemon without the count (an older or foreign one).
+            0 => String::new(),
+            1 => " once".to_string(),
+            n => format!(" {n} times"),
         };
         let since = entry
             .last_success
             .map(|s| format!(" (last success {} ago)", span(now - s)))
             .unwrap_or_default();
-        reasons.push(format!("{daemon} has failed {times}{since}{quote}"));
+        reasons.push(format!("{daemon} has failed{times}{since}{quote}"));
     } else if stale {
+        // A success's message says nothing about why nothing newer succeeded.
+        let quote = if entry.outcome == Some(ProgressStatus::Success) {
+            String::new()
+        } else {
+            quote
+        };
         match entry.last_success {
             Some(s) => reasons.push(format!(
                 "{daemon} has not completed a backup for {}{quote}",

@@ -17,7 +17,10 @@
 //!   others, and every waiter gets an answer within the daemon timeout plus the merge time;
 //!   nobody queues behind a slow daemon twice;
 //! - past half the TTL, a request still gets the cached reply and starts the next refresh in the
-//!   background, so steady polling never waits for a fetch (see `bench/status.sh`).
+//!   background, so steady polling never waits for a fetch (see `bench/status.sh`);
+//! - every merged entry gets its `health` ([`crate::health`]) from both daemons' entries (their
+//!   last ones while they do not answer) and the registry's polling view, after the seed's
+//!   fields, which stay exactly as the merge made them.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -35,6 +38,8 @@ use etho_model::error_chain;
 use etho_model::merge::{DaemonDocument, DocumentError, Service, ServiceReport, UnifiedStatus};
 use futures::future::{BoxFuture, FutureExt, Shared};
 
+use crate::health::HealthView;
+use crate::registry::{now_f64, DeviceRegistry};
 use crate::{AppState, NodeConfig};
 
 /// Last known reachability of a daemon, to log changes once instead of every refresh.
@@ -80,6 +85,8 @@ pub struct BackupStatusService {
     body_limit: usize,
     ttl: Duration,
     cache: Mutex<Cache>,
+    devices: Arc<DeviceRegistry>,
+    health: HealthView,
 }
 
 impl fmt::Debug for BackupStatusService {
@@ -95,8 +102,12 @@ impl fmt::Debug for BackupStatusService {
 }
 
 impl BackupStatusService {
-    /// Builds the service (HTTP client with connection reuse, empty cache).
-    pub fn new(config: &NodeConfig) -> anyhow::Result<BackupStatusService> {
+    /// Builds the service (HTTP client with connection reuse, empty cache); `devices` gives the
+    /// polling view the health needs.
+    pub fn new(
+        config: &NodeConfig,
+        devices: Arc<DeviceRegistry>,
+    ) -> anyhow::Result<BackupStatusService> {
         let client = etho_http::client(config.daemon_timeout)
             .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
         let daemon = |service, url: &ServiceUrl| Daemon {
@@ -112,6 +123,8 @@ impl BackupStatusService {
             body_limit: config.daemon_body_limit,
             ttl: config.status_cache_ttl,
             cache: Mutex::new(Cache::default()),
+            devices,
+            health: HealthView::new(config.health),
         })
     }
 
@@ -169,7 +182,16 @@ impl BackupStatusService {
         let bytes = tokio::task::spawn_blocking(move || {
             let mysql = this.mysql.report(mysql.and_then(parse_document));
             let rsync = this.rsync.report(rsync.and_then(parse_document));
-            let status = UnifiedStatus::from_reports(mysql, rsync);
+            let sightings = this.devices.sightings();
+            let now = now_f64();
+            let mut unified = etho_model::merge::unify(&mysql, &rsync);
+            this.health
+                .annotate(&mysql, &rsync, &mut unified, &sightings, now);
+            let status = UnifiedStatus {
+                mysql_backup: mysql.into_document(Service::MysqlBackup),
+                rsync_backup: rsync.into_document(Service::RsyncBackup),
+                unified_devices: unified,
+            };
             serde_json::to_vec(&status).map(Bytes::from)
         })
         .await;

@@ -9,7 +9,7 @@
 //! - [`AppState`]: the shared, cheaply cloned state every handler receives.
 //! - [`app`]: the complete router, so tests can drive it without a socket; [`serve`] runs it.
 //! - [`backup_status`]: the unified status endpoint (concurrent, bounded daemon fetches, a
-//!   single-flight cache of the serialized reply).
+//!   single-flight cache of the serialized reply), each entry with its [`health`].
 //! - [`archive`]: browsing and downloading the archive the daemons wrote, and scopr's
 //!   `index.txt` (read-only).
 //!
@@ -26,6 +26,7 @@ pub mod archive;
 pub mod backup_status;
 pub mod dashboard;
 pub mod devices;
+pub mod health;
 pub mod mdns;
 pub mod poller;
 pub mod registry;
@@ -53,6 +54,8 @@ pub struct NodeConfig {
     pub discovery: registry::DiscoveryConfig,
     /// Serving the archive (see [`archive`]); `None` turns `/archive` off.
     pub archive: Option<archive::ArchiveConfig>,
+    /// When a device's health is `at_risk` or `lagging` (see [`health`]).
+    pub health: etho_model::health::Thresholds,
 }
 
 /// Default `/status` body cap: far above a real daemon's reply, far below memory trouble.
@@ -72,6 +75,7 @@ impl Default for NodeConfig {
             state_dir: PathBuf::from("/var/lib/etho-backup/node"),
             discovery: registry::DiscoveryConfig::default(),
             archive: None,
+            health: etho_model::health::Thresholds::default(),
         }
     }
 }
@@ -93,10 +97,13 @@ impl AppState {
     /// Builds the state (HTTP client, caches) from a configuration.
     pub fn new(config: NodeConfig) -> anyhow::Result<AppState> {
         let config = Arc::new(config);
-        let backup_status = Arc::new(backup_status::BackupStatusService::new(&config)?);
         let devices = Arc::new(registry::DeviceRegistry::new(
             config.discovery.clone(),
             &config.state_dir,
+        )?);
+        let backup_status = Arc::new(backup_status::BackupStatusService::new(
+            &config,
+            Arc::clone(&devices),
         )?);
         let archive = match &config.archive {
             Some(a) => Some(Arc::new(archive::ArchiveService::new(a.clone())?)),

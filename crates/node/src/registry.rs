@@ -13,7 +13,7 @@
 //!
 //! Nothing here holds a lock across an `.await`; SQLite runs on the blocking pool.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,7 +25,10 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::poller::{self, NodeStatus, PollReport, PollState, Thresholds};
+use etho_model::device::EntryFields;
+use etho_model::health::{runs_experiment, Link, Sighting};
+
+use crate::poller::{self, NodeStatus, PollReport, PollState, Reach, Thresholds};
 use crate::store::{self, DeviceRow, Store};
 use crate::target::{Source, Target, TargetError};
 
@@ -72,6 +75,8 @@ struct Entry {
     poll: PollState,
     poll_error: Option<String>,
     rejected: Option<String>,
+    /// When the node first saw the device running, or not running, as it last reported.
+    activity_since: Option<f64>,
     /// Status and last_seen as last written to SQLite.
     persisted: Option<(NodeStatus, Option<f64>)>,
 }
@@ -111,6 +116,7 @@ impl Entry {
             poll: PollState::default(),
             poll_error: None,
             rejected: None,
+            activity_since: None,
             persisted: None,
         }
     }
@@ -228,10 +234,44 @@ impl Entry {
             ip: self.ip_text(target),
             last_seen: self.poll.last_seen,
             status: status.to_string(),
+            device_status: self.device_status.clone(),
+            activity_since: self.activity_since,
             now,
         };
         self.persisted = Some((status, self.poll.last_seen));
         Some(row)
+    }
+}
+
+impl Entry {
+    /// What the node's polling knows about the device, for its health
+    /// ([`etho_model::health::Sighting`]); `doc` is its `GET /devices` entry.
+    fn sighting(&self, doc: &Map<String, Value>) -> Sighting {
+        let poll = &self.poll;
+        let link = match poll.reach {
+            Reach::Online => Link::Online {
+                since: poll.online_since.or(poll.last_seen).unwrap_or(0.0),
+            },
+            Reach::Busy { since } => Link::Busy { since },
+            Reach::Unreached { since } => Link::Unreached { since },
+            Reach::Offline | Reach::Unknown => Link::Offline {
+                last_seen: poll.last_seen,
+            },
+        };
+        let fields = EntryFields(doc);
+        Sighting {
+            link,
+            reported: Some(self.device_status.clone()).filter(|s| !s.is_empty()),
+            activity_since: self.activity_since,
+            device_time: self
+                .fields
+                .get("time")
+                .and_then(Value::as_f64)
+                .filter(|t| t.is_finite() && *t > 0.0),
+            experiment: fields.announced_filename().map(str::to_string),
+            mariadb: fields.mariadb_report(),
+            sqlite: fields.sqlite_report(),
+        }
     }
 }
 
@@ -364,6 +404,23 @@ impl DeviceRegistry {
             }
         }
         best.into_iter().map(|(id, (_, doc))| (id, doc)).collect()
+    }
+
+    /// What polling knows about every known, valid device, by id, for the health view; the most
+    /// recently seen target of an id wins, as in [`DeviceRegistry::devices`].
+    pub fn sightings(&self) -> HashMap<String, Sighting> {
+        let entries = lock(&self.entries);
+        let mut best: HashMap<String, (f64, Sighting)> = HashMap::new();
+        for (target, entry) in entries.iter() {
+            let Some((id, Value::Object(doc))) = entry.device_json(target) else {
+                continue;
+            };
+            let seen = entry.poll.last_seen.unwrap_or(f64::MIN);
+            if best.get(&id).is_none_or(|(s, _)| *s < seen) {
+                best.insert(id, (seen, entry.sighting(&doc)));
+            }
+        }
+        best.into_iter().map(|(id, (_, s))| (id, s)).collect()
     }
 
     /// Targets whose device was rejected, keyed by `HOST:PORT`, with the reason.
@@ -517,6 +574,8 @@ impl DeviceRegistry {
             e.id = Some(k.id);
             e.name = Some(k.name);
             e.ip = k.ip.parse().ok();
+            e.device_status = k.device_status;
+            e.activity_since = k.activity_since;
             e.poll = PollState::remembered(k.last_seen);
             e.persisted = Some((NodeStatus::Offline, k.last_seen));
             let _ = self.new_targets.send((k.target, Source::Known));
@@ -616,7 +675,15 @@ impl DeviceRegistry {
         if ip.is_some() {
             entry.ip = ip;
         }
+        let running_before = runs_experiment(&entry.device_status);
+        let answered = matches!(report, PollReport::Answered { .. });
         entry.absorb(target, report);
+        if answered
+            && (entry.activity_since.is_none()
+                || runs_experiment(&entry.device_status) != running_before)
+        {
+            entry.activity_since = Some(now);
+        }
         entry.poll = entry.poll.next(outcome, now, &self.config.thresholds);
         let after = entry.status();
         if before != after {
@@ -798,6 +865,49 @@ mod tests {
         assert_eq!(r.devices()[ID]["status"], "busy");
     }
 
+    /// The polling view the health reads: since when the device answers, what it last said it
+    /// was doing and since when, kept while it does not answer.
+    #[test]
+    fn sightings_follow_polls() {
+        let r = registry();
+        let t = Target::parse("127.0.0.10", false).unwrap();
+        let ip = Some("127.0.0.10".parse().unwrap());
+        assert!(r.sightings().is_empty());
+        r.apply(&t, ip, answered("running"), 100.0);
+        r.apply(&t, ip, answered("running"), 105.0);
+        let s = &r.sightings()[ID];
+        assert_eq!(s.link, Link::Online { since: 100.0 });
+        assert_eq!(
+            (s.reported.as_deref(), s.activity_since, s.device_time),
+            (Some("running"), Some(100.0), Some(1.0))
+        );
+        assert_eq!(s.mariadb, etho_model::device::DatabaseReport::Absent);
+        r.apply(&t, ip, answered("stopped"), 110.0);
+        assert_eq!(r.sightings()[ID].activity_since, Some(110.0));
+        let refused = PollReport::Unreachable {
+            refused: true,
+            error: "/id: connection refused".into(),
+        };
+        r.apply(&t, ip, refused, 115.0);
+        let s = &r.sightings()[ID];
+        assert_eq!(s.link, Link::Unreached { since: 115.0 });
+        assert_eq!(
+            (s.reported.as_deref(), s.activity_since),
+            (Some("stopped"), Some(110.0))
+        );
+        // Busy devices are not reachable for the health either.
+        r.apply(
+            &t,
+            ip,
+            PollReport::IdOnly {
+                id: ID.into(),
+                error: "/data: no answer within 3s".into(),
+            },
+            120.0,
+        );
+        assert_eq!(r.sightings()[ID].link, Link::Busy { since: 120.0 });
+    }
+
     #[test]
     fn hostile_devices_are_flagged_not_listed() {
         let r = registry();
@@ -899,5 +1009,17 @@ mod tests {
         assert_eq!(d["last_seen"], 50.0);
         assert_eq!(d["port"], 1);
         assert!(r.pending().contains_key("127.0.0.11:1"));
+        // A restarted node still knows the device was running when last heard.
+        let s = &r.sightings()[ID];
+        assert_eq!(
+            s.link,
+            Link::Offline {
+                last_seen: Some(50.0)
+            }
+        );
+        assert_eq!(
+            (s.reported.as_deref(), s.activity_since),
+            (Some("running"), Some(50.0))
+        );
     }
 }

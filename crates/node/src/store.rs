@@ -40,6 +40,10 @@ pub struct DeviceRow {
     pub last_seen: Option<f64>,
     /// Status word as the node reports it.
     pub status: String,
+    /// The last status word the device reported itself (kept while it does not answer).
+    pub device_status: String,
+    /// When the node first saw the device running, or not running, as it last reported.
+    pub activity_since: Option<f64>,
     /// Now (first seen, for a new row).
     pub now: f64,
 }
@@ -57,6 +61,10 @@ pub struct KnownDevice {
     pub ip: String,
     /// Last full answer.
     pub last_seen: Option<f64>,
+    /// The last status word the device reported (empty when unknown).
+    pub device_status: String,
+    /// See [`DeviceRow::activity_since`].
+    pub activity_since: Option<f64>,
 }
 
 /// The registry database: opened at start when it exists, else on the first write.
@@ -113,6 +121,17 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
              host TEXT NOT NULL, port INTEGER NOT NULL, source TEXT NOT NULL,
              added REAL NOT NULL, PRIMARY KEY (host, port));",
     )?;
+    // Columns added after the first release: what the device last said it was doing, so a
+    // restarted node still knows that an unreachable device was running an experiment.
+    let columns: Vec<String> = conn
+        .prepare("PRAGMA table_info(devices)")?
+        .query_map([], |r| r.get(1))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, ty) in [("device_status", "TEXT"), ("activity_since", "REAL")] {
+        if !columns.iter().any(|c| c == name) {
+            conn.execute_batch(&format!("ALTER TABLE devices ADD COLUMN {name} {ty}"))?;
+        }
+    }
     Ok(conn)
 }
 
@@ -123,21 +142,31 @@ pub fn load(conn: &Connection) -> Result<(Vec<KnownDevice>, Vec<Target>), StoreE
 }
 
 fn load_devices(conn: &Connection) -> Result<Vec<KnownDevice>, StoreError> {
-    let mut stmt =
-        conn.prepare("SELECT id, name, host, ip, port, last_seen FROM devices ORDER BY id")?;
+    let mut stmt = conn.prepare(
+        "SELECT id, name, host, ip, port, last_seen, device_status, activity_since
+         FROM devices ORDER BY id",
+    )?;
     let rows = stmt.query_map([], |r| {
         Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
+            (
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ),
             r.get::<_, i64>(4)?,
             r.get::<_, Option<f64>>(5)?,
+            r.get::<_, Option<String>>(6)?,
+            r.get::<_, Option<f64>>(7)?,
         ))
     })?;
     let mut known = Vec::new();
     for row in rows {
-        let (id, name, host, ip, port, last_seen) = row?;
+        let ((id, name, host, ip), port, last_seen, device_status, activity_since) = row?;
+        // Ours, but it ends up in a status word: the same rule as a device's answer.
+        let device_status = device_status
+            .filter(|w| crate::poller::is_status_word(w))
+            .unwrap_or_default();
         let port = u16::try_from(port).ok().filter(|p| *p != 0);
         match (
             etho_model::device::is_valid_machine_id(&id)
@@ -151,6 +180,8 @@ fn load_devices(conn: &Connection) -> Result<Vec<KnownDevice>, StoreError> {
                 target: Target { host: t.host, port },
                 ip,
                 last_seen,
+                device_status,
+                activity_since,
             }),
             _ => tracing::warn!("ignoring invalid registry row for {}", shown(&id)),
         }
@@ -178,12 +209,15 @@ fn load_targets(conn: &Connection) -> Result<Vec<Target>, StoreError> {
 /// Inserts or updates a device (keeps its first_seen, and its last_seen when `row` has none).
 pub fn save_device(conn: &Connection, row: &DeviceRow) -> rusqlite::Result<()> {
     conn.execute(
-        "INSERT INTO devices (id, name, host, ip, port, first_seen, last_seen, status)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        "INSERT INTO devices (id, name, host, ip, port, first_seen, last_seen, status,
+                              device_status, activity_since)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT(id) DO UPDATE SET name = excluded.name, host = excluded.host,
            ip = excluded.ip, port = excluded.port,
            last_seen = COALESCE(excluded.last_seen, devices.last_seen),
-           status = excluded.status",
+           status = excluded.status,
+           device_status = excluded.device_status,
+           activity_since = COALESCE(excluded.activity_since, devices.activity_since)",
         params![
             row.id,
             row.name,
@@ -192,7 +226,9 @@ pub fn save_device(conn: &Connection, row: &DeviceRow) -> rusqlite::Result<()> {
             row.target.port,
             row.now,
             row.last_seen,
-            row.status
+            row.status,
+            row.device_status,
+            row.activity_since
         ],
     )?;
     Ok(())
@@ -231,6 +267,8 @@ mod tests {
             ip: "127.0.0.10".into(),
             last_seen: Some(5.0),
             status: "running".into(),
+            device_status: "running".into(),
+            activity_since: Some(4.0),
             now: 1.0,
         };
         save_device(&conn, &row).unwrap();
@@ -240,6 +278,7 @@ mod tests {
             &DeviceRow {
                 last_seen: None,
                 status: "offline".into(),
+                activity_since: None,
                 ..row
             },
         )
@@ -247,8 +286,10 @@ mod tests {
         save_target(&conn, &target, Source::Manual, 2.0).unwrap();
         save_target(&conn, &target, Source::Mdns, 3.0).unwrap();
         conn.execute_batch(
-            "INSERT INTO devices VALUES ('../../x', 'E', '127.0.0.1', '127.0.0.1', 9000, 0, 0, 'x');
-             INSERT INTO devices VALUES ('ffffffffffffffffffffffffffffffff', 'E', 'h', 'h', 0, 0, 0, 'x');
+            "INSERT INTO devices (id, name, host, ip, port, first_seen, last_seen, status)
+               VALUES ('../../x', 'E', '127.0.0.1', '127.0.0.1', 9000, 0, 0, 'x');
+             INSERT INTO devices (id, name, host, ip, port, first_seen, last_seen, status)
+               VALUES ('ffffffffffffffffffffffffffffffff', 'E', 'h', 'h', 0, 0, 0, 'x');
              INSERT INTO targets VALUES ('0.0.0.0', 9000, 'manual', 0);",
         )
         .unwrap();
@@ -259,6 +300,37 @@ mod tests {
             (known[0].id.as_str(), known[0].last_seen, &known[0].target),
             (id, Some(5.0), &target)
         );
+        // The device's own last word and its start are kept while the node reports it offline.
+        assert_eq!(
+            (known[0].device_status.as_str(), known[0].activity_since),
+            ("running", Some(4.0))
+        );
         assert_eq!(targets, vec![target]);
+    }
+
+    /// A registry file from before the device_status column gets it, keeping its rows.
+    #[test]
+    fn old_files_are_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.sqlite");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE devices (
+                 id TEXT PRIMARY KEY, name TEXT NOT NULL, host TEXT NOT NULL, ip TEXT NOT NULL,
+                 port INTEGER NOT NULL, first_seen REAL NOT NULL, last_seen REAL,
+                 status TEXT NOT NULL);
+             INSERT INTO devices VALUES ('0123456789abcdef0123456789abcdef', 'ETHOSCOPE_001',
+                 '127.0.0.10', '127.0.0.10', 9000, 1, 2, 'running');",
+        )
+        .unwrap();
+        drop(old);
+        let (known, _) = load(&open(&path).unwrap()).unwrap();
+        assert_eq!(known.len(), 1);
+        assert_eq!(
+            (known[0].device_status.as_str(), known[0].activity_since),
+            ("", None)
+        );
+        // Opening twice does not add the columns twice.
+        open(&path).unwrap();
     }
 }

@@ -357,7 +357,8 @@ fn expected_backups_come_from_the_node_else_from_the_daemons() {
         video_files: 3,
         ..results.clone()
     };
-    let rows: Vec<(&str, Side, Side, Option<Sighting>, Vec<Backup>)> = vec![
+    type Row = (&'static str, Side, Side, Option<Sighting>, Vec<Backup>);
+    let rows: Vec<Row> = vec![
         (
             "MariaDB tracker",
             none(),
