@@ -6,10 +6,10 @@
 
 import {
   STATE_LABELS, asNumber, asText, backupShortText, backupState, formatBytes, formatElapsed,
-  getBackupStatusClass, getBackupStatusTitle, isObject, own, sidePercent, summarize,
-  syncedSize, unavailableState, unifiedEntry,
+  getBackupStatusClass, getBackupStatusTitle, healthClass, healthReasons, healthText, healthTitle, isObject, own,
+  sidePercent, summarize, syncedSize, unavailableState, unifiedEntry,
 } from './backup-status.js';
-import { COLUMNS, buildRows, sortRows, visibleRows } from './devices.js';
+import { COLUMNS, attentionCount, buildRows, isOffline, sortRows, visibleRows } from './devices.js';
 import { ARCHIVE_REFRESH_MS, archiveRefreshMs, archiveSection } from './archive.js';
 import { HISTORY_REFRESH_MS, historySection } from './history.js';
 
@@ -213,6 +213,7 @@ function createRow(id) {
     el('td', { class: 'col-status' }, el('span', { class: 'device-status' })),
     el('td', { class: 'col-since' }),
     el('td', { class: 'col-backup' }, el('span', { class: 'backup-cell' }, circle, el('span', { class: 'backup-text' }))),
+    el('td', { class: 'col-health' }, el('span', { class: 'health' })),
     el('td', { class: 'col-user' }),
     el('td', { class: 'col-location' }),
     el('td', { class: 'col-ip' }),
@@ -223,7 +224,7 @@ function createRow(id) {
 
 function updateRow(tr, row) {
   const now = nowSeconds();
-  const [name, status, since, backup, user, location, ip, id] = tr.children;
+  const [name, status, since, backup, health, user, location, ip, id] = tr.children;
   setText(name, row.name || '(unnamed)');
   setAttr(name, 'title', row.discovered ? '' : 'Known to the backup services only');
   const badge = status.firstChild;
@@ -239,6 +240,11 @@ function updateRow(tr, row) {
   setAttr(circle, 'title', title);
   setAttr(circle, 'aria-label', STATE_LABELS[backupState(row, model.state)]);
   setText(backup.querySelector('.backup-text'), backupShortText(row, model.state, now));
+  const words = health.firstChild;
+  const healthClassName = healthClass(row.health);
+  if (words.className !== healthClassName) words.className = healthClassName;
+  setText(words, healthText(row.health, now));
+  setAttr(words, 'title', healthTitle(row.health));
   setText(user, row.user);
   setText(location, row.location);
   setText(ip, row.ip);
@@ -246,7 +252,7 @@ function updateRow(tr, row) {
   setAttr(id.firstChild, 'title', row.id);
   setAttr(tr, 'aria-current', view.selected === row.id ? 'true' : '');
   tr.classList.toggle('is-selected', view.selected === row.id);
-  tr.classList.toggle('is-offline', row.status === 'offline');
+  tr.classList.toggle('is-offline', isOffline(row));
 }
 
 function renderTable() {
@@ -271,6 +277,12 @@ function renderTable() {
   });
 
   const hidden = rows.length - shown.length;
+  const attention = attentionCount(rows);
+  const summary = $('attention');
+  setAttr(summary, 'data-count', String(attention));
+  setText(summary, !model.loaded ? '' : attention === 0
+    ? 'No device at risk or stale'
+    : `${attention} device${attention === 1 ? '' : 's'} at risk or stale`);
   setText($('device-count'), rows.length ? `(${shown.length}${hidden ? ` of ${rows.length}` : ''})` : '');
   const empty = $('empty');
   empty.hidden = shown.length > 0 || !model.loaded;
@@ -386,6 +398,12 @@ function renderDetail() {
   const facts = el('dl', { class: 'facts' });
   fact(facts, 'Backup', el('span', {}, circle, STATE_LABELS[state]));
   fact(facts, 'Overall status', asText(own(info, 'overall_status')));
+  if (row.health) {
+    const list = healthReasons(row.health);
+    fact(facts, 'On the node', el('span', {},
+      el('span', { class: healthClass(row.health), text: healthText(row.health, nowSeconds()) }),
+      list.length ? el('ul', { class: 'reasons' }, ...list.map((r) => el('li', { text: r }))) : ''));
+  }
   fact(facts, 'Device status', row.status || 'unknown');
   fact(facts, 'Since', row.since === null ? '' : agoText(row.since));
   fact(facts, 'User', row.user);

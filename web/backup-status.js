@@ -221,3 +221,95 @@ export function backupShortText(device, state, nowSeconds) {
   if (size) parts.push(size);
   return parts.join(' · ');
 }
+
+// ---------------------------------------------------------------------------------------------
+// Health ("On the node"): how much of a device's data exists only on the device. The node
+// decides (`unified_devices[<id>].health`); these functions only put it into words.
+
+/** The health states, worst first, as the node words them. */
+export const HEALTH_STATES = Object.freeze(['at_risk', 'stale', 'lagging', 'safe', 'idle', 'unknown']);
+
+/** Each health state in words. */
+export const HEALTH_WORDS = Object.freeze({
+  at_risk: 'at risk',
+  stale: 'stale',
+  lagging: 'lagging',
+  safe: 'safe',
+  idle: 'idle',
+  unknown: 'unknown',
+});
+
+/** The `health` object of a device's unified entry, or `null`. */
+export function healthOf(device, state) {
+  const health = own(unifiedEntry(device, state), 'health');
+  return isObject(health) ? health : null;
+}
+
+/** `health.state` when it is a known word, else `unknown` (also without a health object). */
+export function healthState(health) {
+  const word = asText(own(health, 'state'));
+  return HEALTH_STATES.includes(word) ? word : 'unknown';
+}
+
+/** `health.exposure_s` when it is a non-negative number, else `null`. */
+export function healthExposure(health) {
+  const exposure = asNumber(own(health, 'exposure_s'));
+  return exposure !== null && exposure >= 0 ? exposure : null;
+}
+
+/**
+ * The "On the node" text: the state in words with its age, e.g. `safe · newest 12 s ago`,
+ * `at risk · 47 min only on the device`, `stale · last backup 9 min ago`, `idle · all on the node`.
+ */
+export function healthText(health, nowSeconds) {
+  const state = healthState(health);
+  const words = HEALTH_WORDS[state];
+  const exposure = healthExposure(health);
+  const lastSuccess = asNumber(own(health, 'last_success'));
+  const since = (epoch) => formatElapsed(nowSeconds - epoch);
+  switch (state) {
+    case 'at_risk':
+    case 'lagging':
+      return exposure === null ? words : `${words} · ${formatElapsed(exposure)} only on the device`;
+    case 'stale':
+      return lastSuccess === null || !since(lastSuccess)
+        ? `${words} · no backup yet` : `${words} · last backup ${since(lastSuccess)} ago`;
+    case 'idle':
+      return `${words} · all on the node`;
+    case 'safe':
+      if (exposure !== null) return `${words} · newest ${formatElapsed(exposure)} ago`;
+      if (lastSuccess !== null && since(lastSuccess)) return `${words} · last backup ${since(lastSuccess)} ago`;
+      return words;
+    default:
+      return words;
+  }
+}
+
+/** The node's reasons (plain sentences), at most 20, strings only. */
+export function healthReasons(health) {
+  const reasons = own(health, 'reasons');
+  if (!Array.isArray(reasons)) return [];
+  return reasons.filter((line) => typeof line === 'string' && line !== '').slice(0, 20);
+}
+
+/** The "On the node" tooltip: the node's reasons, one a line, or what the state means. */
+export function healthTitle(health) {
+  const lines = healthReasons(health);
+  if (lines.length) return lines.join('\n');
+  switch (healthState(health)) {
+    case 'idle': return 'No experiment running, and all its data is on the node.';
+    case 'safe': return 'The newest data is being copied to the node.';
+    default: return health ? 'Nothing more is known.' : 'No backup service has reported this device.';
+  }
+}
+
+/** The "On the node" class: `health health-<state>`. */
+export function healthClass(health) {
+  return `health health-${healthState(health)}`;
+}
+
+/** Devices that need someone: `at_risk` or `stale`. */
+export function needsAttention(health) {
+  const state = healthState(health);
+  return state === 'at_risk' || state === 'stale';
+}

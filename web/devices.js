@@ -5,13 +5,16 @@
 // device reports is untrusted: fields are read as own properties and turned into plain text here,
 // and the page only ever puts that text into the DOM with `textContent`.
 
-import { asNumber, asText, backupState, isObject, lastFinished, own, unifiedEntry } from './backup-status.js';
+import {
+  asNumber, asText, backupState, healthExposure, healthOf, healthState, isObject, lastFinished, needsAttention,
+  own, unifiedEntry,
+} from './backup-status.js';
 
 /** Device statuses hidden unless "show offline devices" is on. */
 export const OFFLINE_STATUSES = Object.freeze(['offline']);
 
 /** Sortable columns, in table order. */
-export const COLUMNS = Object.freeze(['name', 'status', 'since', 'backup', 'user', 'location', 'ip', 'id']);
+export const COLUMNS = Object.freeze(['name', 'status', 'since', 'backup', 'health', 'user', 'location', 'ip', 'id']);
 
 /**
  * `{user, location}` of a device's experiment. Old firmware reports `experimental_info` flat
@@ -107,18 +110,35 @@ export function buildRows(devicesResponse, state, knownUnified, nowSeconds) {
     row.backup = backupState(row, state);
     row.lastBackup = lastFinished(unifiedEntry(row, state));
     row.sinceSeconds = row.since === null ? null : Math.max(0, nowSeconds - row.since);
+    row.health = healthOf(row, state);
+    row.healthState = healthState(row.health);
+    row.exposure = healthExposure(row.health);
   }
   return [...rows.values()];
 }
 
-/** Whether a row is hidden while "show offline devices" is off. */
+/** Whether a row is offline (hidden while "show offline devices" is off, unless at risk). */
 export function isOffline(row) {
   return OFFLINE_STATUSES.includes(row.status);
 }
 
+/**
+ * Whether an offline row is shown anyway: part of its data exists only on the device
+ * (`exposure_s` above zero), or its health is `at_risk` or `stale`. These are exactly the
+ * devices whose data is most at risk.
+ */
+export function mustShow(row) {
+  return (row.exposure !== null && row.exposure > 0) || needsAttention(row.health);
+}
+
 /** The rows to show. */
 export function visibleRows(rows, showOffline) {
-  return showOffline ? rows : rows.filter((row) => !isOffline(row));
+  return showOffline ? rows : rows.filter((row) => !isOffline(row) || mustShow(row));
+}
+
+/** How many rows are `at_risk` or `stale` (shown or not). */
+export function attentionCount(rows) {
+  return rows.filter((row) => needsAttention(row.health)).length;
 }
 
 // Worst first when sorting by backup, so problems come to the top.
@@ -135,6 +155,8 @@ function sortValue(row, column) {
   switch (column) {
     case 'since': return row.sinceSeconds; // elapsed, as displayed
     case 'backup': return row.backup in BACKUP_RANK ? BACKUP_RANK[row.backup] : 9;
+    // By exposure, largest first (like the backup column, worst first); unknown last.
+    case 'health': return row.exposure === null ? null : -row.exposure;
     default: return row[column] === '' ? null : row[column];
   }
 }

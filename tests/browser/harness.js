@@ -48,9 +48,9 @@ export function freePort() {
 
 /**
  * A stand-in for one backup daemon's `GET /status` (and `GET /history/<id>` for the ids in
- * `histories`) on 127.0.0.1. `set(doc)` changes what it
- * answers; `stop()` closes the port (connections are refused afterwards, like a dead daemon);
- * `start()` listens again on the same port.
+ * `histories`) on 127.0.0.1. `set(doc)` changes what it answers (a function is called for every
+ * request, so its times can follow the clock); `stop()` closes the port (connections are refused
+ * afterwards, like a dead daemon); `start()` listens again on the same port.
  */
 export class StubDaemon {
   constructor(name, document) {
@@ -77,7 +77,8 @@ export class StubDaemon {
       this.requests += 1;
       const history = req.url.startsWith('/history/') ? this.histories[req.url.slice('/history/'.length)] : undefined;
       if (req.method === 'GET' && req.url === '/status') {
-        const body = JSON.stringify(this.document);
+        const doc = typeof this.document === 'function' ? this.document() : this.document;
+        const body = JSON.stringify(doc);
         res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
         res.end(body);
       } else if (req.method === 'GET' && history) {
@@ -112,12 +113,15 @@ export class StubDaemon {
 
 /**
  * A stand-in ethoscope: the device HTTP API the node polls (`/id`, `/data/<id>`,
- * `/data/databases/<id>`), on `host` (a loopback address) and a free port.
+ * `/data/databases/<id>`, answering `databases`), on `host` (a loopback address) and a free port
+ * (the same one again after `stop()` and `start()`).
  */
 export class StubDevice {
-  constructor(host, info) {
+  constructor(host, info, databases = { SQLite: {}, MariaDB: {} }) {
     this.host = host;
     this.info = info;
+    this.databases = databases;
+    this.port = 0;
     this.server = null;
   }
 
@@ -131,14 +135,14 @@ export class StubDevice {
       let body;
       if (req.url === '/id') body = { id };
       else if (req.url === `/data/${id}`) body = this.info;
-      else if (req.url === `/data/databases/${id}`) body = { SQLite: {}, MariaDB: {} };
+      else if (req.url === `/data/databases/${id}`) body = this.databases;
       else body = { error: `no route ${req.url}` };
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify(body));
     });
     await new Promise((resolve, reject) => {
       this.server.once('error', reject);
-      this.server.listen(0, this.host, resolve);
+      this.server.listen(this.port, this.host, resolve);
     });
     this.port = this.server.address().port;
   }

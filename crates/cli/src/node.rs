@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use etho_node::alerts::AlertConfig;
+use etho_model::health::Thresholds;
 use etho_node::archive::{ArchiveConfig, Roots};
 use etho_node::registry::DiscoveryConfig;
 use etho_node::target::Target;
@@ -119,6 +120,15 @@ pub struct Args {
     /// Seconds between two checks of every device for alerts.
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
     pub alert_interval: Duration,
+    /// A device whose newest data has existed only on the device for longer than this is
+    /// `at_risk` (its `health` in /backup/status and the dashboard's "On the node" column).
+    #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = parse_seconds)]
+    pub at_risk_after: Duration,
+
+    /// A device whose newest data has existed only on the device for longer than this is
+    /// `lagging` (default: 3 times the slowest interval of the daemons it needs, at least 60 s).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub lag_warn: Option<Duration>,
 }
 
 impl Args {
@@ -172,6 +182,10 @@ impl Args {
                 ..AlertConfig::new(self.alert_webhook.clone())
             }),
             admin_token: self.admin_token.clone().map(AdminToken),
+            health: Thresholds {
+                at_risk_after: self.at_risk_after.as_secs_f64(),
+                lag_warn: self.lag_warn.map(|d| d.as_secs_f64()),
+            },
             ..NodeConfig::default()
         }
     }
@@ -305,6 +319,22 @@ mod tests {
         );
         assert_eq!(config.daemon_timeout, Duration::from_secs(2));
         assert!(!args.debug);
+        assert_eq!(config.health, Thresholds::default());
+    }
+
+    #[test]
+    fn health_thresholds() {
+        let config = parse(&["--at-risk-after", "600", "--lag-warn", "30"])
+            .unwrap()
+            .config();
+        assert_eq!(
+            config.health,
+            Thresholds {
+                at_risk_after: 600.0,
+                lag_warn: Some(30.0)
+            }
+        );
+        assert!(parse(&["--lag-warn", "0"]).is_err());
     }
 
     #[test]

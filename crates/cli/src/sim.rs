@@ -100,7 +100,8 @@ pub struct Args {
     /// A misbehaving device: `N=KIND[:ARG]` with N the device number and KIND one of offline,
     /// offline-after:SECONDS, slow:MILLISECONDS, busy, hostile-name, hostile-id, bad-json,
     /// kill-writer:SECONDS (an SQLite tracker's writer dies that long into each experiment
-    /// without closing its database, leaving its -wal as a power cut would). Repeatable.
+    /// without closing its database, leaving its -wal as a power cut would), rsync-denied (its
+    /// rsync daemon refuses every transfer). Repeatable.
     #[arg(long, value_name = "N=KIND[:ARG]")]
     pub fault: Vec<String>,
 

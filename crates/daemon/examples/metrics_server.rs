@@ -62,10 +62,10 @@ impl Engine for Fleet {
             ];
             if fails {
                 JobOutcome::error("rsync failed with code 255: Permission denied (publickey)")
-                    .with_copied(parts)
+                    .with_copied_parts(parts)
             } else {
                 JobOutcome::success("Backup completed in 1.2s: Results: 3 files copied (3.8 MB)")
-                    .with_copied(parts)
+                    .with_copied_parts(parts)
             }
         })
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use etho_model::device::{DeviceInfo, Ineligible};
 use etho_model::history::RunOutcome;
 use etho_model::kind::BackupKind;
-use etho_model::status::{Progress, ProgressStatus};
+use etho_model::status::{CopiedExperiment, Progress, ProgressStatus};
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -162,7 +162,10 @@ pub struct JobOutcome {
     /// What the job copied, per kind of backup, as numbers (metrics and run history). Empty
     /// when the job ended before copying (the run is then counted under
     /// [`Engine::kinds`]).
-    pub copied: Vec<Copied>,
+    pub copied_parts: Vec<Copied>,
+    /// `Some` replaces the entry's `experiment` and `newest_copied_at`; `None` keeps them (a
+    /// failed job leaves the copy as the last one described it).
+    pub copied: Option<CopiedExperiment>,
 }
 
 impl JobOutcome {
@@ -171,13 +174,14 @@ impl JobOutcome {
             progress: Progress::new(status, message),
             synced: None,
             extra: Map::new(),
-            copied: Vec::new(),
+            copied_parts: Vec::new(),
+            copied: None,
         }
     }
 
     /// The same outcome with what the job copied.
-    pub fn with_copied(mut self, copied: Vec<Copied>) -> JobOutcome {
-        self.copied = copied;
+    pub fn with_copied_parts(mut self, parts: Vec<Copied>) -> JobOutcome {
+        self.copied_parts = parts;
         self
     }
 

@@ -301,7 +301,7 @@ impl DaemonMetrics {
         elapsed: Duration,
     ) {
         let job = RunOutcome::of(&outcome.status());
-        if outcome.copied.is_empty() {
+        if outcome.copied_parts.is_empty() {
             for kind in kinds {
                 self.runs.get_or_create(&run_labels(*kind, job)).inc();
                 self.duration
@@ -309,7 +309,7 @@ impl DaemonMetrics {
                     .observe(elapsed.as_secs_f64());
             }
         }
-        for part in &outcome.copied {
+        for part in &outcome.copied_parts {
             let kind = kind_labels(part.kind);
             self.runs
                 .get_or_create(&run_labels(part.kind, part.outcome))
@@ -518,7 +518,7 @@ mod tests {
         .collect();
         m.seed(&known, &[(ID2.to_string(), 4)].into_iter().collect());
         m.job_started(ID1);
-        let ok = JobOutcome::success("ok").with_copied(vec![
+        let ok = JobOutcome::success("ok").with_copied_parts(vec![
             part(BackupKind::Results, RunOutcome::Success, 2.5, 1000),
             part(BackupKind::Videos, RunOutcome::Warning, 40.0, 250_000),
         ]);

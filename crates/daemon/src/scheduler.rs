@@ -131,6 +131,7 @@ impl Daemon {
             Some(dir) => StatusTable::open(dir, extra)?,
             None => StatusTable::in_memory(extra),
         };
+        status.set_interval(config.scheduler.interval);
         let node = NodeClient::new(&config.node, config.discovery_timeout)?;
         status.update_service(|s| s.discovery.node_url = node.url().to_string());
         let slots = Arc::new(Semaphore::new(config.scheduler.max_jobs.max(1)));
@@ -445,7 +446,7 @@ fn run_record(
     start: f64,
     end: f64,
 ) -> etho_model::history::RunRecord {
-    let parts = &outcome.copied;
+    let parts = &outcome.copied_parts;
     let rows = parts.iter().filter_map(|p| p.rows).reduce(|a, b| a + b);
     etho_model::history::RunRecord {
         start,

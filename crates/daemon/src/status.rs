@@ -3,8 +3,13 @@
 //! Reads (`snapshot`, `get`) take a short lock and clone; nothing slow ever happens under the
 //! lock, so `GET /status` never waits behind a job. Every job start and end is written to
 //! `status.db` (SQLite) in the state directory by one writer thread, in order, so a restart keeps
-//! `count`, the last outcome and `synced`. An entry that was `processing` when the daemon died is
-//! loaded as an error with `ended = -1` (as upstream marks killed jobs): its job did not finish.
+//! `count`, the last outcome, `synced`, `last_success` and what the copy holds. An entry that was
+//! `processing` when the daemon died is loaded as an error with `ended = -1` (as upstream marks
+//! killed jobs): its job did not finish.
+//!
+//! The health facts of an entry: a job ending `success` or `warning` sets `last_success` (its end)
+//! and `last_success_started` (its start) and clears `failures`; one ending `error` (a killed job
+//! too) counts in `failures`. `interval_s` is the running daemon's, never the persisted one.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -75,6 +80,8 @@ pub struct ServiceInfo {
 
 struct Inner {
     devices: BTreeMap<String, DeviceStatus>,
+    /// The daemon's cycle interval, shown in every entry.
+    interval_s: Option<f64>,
     service: ServiceInfo,
     /// Bumped by every change of `devices`, so readers can cache what they derive from it.
     version: u64,
@@ -138,6 +145,7 @@ impl StatusTable {
         StatusTable {
             inner: Mutex::new(Inner {
                 devices: BTreeMap::new(),
+                interval_s: None,
                 service: fresh_service(),
                 version: 0,
             }),
@@ -166,11 +174,7 @@ impl StatusTable {
                 let (id, doc) = row?;
                 match serde_json::from_str::<DeviceStatus>(&doc) {
                     Ok(mut st) => {
-                        if st.processing {
-                            st.processing = false;
-                            st.ended = -1;
-                            st.progress = Progress::new(ProgressStatus::Error, INTERRUPTED_MESSAGE);
-                        }
+                        repair_loaded(&mut st, &default_extra);
                         devices.insert(id, st);
                     }
                     Err(err) => {
@@ -199,6 +203,7 @@ impl StatusTable {
         let table = StatusTable {
             inner: Mutex::new(Inner {
                 devices,
+                interval_s: None,
                 service,
                 version: 0,
             }),
@@ -211,6 +216,17 @@ impl StatusTable {
             table.persist_device(&id);
         }
         Ok(table)
+    }
+
+    /// The daemon's cycle interval, shown as `interval_s` in every entry from now on.
+    pub fn set_interval(&self, interval: std::time::Duration) {
+        let mut inner = self.lock();
+        let secs = Some(interval.as_secs_f64());
+        inner.interval_s = secs;
+        for st in inner.devices.values_mut() {
+            st.interval_s = secs;
+        }
+        inner.version += 1;
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -344,9 +360,11 @@ impl StatusTable {
     pub fn start_job(&self, device: &DeviceInfo) {
         {
             let mut inner = self.lock();
+            let interval_s = inner.interval_s;
             let st = inner.devices.entry(device.id.clone()).or_insert_with(|| {
                 let mut st = DeviceStatus::new(device.name.clone(), device.status.clone());
                 st.extra = self.default_extra.clone();
+                st.interval_s = interval_s;
                 st
             });
             st.name = device.name.clone();
@@ -370,12 +388,28 @@ impl StatusTable {
             };
             st.processing = false;
             st.ended = if killed { -1 } else { now_epoch() };
+            let succeeded = !killed
+                && matches!(
+                    outcome.progress.status,
+                    Some(ProgressStatus::Success | ProgressStatus::Warning)
+                );
+            if succeeded {
+                st.last_success = Some(st.ended);
+                st.last_success_started = Some(st.started);
+                st.failures = 0;
+            } else if killed || outcome.progress.status == Some(ProgressStatus::Error) {
+                st.failures += 1;
+            }
             st.progress = outcome.progress;
             if let Some(synced) = outcome.synced {
                 st.synced = synced;
             }
             for (k, v) in outcome.extra {
                 st.extra.insert(k, v);
+            }
+            if let Some(copied) = outcome.copied {
+                st.experiment = Some(copied.experiment);
+                st.newest_copied_at = copied.newest_copied_at;
             }
             inner.version += 1;
         }
@@ -404,6 +438,30 @@ impl StatusTable {
     pub fn update_service(&self, f: impl FnOnce(&mut ServiceInfo)) {
         f(&mut self.lock().service);
         self.persist_service();
+    }
+}
+
+/// An entry as loaded from `status.db`: a job the daemon did not see finish is an error, fields
+/// of newer versions get their defaults, and an entry written before `last_success` existed takes
+/// it from its last outcome.
+fn repair_loaded(st: &mut DeviceStatus, default_extra: &Map<String, Value>) {
+    if st.processing {
+        st.processing = false;
+        st.ended = -1;
+        st.progress = Progress::new(ProgressStatus::Error, INTERRUPTED_MESSAGE);
+        st.failures += 1;
+    }
+    let ok = matches!(
+        st.progress.status,
+        Some(ProgressStatus::Success | ProgressStatus::Warning)
+    );
+    if st.last_success.is_none() && ok && st.ended > 0 {
+        st.last_success = Some(st.ended);
+        st.last_success_started = Some(st.started);
+    }
+    st.interval_s = None;
+    for (k, v) in default_extra {
+        st.extra.entry(k.clone()).or_insert_with(|| v.clone());
     }
 }
 
@@ -437,10 +495,12 @@ mod tests {
     async fn lifecycle_persists_and_interrupted_jobs_load_as_errors() {
         let dir = tempfile::tempdir().unwrap();
         let d = device();
+        let first;
         {
             let t = StatusTable::open(dir.path(), extra()).unwrap();
             t.start_job(&d);
             t.finish_job(&d.id, crate::JobOutcome::success("ok"), false);
+            first = t.get(&d.id).unwrap();
             t.start_job(&d); // second job "dies" with the daemon
             t.update_service(|s| s.cycle_number = 7);
             let st = t.get(&d.id).unwrap();
@@ -458,6 +518,74 @@ mod tests {
         assert_eq!(st.progress.message.as_deref(), Some(INTERRUPTED_MESSAGE));
         assert_eq!(t.service().cycle_number, 7);
         assert_eq!(t.outcome_counts().get("error"), Some(&1));
+        // The first job's success survives the restart; the interrupted one counts as a failure.
+        assert_eq!(st.last_success, Some(first.ended));
+        assert_eq!(st.last_success_started, Some(first.started));
+        assert_eq!(st.failures, 1);
+        assert_eq!(st.interval_s, None, "until the running daemon sets its own");
+        t.set_interval(std::time::Duration::from_millis(2500));
+        assert_eq!(t.get(&d.id).unwrap().interval_s, Some(2.5));
+    }
+
+    #[test]
+    fn successes_failures_and_the_copy() {
+        use etho_model::status::CopiedExperiment;
+        let t = StatusTable::in_memory(extra());
+        t.set_interval(std::time::Duration::from_secs(60));
+        let d = device();
+        let copied = |n: Option<f64>| crate::JobOutcome {
+            copied: Some(CopiedExperiment {
+                experiment: "x.db".into(),
+                newest_copied_at: n,
+            }),
+            ..crate::JobOutcome::warning("not ready")
+        };
+        t.start_job(&d);
+        let st = t.get(&d.id).unwrap();
+        assert_eq!((st.interval_s, st.last_success), (Some(60.0), None));
+        t.finish_job(&d.id, copied(Some(12.5)), false);
+        let ok = t.get(&d.id).unwrap();
+        assert_eq!(ok.last_success, Some(ok.ended), "a warning is a success");
+        assert_eq!(
+            (ok.experiment.as_deref(), ok.newest_copied_at),
+            (Some("x.db"), Some(12.5))
+        );
+        for (n, killed) in [(1, false), (2, true)] {
+            t.start_job(&d);
+            t.finish_job(
+                &d.id,
+                crate::JobOutcome::error("ssh: Permission denied"),
+                killed,
+            );
+            let st = t.get(&d.id).unwrap();
+            assert_eq!(st.failures, n);
+            assert_eq!(st.last_success, ok.last_success, "kept");
+            assert_eq!(
+                st.newest_copied_at,
+                Some(12.5),
+                "a failed job keeps the copy's facts"
+            );
+        }
+        t.start_job(&d);
+        t.finish_job(&d.id, copied(None), false);
+        let st = t.get(&d.id).unwrap();
+        assert_eq!((st.failures, st.newest_copied_at), (0, None));
+    }
+
+    #[test]
+    fn entries_from_before_last_success_take_it_from_their_outcome() {
+        let mut st: DeviceStatus = serde_json::from_value(json!({
+            "name": "A", "status": "running", "started": 100, "ended": 110, "processing": false,
+            "count": 3, "progress": {"status": "success", "message": "ok"}, "interval_s": 9.0
+        }))
+        .unwrap();
+        repair_loaded(&mut st, &extra());
+        assert_eq!(
+            (st.last_success, st.last_success_started),
+            (Some(110), Some(100))
+        );
+        assert_eq!(st.interval_s, None);
+        assert_eq!(st.extra.get("data_duplication"), Some(&json!(false)));
     }
 
     #[test]

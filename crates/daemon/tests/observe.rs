@@ -50,7 +50,7 @@ impl Engine for Scripted {
                 rows: None,
                 files: 2,
             };
-            JobOutcome::success("copied").with_copied(vec![
+            JobOutcome::success("copied").with_copied_parts(vec![
                 part(BackupKind::Results, 100),
                 part(BackupKind::Videos, 900),
             ])

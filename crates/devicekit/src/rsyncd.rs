@@ -50,6 +50,9 @@ pub struct RsyncdOptions {
     pub rsync_binary: PathBuf,
     /// How long to wait for the daemon to answer before giving up.
     pub ready_timeout: Duration,
+    /// Refuse every client of the module (`@ERROR: access denied`), like a device whose rsync
+    /// access is broken: the daemon runs, every transfer fails.
+    pub refuse_clients: bool,
 }
 
 impl Default for RsyncdOptions {
@@ -62,6 +65,7 @@ impl Default for RsyncdOptions {
             run_dir: None,
             rsync_binary: PathBuf::from("rsync"),
             ready_timeout: Duration::from_secs(10),
+            refuse_clients: false,
         }
     }
 }
@@ -328,6 +332,11 @@ fn render_config(root: &Path, log: &Path, options: &RsyncdOptions) -> anyhow::Re
     let _ = writeln!(w, "[{}]", options.module);
     let _ = writeln!(w, "    path = {root_s}");
     let _ = writeln!(w, "    comment = ethoscope data");
+    if options.refuse_clients {
+        // The module's own allow list replaces the global one; nobody matches it.
+        let _ = writeln!(w, "    hosts allow = 0.0.0.0/32");
+        let _ = writeln!(w, "    hosts deny = *");
+    }
     Ok(out)
 }
 
@@ -383,6 +392,30 @@ mod tests {
             TcpStream::connect(addr).is_err(),
             "daemon still listening after drop"
         );
+    }
+
+    /// `refuse_clients`: the daemon runs and greets, every transfer is refused with rsync's own
+    /// words.
+    #[test]
+    fn a_refusing_daemon_denies_every_transfer() {
+        let data = tempfile::tempdir().unwrap();
+        fs::create_dir_all(data.path().join("results")).unwrap();
+        let opts = RsyncdOptions {
+            refuse_clients: true,
+            ..RsyncdOptions::default()
+        };
+        let daemon = RsyncDaemon::start_with(data.path(), opts).unwrap();
+        assert!(greets(daemon.addr()));
+        let dest = tempfile::tempdir().unwrap();
+        let out = Command::new("rsync")
+            .arg("-r")
+            .arg(format!("{}/results/", daemon.url()))
+            .arg(dest.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(5), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("@ERROR: access denied"), "{stderr}");
     }
 
     #[test]

@@ -210,6 +210,43 @@ impl DeviceInfo {
         Ok(())
     }
 
+    /// What the entry says about a MariaDB experiment database ([`EntryFields::mariadb_report`]).
+    pub fn mariadb_report(&self) -> DatabaseReport {
+        self.fields().mariadb_report()
+    }
+
+    /// What the entry says about SQLite result databases ([`EntryFields::sqlite_report`]).
+    pub fn sqlite_report(&self) -> DatabaseReport {
+        self.fields().sqlite_report()
+    }
+
+    /// The device reports a MariaDB experiment database ([`DeviceInfo::mariadb_report`]).
+    pub fn has_mariadb(&self) -> bool {
+        self.mariadb_report() == DatabaseReport::Present
+    }
+
+    /// The device reports SQLite result databases ([`DeviceInfo::sqlite_report`]).
+    pub fn has_sqlite(&self) -> bool {
+        self.sqlite_report() == DatabaseReport::Present
+    }
+
+    /// The experiment file name the device announces ([`EntryFields::announced_filename`]).
+    pub fn announced_mariadb_filename(&self) -> Option<&str> {
+        self.fields().announced_filename()
+    }
+
+    /// The raw entry's readers.
+    pub fn fields(&self) -> EntryFields<'_> {
+        EntryFields(&self.raw)
+    }
+}
+
+/// Readers of a raw `/devices` entry's database fields, for code that holds the entry without a
+/// validated [`DeviceInfo`] (the node reads its own entries this way).
+#[derive(Debug, Clone, Copy)]
+pub struct EntryFields<'a>(pub &'a Map<String, Value>);
+
+impl<'a> EntryFields<'a> {
     /// What the entry says about a MariaDB experiment database (see [`DatabaseReport`]).
     ///
     /// Present: `databases.MariaDB` is a non-empty object, or (legacy firmware)
@@ -222,7 +259,7 @@ impl DeviceInfo {
     /// experiment's database a little after it starts writing it, and connecting before the
     /// database exists is an error, not a backup.
     pub fn mariadb_report(&self) -> DatabaseReport {
-        if non_empty_object(self.databases_of("MariaDB")) || legacy_flag(&self.raw, "mariadb") {
+        if non_empty_object(self.databases_of("MariaDB")) || legacy_flag(self.0, "mariadb") {
             return DatabaseReport::Present;
         }
         if self.has_database_list() {
@@ -244,7 +281,7 @@ impl DeviceInfo {
     /// Unknown: neither a list nor a writer type (upstream HEAD's node in its first seconds).
     pub fn sqlite_report(&self) -> DatabaseReport {
         if non_empty_object(self.databases_of("SQLite"))
-            || legacy_flag(&self.raw, "sqlite")
+            || legacy_flag(self.0, "sqlite")
             || self.writer_kind() == Some(WriterKind::Sqlite)
         {
             return DatabaseReport::Present;
@@ -256,56 +293,46 @@ impl DeviceInfo {
         }
     }
 
-    /// The device reports a MariaDB experiment database ([`DeviceInfo::mariadb_report`]).
-    pub fn has_mariadb(&self) -> bool {
-        self.mariadb_report() == DatabaseReport::Present
-    }
-
-    /// The device reports SQLite result databases ([`DeviceInfo::sqlite_report`]).
-    pub fn has_sqlite(&self) -> bool {
-        self.sqlite_report() == DatabaseReport::Present
-    }
-
     /// The experiment file name the device announces for its MariaDB database, if any: the first
     /// `databases.MariaDB.*.backup_filename`, else the top-level `backup_filename` (our node and
     /// upstream's July node), else `latest_cache.backup_filename` (upstream HEAD's node), else
     /// `experimental_info.current.backup_filename`, else the previous experiment's
     /// (`previous_backup_filename`, or HEAD's `experimental_info.previous.backup_filename`).
     /// Untrusted: callers validate it before use.
-    pub fn announced_mariadb_filename(&self) -> Option<&str> {
-        let nested = |outer: &str, inner: &str, key: &str| -> Option<&str> {
-            self.raw.get(outer)?.get(inner)?.get(key)?.as_str()
+    pub fn announced_filename(&self) -> Option<&'a str> {
+        let nested = |outer: &str, inner: &str, key: &str| -> Option<&'a str> {
+            self.0.get(outer)?.get(inner)?.get(key)?.as_str()
         };
         self.databases_of("MariaDB")
             .and_then(Value::as_object)
             .and_then(|m| m.values().find_map(|e| e.get("backup_filename")?.as_str()))
-            .or_else(|| str_field(&self.raw, "backup_filename"))
+            .or_else(|| str_field(self.0, "backup_filename"))
             .or_else(|| self.latest_cache("backup_filename"))
             .or_else(|| nested("experimental_info", "current", "backup_filename"))
-            .or_else(|| str_field(&self.raw, "previous_backup_filename"))
+            .or_else(|| str_field(self.0, "previous_backup_filename"))
             .or_else(|| nested("experimental_info", "previous", "backup_filename"))
     }
 
     /// `databases.<kind>` as relayed by the node.
-    fn databases_of(&self, kind: &str) -> Option<&Value> {
-        self.raw.get("databases").and_then(|d| d.get(kind))
+    fn databases_of(&self, kind: &str) -> Option<&'a Value> {
+        self.0.get("databases").and_then(|d| d.get(kind))
     }
 
     /// The node relayed the device's database list (`GET /data/databases/<id>`).
     fn has_database_list(&self) -> bool {
-        self.raw.get("databases").is_some_and(Value::is_object)
+        self.0.get("databases").is_some_and(Value::is_object)
     }
 
     /// A string field of upstream HEAD's `latest_cache` object.
-    fn latest_cache(&self, key: &str) -> Option<&str> {
-        self.raw.get("latest_cache")?.get(key)?.as_str()
+    fn latest_cache(&self, key: &str) -> Option<&'a str> {
+        self.0.get("latest_cache")?.get(key)?.as_str()
     }
 
     /// The result writer the device names: top-level `result_writer_type` (the device's own
     /// field, relayed by our node and upstream's July node), else HEAD's
     /// `latest_cache.result_writer_type`. `None` when neither is a non-empty string.
     fn writer_kind(&self) -> Option<WriterKind> {
-        let name = str_field(&self.raw, "result_writer_type")
+        let name = str_field(self.0, "result_writer_type")
             .filter(|s| !s.trim().is_empty())
             .or_else(|| self.latest_cache("result_writer_type"))
             .filter(|s| !s.trim().is_empty())?;

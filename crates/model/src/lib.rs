@@ -8,6 +8,8 @@
 //!   ([`status::DeviceStatus`], [`status::Progress`], [`status::ProgressStatus`]).
 //! - [`merge`]: the node's unified `GET /backup/status` document, built from the two daemons' raw
 //!   documents by the pure [`merge::unify`] function.
+//! - [`health`]: how much of a device's data exists only on the device, and what to do about it
+//!   (the pure [`health::assess`], fed by the node).
 //! - [`size`]: upstream's human size format (`"267.9 GB"`).
 //! - [`kind`]: the kinds of backup ([`kind::BackupKind`]: `mysql`, `results`, `videos`).
 //! - [`history`]: a daemon's run history ([`history::RunRecord`]) and the node's merge of both
@@ -20,6 +22,7 @@
 pub mod device;
 pub mod history;
 pub mod kind;
+pub mod health;
 pub mod merge;
 pub mod size;
 pub mod status;

@@ -282,6 +282,10 @@ pub struct UnifiedDevice {
     pub mysql_backup: ServiceBlock,
     /// The rsync daemon's view.
     pub rsync_backup: ServiceBlock,
+    /// How much of the device's data exists only on the device ([`crate::health::assess`]); set
+    /// by the node after the merge, after the seed's fields.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub health: Option<crate::health::Health>,
 }
 
 /// The whole `GET /backup/status` reply.
@@ -355,6 +359,7 @@ pub fn unify_device(
         overall_status: overall_status(mysql, rsync),
         mysql_backup: ServiceBlock::from_entry(Service::MysqlBackup, mysql),
         rsync_backup: ServiceBlock::from_entry(Service::RsyncBackup, rsync),
+        health: None,
     }
 }
 

@@ -4,7 +4,10 @@
 //! device, `warning` when the experiment is not ready yet, a new experiment started mid-copy or a
 //! table had to be skipped, `error` otherwise. The final progress carries the completeness
 //! `percent`, rows and bytes copied and the target file; `synced.tracking_db` describes the
-//! mirror; `data_duplication` is measured on the mirror after every job.
+//! mirror; `data_duplication` is measured on the mirror after every job, and so are the health
+//! facts: `newest_copied_at` and `experiment` (the mirror's newest frame and file), and
+//! `rows_behind` (the device's max ids at the end of the job minus the mirror's, `null` before the
+//! first finished job or when the device could not be asked).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,7 +18,7 @@ use etho_daemon::{ArchiveBytes, Copied, Engine, JobContext, JobOutcome};
 use etho_model::device::{DatabaseReport, DeviceInfo, Ineligible};
 use etho_model::history::RunOutcome;
 use etho_model::kind::BackupKind;
-use etho_model::status::{round_tenths, Progress, ProgressStatus};
+use etho_model::status::{round_tenths, CopiedExperiment, Progress, ProgressStatus};
 use etho_model::{error_chain, now_epoch};
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -234,11 +237,12 @@ fn outcome_at(device: &DeviceInfo, report: &MirrorReport, now: i64) -> JobOutcom
         "data_duplication".into(),
         Value::Bool(report.data_duplication),
     );
+    extra.insert("rows_behind".into(), Value::from(report.rows_behind));
     JobOutcome {
         progress,
         synced: Some(Value::Object(object_of(&synced))),
         extra,
-        copied: vec![Copied {
+        copied_parts: vec![Copied {
             kind: BackupKind::Mysql,
             outcome: RunOutcome::of(&status),
             duration: report.duration,
@@ -246,6 +250,10 @@ fn outcome_at(device: &DeviceInfo, report: &MirrorReport, now: i64) -> JobOutcom
             rows: Some(report.rows_copied),
             files: 0,
         }],
+        copied: Some(CopiedExperiment {
+            experiment: report.backup_filename.clone(),
+            newest_copied_at: report.newest_frame_at,
+        }),
     }
 }
 
@@ -283,6 +291,7 @@ impl Engine for MysqlEngine {
     fn default_extra(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("data_duplication".into(), Value::Bool(false));
+        m.insert("rows_behind".into(), Value::Null);
         m
     }
 
@@ -383,6 +392,8 @@ mod tests {
             percent: 100.0,
             file_size: 409_600,
             dam_lines: 0,
+            newest_frame_at: Some(1_752_141_612.5),
+            rows_behind: Some(3),
             duration: Duration::from_millis(139),
         }
     }
@@ -393,7 +404,7 @@ mod tests {
     fn finished_job_wire_shape() {
         let out = outcome_at(&device(), &report(), 1_752_137_404);
         assert_eq!(
-            out.copied,
+            out.copied_parts,
             vec![etho_daemon::Copied {
                 kind: BackupKind::Mysql,
                 outcome: RunOutcome::Success,
@@ -419,7 +430,14 @@ mod tests {
         );
         assert_eq!(
             serde_json::to_string(&out.extra).unwrap(),
-            r#"{"data_duplication":false}"#
+            r#"{"data_duplication":false,"rows_behind":3}"#
+        );
+        assert_eq!(
+            out.copied,
+            Some(CopiedExperiment {
+                experiment: format!("2025-07-10_10-00-00_{ID}.db"),
+                newest_copied_at: Some(1_752_141_612.5)
+            })
         );
     }
 
@@ -521,6 +539,8 @@ mod tests {
             percent: 100.0,
             file_size: 0,
             dam_lines: 0,
+            newest_frame_at: None,
+            rows_behind: None,
             duration: Duration::from_millis(140),
         };
         let o = outcome_of_report(&device_with(json!({})), &report);

@@ -109,6 +109,16 @@ pub struct Finished {
     pub fingerprint_after: Option<Fingerprint>,
     /// Lines appended to the DAM dump.
     pub dam_lines: u64,
+    /// The newest tracked frame the file holds (`METADATA.date_time` plus the last ROI row's
+    /// `t`), epoch seconds; `None` without ROI rows.
+    pub newest_frame_at: Option<f64>,
+}
+
+/// The `t` of the last row (largest `id`) of ROI table `table`: one lookup of the largest rowid
+/// and one by rowid, never a scan (rows are written in time order, so it is the largest `t`).
+pub fn last_frame_sql(table: &str) -> String {
+    let t = sqlite_quote(table);
+    format!("SELECT t FROM {t} WHERE id = (SELECT max(id) FROM {t})")
 }
 
 /// Messages from the remote side. Plans are named by their index in the list sent with
@@ -797,6 +807,7 @@ impl Writer {
         let file_size = std::fs::metadata(&self.db_path)
             .map(|m| m.len())
             .unwrap_or(0);
+        let newest_frame_at = self.newest_frame_at()?;
         Ok(Finished {
             local_max,
             local_count,
@@ -804,7 +815,51 @@ impl Writer {
             file_size,
             fingerprint_after: fingerprint(&self.db_path),
             dam_lines,
+            newest_frame_at,
         })
+    }
+
+    /// The mirror's newest frame time (see [`Finished::newest_frame_at`]).
+    fn newest_frame_at(&self) -> Result<Option<f64>, MirrorError> {
+        let mut last_t: Option<i64> = None;
+        for plan in &self.plans {
+            let framed = plan.mode == CopyMode::ById
+                && etho_model::status::is_roi_table(&plan.name)
+                && plan.columns.iter().any(|c| c.name == "t")
+                && plan.primary_key == ["id"];
+            if !framed {
+                continue;
+            }
+            let t: Option<i64> = self
+                .conn
+                .query_row(&last_frame_sql(&plan.name), [], |r| {
+                    r.get::<_, Option<f64>>(0)
+                })
+                .map(|t| t.map(|t| t as i64))
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(self.err(e)),
+                })?;
+            last_t = last_t.max(t);
+        }
+        if !self.plans.iter().any(|p| p.name == "METADATA") {
+            return Ok(None);
+        }
+        let date_time: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT CAST(value AS TEXT) FROM METADATA WHERE field = 'date_time' LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(self.err(e)),
+            })?;
+        Ok(etho_model::status::newest_frame_at(
+            date_time.as_deref(),
+            last_t,
+        ))
     }
 }
 
@@ -916,6 +971,87 @@ mod tests {
             .unwrap()
             .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()
+    }
+
+    /// The newest frame is `METADATA.date_time` plus the last ROI row's `t` / 1000, found by
+    /// rowid lookups (no scan), and unknown without ROI rows.
+    #[tokio::test]
+    async fn finish_measures_the_newest_frame_without_a_scan() {
+        let tables = [
+            RemoteTable {
+                name: "ROI_1".into(),
+                columns: vec![col("id", "int(11)", true), col("t", "int(11)", false)],
+            },
+            RemoteTable {
+                name: "ROI_2".into(),
+                columns: vec![col("id", "int(11)", true), col("t", "int(11)", false)],
+            },
+            RemoteTable {
+                name: "METADATA".into(),
+                columns: vec![
+                    col("field", "char(100)", false),
+                    col("value", "text", false),
+                ],
+            },
+        ];
+        let (plans, _) = plan_tables(&tables);
+        let dir = tempfile::tempdir().unwrap();
+        let job = start(dir.path());
+        let finish = |job: Job| async move {
+            let finished = job
+                .ask(|reply| Cmd::Finish {
+                    count_rows_of: vec![],
+                    max_id_of: vec![],
+                    reply,
+                })
+                .await;
+            job.join.await.unwrap().unwrap();
+            finished.newest_frame_at
+        };
+        job.ask(|reply| Cmd::Prepare {
+            plans: plans.clone(),
+            reply,
+        })
+        .await;
+        let meta = |v: &str| vec![Lite::Text("date_time".into()), Lite::Text(v.into())];
+        job.rows(2, false, meta("1752141600.0")).await;
+        job.ask(|reply| Cmd::EndWhole { reply }).await;
+        assert_eq!(finish(job).await, None, "no ROI rows yet");
+
+        let job = start(dir.path());
+        job.ask(|reply| Cmd::Prepare {
+            plans: plans.clone(),
+            reply,
+        })
+        .await;
+        let frames = |rows: &[(i64, i64)]| {
+            rows.iter()
+                .flat_map(|(id, t)| [Lite::Integer(*id), Lite::Integer(*t)])
+                .collect()
+        };
+        job.rows(0, true, frames(&[(1, 500), (2, 1_000), (3, 61_250)]))
+            .await;
+        job.ask(|reply| Cmd::EndById { reply }).await;
+        job.rows(1, true, frames(&[(1, 400), (2, 60_000)])).await;
+        job.ask(|reply| Cmd::EndById { reply }).await;
+        assert_eq!(finish(job).await, Some(1_752_141_661.25));
+
+        let db = dir.path().join(format!(
+            "0123456789abcdef0123456789abcdef/ETHOSCOPE_001/2025-07-10_10-00-00/{FILE}"
+        ));
+        let conn = Connection::open(&db).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", last_frame_sql("ROI_1")))
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|l| l.contains("USING INTEGER PRIMARY KEY")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|l| l.starts_with("SCAN")), "{plan:?}");
     }
 
     /// A first job creates the tables, inserts the id-keyed rows, makes the keyless table equal

@@ -49,8 +49,8 @@ use crate::error::{ConnectFailure, Inconsistency, MirrorError, NotReady};
 use crate::local::{self, Cmd, Fingerprint, Prepared, WriterSetup, WriterSummary};
 pub use crate::plan::TableReport;
 use crate::plan::{
-    completeness, id_bounds_sql, indexed_integers, keep_copyable, verify, verify_keyless, Chunks,
-    CopyPlan, Counts, IdTable, Measured, TableCopy,
+    completeness, id_bounds_sql, indexed_integers, keep_copyable, rows_behind, verify,
+    verify_keyless, Chunks, CopyPlan, Counts, IdTable, Measured, TableCopy,
 };
 use crate::schema::{
     mysql_quote, plan_tables, CopyMode, RemoteColumn, RemoteTable, Skipped, TablePlan,
@@ -112,6 +112,11 @@ pub struct MirrorReport {
     pub file_size: u64,
     /// Lines appended to the DAM dump.
     pub dam_lines: u64,
+    /// The mirror's newest tracked frame, epoch seconds (`None` without ROI rows).
+    pub newest_frame_at: Option<f64>,
+    /// Rows the device had beyond the mirror when the job ended ([`crate::plan::rows_behind`]);
+    /// `None` when the device could not be asked.
+    pub rows_behind: Option<u64>,
     /// Wall-clock time of the job.
     pub duration: Duration,
 }
@@ -839,6 +844,7 @@ impl Mirror {
         );
         tables.extend(verified.tables);
         mismatches.extend(verified.mismatches);
+        let behind = behind(copy, &plans, &tables).await?;
         Ok(MirrorReport {
             db_name: db.to_string(),
             backup_filename: target.file_name.clone(),
@@ -853,6 +859,8 @@ impl Mirror {
             data_duplication: finished.data_duplication,
             file_size: finished.file_size,
             dam_lines: finished.dam_lines,
+            newest_frame_at: finished.newest_frame_at,
+            rows_behind: behind,
             duration: Duration::ZERO,
         })
     }
@@ -968,6 +976,39 @@ async fn id_bounds(
         None => HashMap::new(),
     };
     Ok(keep_copyable(plans, &bounds))
+}
+
+/// Step 7's `rows_behind`: the device's max ids now (outside any snapshot, so rows written during
+/// the job count) against the mirror's. `None` when the device does not answer; cancellation
+/// still ends the job.
+async fn behind(
+    copy: &mut Copy<'_>,
+    plans: &[TablePlan],
+    tables: &BTreeMap<String, TableReport>,
+) -> Result<Option<u64>, MirrorError> {
+    let Some(sql) = id_bounds_sql(plans) else {
+        return Ok(Some(0));
+    };
+    match copy
+        .remote
+        .indexed_integers(copy.cancel, "reading max ids after the copy", sql)
+        .await
+    {
+        Ok(bounds) => {
+            // A table whose bounds no longer fit the copy by id counts 0 here; the next job
+            // reports it as skipped.
+            let remote = bounds
+                .iter()
+                .map(|(i, b)| (*i, crate::plan::id_bounds(b).ok().flatten()))
+                .collect();
+            Ok(Some(rows_behind(plans, &remote, tables)))
+        }
+        Err(e @ MirrorError::Cancelled { .. }) => Err(e),
+        Err(e) => {
+            tracing::debug!("rows behind unknown: {}", etho_model::error_chain(&e));
+            Ok(None)
+        }
+    }
 }
 
 /// Step 5's keyless tables: each made equal to the snapshot as a multiset. Returns their

@@ -439,6 +439,30 @@ pub fn verify_keyless(name: &str, result: &KeylessResult) -> (TableReport, Optio
     (report, mismatch)
 }
 
+/// Rows the device holds beyond the mirror: over the id-keyed plans, the device's `MAX(id)` read
+/// at the end of the job (`remote_max`, by plan index) minus the mirror's (`tables`, by name),
+/// never below 0 per table. A table the device no longer has counts 0 (a new experiment is the
+/// next job's).
+pub fn rows_behind(
+    plans: &[TablePlan],
+    remote_max: &HashMap<usize, Option<i64>>,
+    tables: &BTreeMap<String, TableReport>,
+) -> u64 {
+    plans
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.mode == CopyMode::ById)
+        .map(|(i, p)| {
+            let remote = remote_max.get(&i).copied().flatten().unwrap_or(0);
+            let local = tables
+                .get(&p.name)
+                .and_then(|t| t.local_max_id)
+                .unwrap_or(0);
+            u64::try_from(remote.saturating_sub(local)).unwrap_or(0)
+        })
+        .sum()
+}
+
 /// Mirror rows / device rows over all tables, in percent (100 when the device has none).
 pub fn completeness(tables: &BTreeMap<String, TableReport>) -> f64 {
     let remote: u64 = tables.values().map(|t| t.remote_rows).sum();
@@ -483,6 +507,65 @@ mod tests {
 
     fn counts(name: &str, max: i64, remote: u64, local: u64) -> (String, Counts) {
         (name.to_string(), Counts { max, remote, local })
+    }
+
+    #[test]
+    fn rows_behind_table() {
+        let report = |local: Option<i64>| TableReport {
+            mode: CopyMode::ById,
+            remote_rows: 0,
+            local_rows: 0,
+            remote_max_id: None,
+            local_max_id: local,
+            copied: 0,
+        };
+        let tables = |r1: Option<i64>, r2: Option<i64>| {
+            BTreeMap::from([
+                ("ROI_1".to_string(), report(r1)),
+                ("ROI_2".to_string(), report(r2)),
+            ])
+        };
+        type Case = (
+            &'static str,
+            (Option<i64>, Option<i64>),
+            BTreeMap<String, TableReport>,
+            u64,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "caught up",
+                (Some(100), Some(7)),
+                tables(Some(100), Some(7)),
+                0,
+            ),
+            (
+                "rows came in during the job",
+                (Some(130), Some(9)),
+                tables(Some(100), Some(7)),
+                32,
+            ),
+            (
+                "a table the mirror has not started",
+                (Some(5), Some(7)),
+                tables(None, Some(7)),
+                5,
+            ),
+            (
+                "the device is behind (a new experiment)",
+                (Some(3), None),
+                tables(Some(100), Some(7)),
+                0,
+            ),
+            (
+                "no answer for a table",
+                (None, None),
+                tables(Some(1), Some(1)),
+                0,
+            ),
+        ];
+        for (what, (r1, r2), t, want) in cases {
+            assert_eq!(rows_behind(&plans(), &remote(r1, r2), &t), want, "{what}");
+        }
     }
 
     /// One row per case: mirror maxes, device maxes, remembered counts → per table (range to

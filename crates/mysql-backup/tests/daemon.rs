@@ -72,7 +72,14 @@ async fn a_cycle_publishes_the_reference_status_shape_and_survives_restart() {
             "count",
             "synced",
             "progress",
-            "data_duplication"
+            "data_duplication",
+            "rows_behind",
+            "last_success",
+            "last_success_started",
+            "failures",
+            "interval_s",
+            "newest_copied_at",
+            "experiment"
         ]
     );
     assert_eq!(entry["name"], NAME);
@@ -93,6 +100,17 @@ async fn a_cycle_publishes_the_reference_status_shape_and_survives_restart() {
         status.get(OTHER_ID).is_none(),
         "devices never attempted get no entry"
     );
+    // Health facts: the mirror's newest frame is the device's (nothing written since), nothing
+    // is behind, and the success is dated.
+    let truth = device_newest_frame(&server, &format!("{NAME}_db")).await;
+    assert_eq!(entry["newest_copied_at"].as_f64(), Some(truth));
+    assert!(truth > START as f64, "{truth}");
+    assert_eq!(entry["experiment"], spec.backup_filename());
+    assert_eq!(entry["rows_behind"], 0);
+    assert_eq!(entry["last_success"], entry["ended"]);
+    assert_eq!(entry["last_success_started"], entry["started"]);
+    assert_eq!(entry["failures"], 0);
+    assert_eq!(entry["interval_s"], 300.0);
 
     let (_, headers, service) = get(http::router(d.clone(), engine.clone()), "/").await;
     assert!(headers.get("access-control-allow-origin").is_none());
@@ -123,6 +141,33 @@ async fn a_cycle_publishes_the_reference_status_shape_and_survives_restart() {
     assert_eq!(st.count, 2);
     assert_eq!(st.status, "stopped");
     assert_eq!(st.progress.status, Some(ProgressStatus::Success));
+    assert!(st
+        .last_success
+        .is_some_and(|t| t >= entry["ended"].as_i64().unwrap()));
+    assert_eq!(st.newest_copied_at, Some(truth), "survives the restart");
+}
+
+/// The device's own newest frame: `METADATA.date_time` plus the largest `t` of its ROI tables.
+async fn device_newest_frame(server: &etho_devicekit::mariadb::MariaDb, db: &str) -> f64 {
+    use mysql_async::prelude::Queryable;
+    let mut conn = mysql_async::Conn::new(server.admin_opts(Some(db)))
+        .await
+        .unwrap();
+    let start: String = conn
+        .query_first("SELECT value FROM METADATA WHERE field = 'date_time'")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut last = 0i64;
+    for n in 1..=4 {
+        let t: Option<i64> = conn
+            .query_first(format!("SELECT MAX(t) FROM ROI_{n}"))
+            .await
+            .unwrap();
+        last = last.max(t.unwrap_or(0));
+    }
+    conn.disconnect().await.unwrap();
+    start.parse::<f64>().unwrap() + last as f64 / 1000.0
 }
 
 #[tokio::test]

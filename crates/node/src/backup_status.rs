@@ -19,7 +19,10 @@
 //!   start, with nothing kept yet, waits for the first refresh;
 //! - concurrent requests that find nothing kept join the one refresh in flight (single flight).
 //!   The refresh runs in its own task, so a client hanging up cannot cancel it for the others.
-//!   At most one refresh is in flight at any time.
+//!   At most one refresh is in flight at any time;
+//! - every merged entry gets its `health` ([`crate::health`]) from both daemons' entries (their
+//!   last ones while they do not answer) and the registry's polling view, after the seed's
+//!   fields, which stay exactly as the merge made them.
 //!
 //! Upstream's cache (and ours before) was stamped with the *start* of the fetch and expired
 //! after 1 s, shorter than the 2 s daemon timeout: with one daemon hung, every request found the
@@ -43,6 +46,8 @@ use etho_model::merge::{DaemonDocument, DocumentError, Service, ServiceReport, U
 use futures::future::{BoxFuture, FutureExt, Shared};
 
 use crate::metrics::StatusSnapshot;
+use crate::health::HealthView;
+use crate::registry::{now_f64, DeviceRegistry};
 use crate::{AppState, NodeConfig};
 
 /// Last known reachability of a daemon, to log changes once instead of every refresh.
@@ -90,6 +95,8 @@ pub struct BackupStatusService {
     cache: Mutex<Cache>,
     /// What the metrics read from the latest refresh (see [`crate::metrics`]).
     snapshot: Mutex<Option<Arc<StatusSnapshot>>>,
+    devices: Arc<DeviceRegistry>,
+    health: HealthView,
 }
 
 impl fmt::Debug for BackupStatusService {
@@ -105,8 +112,12 @@ impl fmt::Debug for BackupStatusService {
 }
 
 impl BackupStatusService {
-    /// Builds the service (HTTP client with connection reuse, empty cache).
-    pub fn new(config: &NodeConfig) -> anyhow::Result<BackupStatusService> {
+    /// Builds the service (HTTP client with connection reuse, empty cache); `devices` gives the
+    /// polling view the health needs.
+    pub fn new(
+        config: &NodeConfig,
+        devices: Arc<DeviceRegistry>,
+    ) -> anyhow::Result<BackupStatusService> {
         let client = etho_http::client(config.daemon_timeout)
             .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
         let daemon = |service, url: &ServiceUrl| Daemon {
@@ -123,6 +134,8 @@ impl BackupStatusService {
             ttl: config.status_cache_ttl,
             cache: Mutex::new(Cache::default()),
             snapshot: Mutex::new(None),
+            devices,
+            health: HealthView::new(config.health),
         })
     }
 
@@ -219,8 +232,17 @@ impl BackupStatusService {
         let bytes = tokio::task::spawn_blocking(move || {
             let mysql = this.mysql.report(mysql.and_then(parse_document));
             let rsync = this.rsync.report(rsync.and_then(parse_document));
+            let sightings = this.devices.sightings();
+            let now = now_f64();
+            let mut unified = etho_model::merge::unify(&mysql, &rsync);
+            this.health
+                .annotate(&mysql, &rsync, &mut unified, &sightings, now);
             let up = [&mysql, &rsync].map(|r| matches!(r, ServiceReport::Available(_)));
-            let status = UnifiedStatus::from_reports(mysql, rsync);
+            let status = UnifiedStatus {
+                mysql_backup: mysql.into_document(Service::MysqlBackup),
+                rsync_backup: rsync.into_document(Service::RsyncBackup),
+                unified_devices: unified,
+            };
             let snapshot = StatusSnapshot::of(&status, up, started);
             *this.snapshot.lock().unwrap_or_else(PoisonError::into_inner) =
                 Some(Arc::new(snapshot));

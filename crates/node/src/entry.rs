@@ -6,6 +6,8 @@
 use std::net::IpAddr;
 use std::path::Path;
 
+use etho_model::device::EntryFields;
+use etho_model::health::{Link, Sighting};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -57,6 +59,8 @@ pub struct Entry {
     pub poll_error: Option<String>,
     /// Why the device's answers are refused.
     pub rejected: Option<String>,
+    /// When the node first saw the device running, or not running, as it last reported.
+    pub activity_since: Option<f64>,
     /// Status and last_seen as last written to SQLite.
     pub persisted: Option<(NodeStatus, Option<f64>)>,
 }
@@ -121,6 +125,7 @@ impl Entry {
             poll: PollState::default(),
             poll_error: None,
             rejected: None,
+            activity_since: None,
             persisted: None,
         }
     }
@@ -300,10 +305,42 @@ impl Entry {
             last_seen: self.poll.last_seen,
             status: status.to_string(),
             confirmed,
+            device_status: self.device_status.clone(),
+            activity_since: self.activity_since,
             now,
         };
         self.persisted = Some((status, self.poll.last_seen));
         Some(row)
+    }
+
+    /// What the node's polling knows about the device, for its health
+    /// ([`etho_model::health::Sighting`]); `doc` is its `GET /devices` entry.
+    pub fn sighting(&self, doc: &Map<String, Value>) -> Sighting {
+        let poll = &self.poll;
+        let link = match poll.reach {
+            Reach::Online => Link::Online {
+                since: poll.online_since.or(poll.last_seen).unwrap_or(0.0),
+            },
+            Reach::Busy { since } => Link::Busy { since },
+            Reach::Unreached { since } => Link::Unreached { since },
+            Reach::Offline | Reach::Unknown => Link::Offline {
+                last_seen: poll.last_seen,
+            },
+        };
+        let fields = EntryFields(doc);
+        Sighting {
+            link,
+            reported: Some(self.device_status.clone()).filter(|s| !s.is_empty()),
+            activity_since: self.activity_since,
+            device_time: self
+                .fields
+                .get("time")
+                .and_then(Value::as_f64)
+                .filter(|t| t.is_finite() && *t > 0.0),
+            experiment: fields.announced_filename().map(str::to_string),
+            mariadb: fields.mariadb_report(),
+            sqlite: fields.sqlite_report(),
+        }
     }
 
     /// `/devices/pending`'s entry: the details only for an address that answered as an

@@ -9,7 +9,7 @@
 //! - [`AppState`]: the shared, cheaply cloned state every handler receives.
 //! - [`app`]: the complete router, so tests can drive it without a socket; [`serve`] runs it.
 //! - [`backup_status`]: the unified status endpoint (concurrent, bounded daemon fetches, a
-//!   single-flight cache of the serialized reply).
+//!   single-flight cache of the serialized reply), each entry with its [`health`].
 //! - [`backup_history`]: `GET /backup/history/<id>`, both daemons' run histories merged.
 //! - [`metrics`]: `GET /metrics` (Prometheus text format) from the latest unified status.
 //! - [`alerts`]: Slack/Mattermost webhook messages when a device's backup goes bad or recovers.
@@ -33,6 +33,7 @@ pub mod dashboard;
 pub mod devices;
 pub mod entry;
 pub mod fields;
+pub mod health;
 pub mod identity;
 pub mod mdns;
 pub mod metrics;
@@ -69,6 +70,8 @@ pub struct NodeConfig {
     /// `--admin-token`: requests that change the registry must carry it
     /// (`Authorization: Bearer <token>`); confirming a conflicted address needs it.
     pub admin_token: Option<AdminToken>,
+    /// When a device's health is `at_risk` or `lagging` (see [`health`]).
+    pub health: etho_model::health::Thresholds,
 }
 
 /// The admin token; its `Debug` does not show it, so it never reaches a log.
@@ -100,6 +103,7 @@ impl Default for NodeConfig {
             archive: None,
             alerts: None,
             admin_token: None,
+            health: etho_model::health::Thresholds::default(),
         }
     }
 }
@@ -121,10 +125,13 @@ impl AppState {
     /// Builds the state (HTTP client, caches) from a configuration.
     pub fn new(config: NodeConfig) -> anyhow::Result<AppState> {
         let config = Arc::new(config);
-        let backup_status = Arc::new(backup_status::BackupStatusService::new(&config)?);
         let devices = Arc::new(registry::DeviceRegistry::new(
             config.discovery.clone(),
             &config.state_dir,
+        )?);
+        let backup_status = Arc::new(backup_status::BackupStatusService::new(
+            &config,
+            Arc::clone(&devices),
         )?);
         let archive = match &config.archive {
             Some(a) => Some(Arc::new(archive::ArchiveService::new(a.clone())?)),

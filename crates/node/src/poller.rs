@@ -300,6 +300,9 @@ pub struct PollState {
     pub consecutive_refused: u32,
     /// Last full answer, epoch seconds.
     pub last_seen: Option<f64>,
+    /// While online: the first full answer of this streak (how long the device has been
+    /// reachable without interruption).
+    pub online_since: Option<f64>,
 }
 
 impl Default for PollState {
@@ -309,6 +312,7 @@ impl Default for PollState {
             consecutive_errors: 0,
             consecutive_refused: 0,
             last_seen: None,
+            online_since: None,
         }
     }
 }
@@ -331,6 +335,10 @@ impl PollState {
                 consecutive_errors: 0,
                 consecutive_refused: 0,
                 last_seen: Some(now),
+                online_since: match self.reach {
+                    Reach::Online => self.online_since.or(Some(now)),
+                    _ => Some(now),
+                },
             },
             Outcome::IdOnly => {
                 let since = match self.reach {
@@ -347,6 +355,7 @@ impl PollState {
                     consecutive_errors: self.consecutive_errors.saturating_add(1),
                     consecutive_refused: 0,
                     last_seen: self.last_seen,
+                    online_since: None,
                 }
             }
             Outcome::Refused | Outcome::Failed => {
@@ -371,6 +380,7 @@ impl PollState {
                     consecutive_errors: self.consecutive_errors.saturating_add(1),
                     consecutive_refused: refused,
                     last_seen: self.last_seen,
+                    online_since: None,
                 }
             }
         }
@@ -669,6 +679,18 @@ mod tests {
         let s = PollState::default().next(Outcome::Answered, 100.0, &t());
         assert_eq!(s.reach, Reach::Online);
         assert_eq!(s.last_seen, Some(100.0));
+        // Reachable since the first answer of the streak; a failure ends the streak.
+        let later = s.next(Outcome::Answered, 105.0, &t());
+        assert_eq!(
+            (later.last_seen, later.online_since),
+            (Some(105.0), Some(100.0))
+        );
+        let busy = later.next(Outcome::IdOnly, 110.0, &t());
+        assert_eq!(busy.online_since, None);
+        let back = busy.next(Outcome::Answered, 115.0, &t());
+        assert_eq!(back.online_since, Some(115.0));
+        let gone = back.next(Outcome::Refused, 120.0, &t());
+        assert_eq!((gone.online_since, gone.last_seen), (None, Some(115.0)));
         assert_eq!(s.status("running"), "running");
         assert_eq!(PollState::default().status("running"), "offline");
         assert_eq!(

@@ -28,7 +28,7 @@
 //!
 //! Nothing here holds a lock across an `.await`; SQLite runs on the blocking pool.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use etho_http::ServiceUrl;
 use etho_model::device::CONFLICT_STATUS;
+use etho_model::health::{runs_experiment, Sighting};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -336,28 +337,7 @@ impl Inner {
         results: Option<&Path>,
     ) -> Option<Map<String, Value>> {
         let verdict = identity::judge(self.bindings.get(id), claimants);
-        let bound = match &verdict {
-            Verdict::Held { binding, .. } => Some(&binding.target),
-            Verdict::Conflict { bound, .. } => Some(bound),
-            Verdict::Unclaimed => None,
-        };
-        let doc_of = |t: &Target| {
-            let e = self.entries.get(t)?;
-            (e.id.as_deref() == Some(id))
-                .then(|| e.device_json(t, results))
-                .flatten()
-        };
-        let mut doc = bound.and_then(doc_of).or_else(|| {
-            // The bound address is gone or answers for another device: the latest answer.
-            let seen = |c: &&Claimant| {
-                let e = self.entries.get(&c.target);
-                e.and_then(|e| e.poll.last_seen).unwrap_or(f64::MIN)
-            };
-            let latest = claimants
-                .iter()
-                .max_by(|a, b| seen(a).total_cmp(&seen(b)))?;
-            doc_of(&latest.target)
-        })?;
+        let (_, mut doc) = self.speaker(id, claimants, &verdict, results)?;
         if let Verdict::Conflict { bound, others } = &verdict {
             let mut addresses = vec![bound.to_string()];
             addresses.extend(others.iter().map(Target::to_string));
@@ -370,6 +350,40 @@ impl Inner {
             doc.insert("conflict".into(), conflict);
         }
         Some(doc)
+    }
+
+    /// The address whose answer speaks for `id`, with its `/devices` document: the bound address
+    /// when it has the id's answer, else the latest answer among the claimants.
+    fn speaker<'a>(
+        &'a self,
+        id: &str,
+        claimants: &'a [Claimant],
+        verdict: &'a Verdict,
+        results: Option<&Path>,
+    ) -> Option<(&'a Target, Map<String, Value>)> {
+        let bound = match &verdict {
+            Verdict::Held { binding, .. } => Some(&binding.target),
+            Verdict::Conflict { bound, .. } => Some(bound),
+            Verdict::Unclaimed => None,
+        };
+        let doc_of = |t: &'a Target| {
+            let e = self.entries.get(t)?;
+            (e.id.as_deref() == Some(id))
+                .then(|| e.device_json(t, results))
+                .flatten()
+                .map(|doc| (t, doc))
+        };
+        bound.and_then(doc_of).or_else(|| {
+            // The bound address is gone or answers for another device: the latest answer.
+            let seen = |c: &&Claimant| {
+                let e = self.entries.get(&c.target);
+                e.and_then(|e| e.poll.last_seen).unwrap_or(f64::MIN)
+            };
+            let latest = claimants
+                .iter()
+                .max_by(|a, b| seen(a).total_cmp(&seen(b)))?;
+            doc_of(&latest.target)
+        })
     }
 }
 
@@ -456,6 +470,27 @@ impl DeviceRegistry {
             .filter_map(|(id, claimants)| {
                 let doc = inner.device_doc(id, &claimants, results)?;
                 Some((id.to_string(), Value::Object(doc)))
+            })
+            .collect()
+    }
+
+    /// What polling knows about every device of [`DeviceRegistry::devices`], by id, for the
+    /// health view: from the same address as its `/devices` entry. Empty with `--devices-from`
+    /// (the node does not poll the devices then).
+    pub fn sightings(&self) -> HashMap<String, Sighting> {
+        if self.relay.is_some() {
+            return HashMap::new();
+        }
+        let inner = lock(&self.inner);
+        let results = self.config.results_dir.as_deref();
+        inner
+            .ids()
+            .into_iter()
+            .filter_map(|(id, claimants)| {
+                let verdict = identity::judge(inner.bindings.get(id), &claimants);
+                let (target, doc) = inner.speaker(id, &claimants, &verdict, results)?;
+                let sighting = inner.entries.get(target)?.sighting(&doc);
+                Some((id.to_string(), sighting))
             })
             .collect()
     }
@@ -722,6 +757,8 @@ impl DeviceRegistry {
             e.id = Some(k.id.clone());
             e.name = Some(k.name);
             e.ip = k.ip.parse().ok();
+            e.device_status = k.device_status;
+            e.activity_since = k.activity_since;
             e.poll = PollState::remembered(k.last_seen);
             e.persisted = Some((NodeStatus::Offline, k.last_seen));
             e.last_answer = k.last_seen;
@@ -978,7 +1015,15 @@ impl DeviceRegistry {
         if ip.is_some() {
             entry.ip = ip;
         }
+        let running_before = runs_experiment(&entry.device_status);
+        let answered = matches!(report, PollReport::Answered { .. });
         let previous_id = entry.absorb(target, report, now);
+        if answered
+            && (entry.activity_since.is_none()
+                || runs_experiment(&entry.device_status) != running_before)
+        {
+            entry.activity_since = Some(now);
+        }
         entry.poll = entry.poll.next(outcome, now, &self.config.thresholds);
         let after = entry.status();
         if before != after {

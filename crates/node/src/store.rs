@@ -44,6 +44,10 @@ pub struct DeviceRow {
     pub status: String,
     /// An operator confirmed this address for the id.
     pub confirmed: bool,
+    /// The last status word the device reported itself (kept while it does not answer).
+    pub device_status: String,
+    /// When the node first saw the device running, or not running, as it last reported.
+    pub activity_since: Option<f64>,
     /// Now (first seen, for a new row).
     pub now: f64,
 }
@@ -65,6 +69,10 @@ pub struct KnownDevice {
     pub first_seen: f64,
     /// An operator confirmed this address for the id.
     pub confirmed: bool,
+    /// The last status word the device reported (empty when unknown).
+    pub device_status: String,
+    /// See [`DeviceRow::activity_since`].
+    pub activity_since: Option<f64>,
 }
 
 /// An address added by hand or by mDNS.
@@ -145,6 +153,10 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
     // Columns added later; files written by an older node get them with their defaults.
     add_column(&conn, "devices", "confirmed", "INTEGER NOT NULL DEFAULT 0")?;
     add_column(&conn, "targets", "last_answer", "REAL")?;
+    // What the device last said it was doing, so a restarted node still knows that an
+    // unreachable device was running an experiment.
+    add_column(&conn, "devices", "device_status", "TEXT")?;
+    add_column(&conn, "devices", "activity_since", "REAL")?;
     Ok(conn)
 }
 
@@ -168,7 +180,9 @@ pub fn load(conn: &Connection) -> Result<(Vec<KnownDevice>, Vec<SavedTarget>), S
 
 fn load_devices(conn: &Connection) -> Result<Vec<KnownDevice>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT id, name, host, ip, port, last_seen, first_seen, confirmed FROM devices ORDER BY id",
+        "SELECT id, name, host, ip, port, last_seen, first_seen, confirmed, device_status,
+                activity_since
+         FROM devices ORDER BY id",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -182,11 +196,17 @@ fn load_devices(conn: &Connection) -> Result<Vec<KnownDevice>, StoreError> {
             r.get::<_, Option<f64>>(5)?,
             r.get::<_, f64>(6)?,
             r.get::<_, bool>(7)?,
+            (r.get::<_, Option<String>>(8)?, r.get::<_, Option<f64>>(9)?),
         ))
     })?;
     let mut known = Vec::new();
     for row in rows {
-        let ((id, name, host, ip), port, last_seen, first_seen, confirmed) = row?;
+        let ((id, name, host, ip), port, last_seen, first_seen, confirmed, activity) = row?;
+        let (device_status, activity_since) = activity;
+        // Ours, but it ends up in a status word: the same rule as a device's answer.
+        let device_status = device_status
+            .filter(|w| crate::poller::is_status_word(w))
+            .unwrap_or_default();
         let port = u16::try_from(port).ok().filter(|p| *p != 0);
         match (
             etho_model::device::is_valid_machine_id(&id)
@@ -202,6 +222,8 @@ fn load_devices(conn: &Connection) -> Result<Vec<KnownDevice>, StoreError> {
                 last_seen,
                 first_seen,
                 confirmed,
+                device_status,
+                activity_since,
             }),
             _ => tracing::warn!("ignoring invalid registry row for {}", shown(&id)),
         }
@@ -246,12 +268,15 @@ fn load_targets(conn: &Connection) -> Result<Vec<SavedTarget>, StoreError> {
 /// Inserts or updates a device (keeps its first_seen, and its last_seen when `row` has none).
 pub fn save_device(conn: &Connection, row: &DeviceRow) -> rusqlite::Result<()> {
     conn.execute(
-        "INSERT INTO devices (id, name, host, ip, port, first_seen, last_seen, status, confirmed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+        "INSERT INTO devices (id, name, host, ip, port, first_seen, last_seen, status, confirmed,
+                              device_status, activity_since)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT(id) DO UPDATE SET name = excluded.name, host = excluded.host,
            ip = excluded.ip, port = excluded.port,
            last_seen = COALESCE(excluded.last_seen, devices.last_seen),
-           status = excluded.status, confirmed = excluded.confirmed",
+           status = excluded.status, confirmed = excluded.confirmed,
+           device_status = excluded.device_status,
+           activity_since = COALESCE(excluded.activity_since, devices.activity_since)",
         params![
             row.id,
             row.name,
@@ -261,7 +286,9 @@ pub fn save_device(conn: &Connection, row: &DeviceRow) -> rusqlite::Result<()> {
             row.now,
             row.last_seen,
             row.status,
-            row.confirmed
+            row.confirmed,
+            row.device_status,
+            row.activity_since
         ],
     )?;
     Ok(())
@@ -323,6 +350,8 @@ mod tests {
             last_seen: Some(5.0),
             status: "running".into(),
             confirmed: true,
+            device_status: "running".into(),
+            activity_since: Some(4.0),
             now: 1.0,
         };
         save_device(&conn, &row).unwrap();
@@ -332,6 +361,7 @@ mod tests {
             &DeviceRow {
                 last_seen: None,
                 status: "offline".into(),
+                activity_since: None,
                 ..row
             },
         )
@@ -340,8 +370,8 @@ mod tests {
         save_target(&conn, &target, Source::Mdns, 3.0).unwrap();
         save_answer(&conn, &target, 4.0).unwrap();
         conn.execute_batch(
-            "INSERT INTO devices VALUES ('../../x', 'E', '127.0.0.1', '127.0.0.1', 9000, 0, 0, 'x', 0);
-             INSERT INTO devices VALUES ('ffffffffffffffffffffffffffffffff', 'E', 'h', 'h', 0, 0, 0, 'x', 0);
+            "INSERT INTO devices VALUES ('../../x', 'E', '127.0.0.1', '127.0.0.1', 9000, 0, 0, 'x', 0, NULL, NULL);
+             INSERT INTO devices VALUES ('ffffffffffffffffffffffffffffffff', 'E', 'h', 'h', 0, 0, 0, 'x', 0, NULL, NULL);
              INSERT INTO targets VALUES ('0.0.0.0', 9000, 'manual', 0, NULL);",
         )
         .unwrap();
@@ -360,6 +390,11 @@ mod tests {
         );
         assert!(known[0].confirmed);
         assert_eq!(known[0].first_seen, 1.0);
+        // The device's own last word and its start are kept while the node reports it offline.
+        assert_eq!(
+            (known[0].device_status.as_str(), known[0].activity_since),
+            ("running", Some(4.0))
+        );
         assert_eq!(
             targets,
             vec![SavedTarget {
@@ -398,6 +433,10 @@ mod tests {
         drop(conn);
         let (known, targets) = load(&open(&path).unwrap()).unwrap();
         assert_eq!((known.len(), known[0].confirmed), (1, false));
+        assert_eq!(
+            (known[0].device_status.as_str(), known[0].activity_since),
+            ("", None)
+        );
         assert_eq!(
             (targets[0].source, targets[0].last_answer),
             (Source::Mdns, None)

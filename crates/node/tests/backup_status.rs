@@ -248,6 +248,15 @@ fn assert_in_time(elapsed: Duration, what: &str) {
     );
 }
 
+/// A unified entry without its `health` (checked apart: the seed's fields must be exactly the
+/// merge's).
+fn seed_fields(entry: &Value) -> Value {
+    let mut e = entry.clone();
+    let health = e.as_object_mut().unwrap().remove("health");
+    assert!(health.is_some(), "every entry has its health: {entry}");
+    e
+}
+
 /// The exact entry the merge must produce for DEV_A from the two fixtures.
 fn expected_dev_a() -> Value {
     json!({
@@ -289,9 +298,37 @@ async fn both_daemons_up_gives_verbatim_documents_and_exact_merge() {
     let unified = body["unified_devices"].as_object().unwrap();
     let ids: Vec<&str> = unified.keys().map(String::as_str).collect();
     assert_eq!(ids, [DEV_A, DEV_B, DEV_C], "sorted by id, each once");
-    assert_eq!(unified[DEV_A], expected_dev_a());
+    assert_eq!(seed_fields(&unified[DEV_A]), expected_dev_a());
+    // Health after the seed's fields. These daemons send no health facts and the node polls no
+    // device: nothing is known about exposure, and the failure is quoted.
+    let keys: Vec<&str> = unified[DEV_A]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(
-        unified[DEV_B],
+        keys,
+        [
+            "name",
+            "status",
+            "overall_status",
+            "mysql_backup",
+            "rsync_backup",
+            "health"
+        ]
+    );
+    assert_eq!(
+        unified[DEV_A]["health"],
+        json!({"state": "safe", "exposure_s": null, "newest_copied_at": null,
+               "last_success": null, "expected": ["mysql", "results"], "reasons": []})
+    );
+    assert_eq!(
+        unified[DEV_C]["health"]["reasons"],
+        json!(["rsync-backup has failed: Videos backup failed"])
+    );
+    assert_eq!(
+        seed_fields(&unified[DEV_B]),
         json!({
             "name": "ETHOSCOPE_002", "status": "stopped", "overall_status": "unknown",
             "mysql_backup": {"available": true, "status": "stopped",
@@ -304,7 +341,7 @@ async fn both_daemons_up_gives_verbatim_documents_and_exact_merge() {
         })
     );
     assert_eq!(
-        unified[DEV_C],
+        seed_fields(&unified[DEV_C]),
         json!({
             "name": "DEVICE_22222222", "status": "stopped", "overall_status": "error",
             "mysql_backup": {"available": false, "status": "not_available", "progress": {},
@@ -483,7 +520,10 @@ async fn concurrent_requests_share_one_fetch_per_daemon() {
     assert_eq!(rsync.hits.load(Ordering::SeqCst), 1);
     let first = &replies[0].1;
     assert!(replies.iter().all(|(_, text, _)| text == first));
-    assert_eq!(replies[0].2["unified_devices"][DEV_A], expected_dev_a());
+    assert_eq!(
+        seed_fields(&replies[0].2["unified_devices"][DEV_A]),
+        expected_dev_a()
+    );
     // Within the TTL: served from the cache, no new fetch.
     let (_, again, _) = get_status(&node).await;
     assert_eq!(&again, first);
@@ -617,7 +657,10 @@ async fn client_hanging_up_does_not_cancel_the_shared_fetch() {
     assert!(impatient.is_err());
     // A second client joins the same fetch and gets the full answer.
     let (_, _, body) = get_status(&node).await;
-    assert_eq!(body["unified_devices"][DEV_A], expected_dev_a());
+    assert_eq!(
+        seed_fields(&body["unified_devices"][DEV_A]),
+        expected_dev_a()
+    );
     assert_eq!(mysql.hits.load(Ordering::SeqCst), 1);
 }
 

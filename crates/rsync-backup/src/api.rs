@@ -165,7 +165,7 @@ impl Serialize for DeviceView<'_> {
             }
         }
         let st = self.status;
-        let mut m = s.serialize_map(Some(8 + st.extra.len()))?;
+        let mut m = s.serialize_map(Some(14 + st.extra.len()))?;
         m.serialize_entry("name", &st.name)?;
         m.serialize_entry("status", &st.status)?;
         m.serialize_entry("started", &st.started)?;
@@ -177,6 +177,12 @@ impl Serialize for DeviceView<'_> {
         for (k, v) in &st.extra {
             m.serialize_entry(k, v)?;
         }
+        m.serialize_entry("last_success", &st.last_success)?;
+        m.serialize_entry("last_success_started", &st.last_success_started)?;
+        m.serialize_entry("failures", &st.failures)?;
+        m.serialize_entry("interval_s", &st.interval_s)?;
+        m.serialize_entry("newest_copied_at", &st.newest_copied_at)?;
+        m.serialize_entry("experiment", &st.experiment)?;
         m.end()
     }
 }
@@ -344,8 +350,8 @@ mod tests {
         );
     }
     /// The wire text of `GET /status`, key order included: a device whose videos the index
-    /// knows, whose results only the stored `synced` has (with a key a foreign writer added), and
-    /// the summary over both.
+    /// knows, whose results only the stored `synced` has (with a key a foreign writer added), its
+    /// health facts after the seed's fields (none yet), and the summary over both.
     #[test]
     fn status_body_wire_shape() {
         let work = tempfile::tempdir().unwrap();
@@ -369,7 +375,7 @@ mod tests {
         assert_eq!(
             body,
             format!(
-                r#"{{"devices":{{"{ID}":{{"name":"ETHOSCOPE_042","status":"running","started":0,"ended":0,"processing":false,"count":0,"synced":{{"results":{{"local_files":4,"directory":"/old/results","disk_usage_bytes":4096,"disk_usage_human":"4.0 KB"}},"videos":{{"local_files":2,"directory":"{videos}","disk_usage_bytes":3145728,"disk_usage_human":"3.0 MB"}},"other":{{"x":1}}}},"progress":{{}},"metadata":{{}}}}}},"disk_usage_summary":{{"results":{{"total_files":4,"total_size_bytes":4096,"total_size_human":"4.0 KB"}},"videos":{{"total_files":2,"total_size_bytes":3145728,"total_size_human":"3.0 MB"}},"combined":{{"total_files":6,"total_size_bytes":3149824,"total_size_human":"3.0 MB"}}}}}}"#
+                r#"{{"devices":{{"{ID}":{{"name":"ETHOSCOPE_042","status":"running","started":0,"ended":0,"processing":false,"count":0,"synced":{{"results":{{"local_files":4,"directory":"/old/results","disk_usage_bytes":4096,"disk_usage_human":"4.0 KB"}},"videos":{{"local_files":2,"directory":"{videos}","disk_usage_bytes":3145728,"disk_usage_human":"3.0 MB"}},"other":{{"x":1}}}},"progress":{{}},"metadata":{{}},"last_success":null,"last_success_started":null,"failures":0,"interval_s":null,"newest_copied_at":null,"experiment":null}}}},"disk_usage_summary":{{"results":{{"total_files":4,"total_size_bytes":4096,"total_size_human":"4.0 KB"}},"videos":{{"total_files":2,"total_size_bytes":3145728,"total_size_human":"3.0 MB"}},"combined":{{"total_files":6,"total_size_bytes":3149824,"total_size_human":"3.0 MB"}}}}}}"#
             )
         );
     }

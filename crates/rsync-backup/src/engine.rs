@@ -14,7 +14,9 @@
 //!    copies that got there, and adjusts the device's size entry by what changed
 //!    ([`crate::sizes`]);
 //! 5. turns rsync's exit code, stderr, the database step and the promotion report into a
-//!    message.
+//!    message; for the results tree, the records of the last good copies name the device's
+//!    current or last experiment and its newest copied frame (`experiment`,
+//!    `newest_copied_at`).
 //!
 //! The job's wall-clock limit is the scheduler's: it hands the job its deadline
 //! ([`JobContext::deadline`]) and cancels the job there. Every rsync run is bounded by that
@@ -35,7 +37,7 @@ use etho_model::history::RunOutcome;
 use etho_model::kind::BackupKind;
 use etho_model::error_chain;
 use etho_model::size::format_bytes;
-use etho_model::status::{Progress, ProgressStatus};
+use etho_model::status::{CopiedExperiment, Progress, ProgressStatus};
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -414,7 +416,7 @@ impl RsyncEngine {
             Ok(live) => live,
             Err(e) => return TreeOutcome::failed(kind, &e),
         };
-        let (report, live_report) = self.promote_tree(kind, &id, &paths, live, ctx).await;
+        let (report, live_report, copied) = self.promote_tree(kind, &id, &paths, live, ctx).await;
         // The disk is full: what rsync kept of the file it was receiving would keep it full (and
         // starve the MySQL mirror on the same filesystem) until the next attempt.
         let disk_note = if disk_full(&run.stderr) {
@@ -431,7 +433,8 @@ impl RsyncEngine {
                 list(unsafe_links, 10)
             );
         }
-        let outcome = describe(kind, &id, timeout, run, report, &live_report);
+        let mut outcome = describe(kind, &id, timeout, run, report, &live_report);
+        outcome.copied = copied.filter(|_| kind == Kind::Results);
         match disk_note {
             Some(note) => outcome.disk_full(note),
             None => outcome,
@@ -576,7 +579,7 @@ impl RsyncEngine {
     }
 
     /// Moves the staged files into the archive, records the database copies that got there, and
-    /// adjusts the size index.
+    /// adjusts the size index. Also returns the newest experiment the records describe.
     async fn promote_tree(
         &self,
         kind: Kind,
@@ -584,7 +587,7 @@ impl RsyncEngine {
         paths: &TransferPaths,
         mut live: Live,
         ctx: &JobContext,
-    ) -> (PromoteReport, LiveReport) {
+    ) -> (PromoteReport, LiveReport, Option<CopiedExperiment>) {
         // Promote whatever is complete, whatever rsync's exit: staged files are whole copies.
         let sizes = &self.inner.sizes;
         let known = sizes.has(kind, id);
@@ -601,7 +604,7 @@ impl RsyncEngine {
             } else {
                 SizeChange::Absolute(walk_tree(&archive_dir).unwrap_or_default())
             });
-            (report, live.report().clone())
+            (report, live.report().clone(), live.newest_experiment())
         })
         .await;
         done.unwrap_or_else(|e| {
@@ -609,7 +612,7 @@ impl RsyncEngine {
                 errors: vec![format!("promotion task failed: {e}")],
                 ..PromoteReport::default()
             };
-            (r, LiveReport::default())
+            (r, LiveReport::default(), None)
         })
     }
 }
@@ -810,6 +813,8 @@ struct TreeOutcome {
     bytes: u64,
     /// Cancelled or timed out: the job stops here.
     stopped: bool,
+    /// Results tree: the newest experiment its copies hold.
+    copied: Option<CopiedExperiment>,
     /// How long the tree took (set by the job).
     duration: Duration,
 }
@@ -823,6 +828,7 @@ impl TreeOutcome {
             files: 0,
             bytes: 0,
             stopped: false,
+            copied: None,
             duration: Duration::ZERO,
         }
     }
@@ -1043,6 +1049,7 @@ fn describe(
         files: report.files,
         bytes,
         stopped,
+        copied: None,
         duration: Duration::ZERO,
     }
 }
@@ -1101,7 +1108,8 @@ fn finish(
             .collect(),
     });
     outcome.synced = synced;
-    outcome.copied = trees
+    outcome.copied = trees.iter().find_map(|t| t.copied.clone());
+    outcome.copied_parts = trees
         .iter()
         .map(|t| Copied {
             kind: backup_kind(t.kind),
@@ -1387,6 +1395,7 @@ mod tests {
             files: 1,
             bytes: 10,
             stopped: false,
+            copied: None,
             duration: Duration::from_secs(2),
         };
         let o = finish(
@@ -1411,7 +1420,7 @@ mod tests {
         assert_eq!(o.synced, None);
         // The typed numbers for metrics and history: one part per tree, with its own outcome.
         assert_eq!(
-            o.copied,
+            o.copied_parts,
             vec![
                 Copied {
                     kind: BackupKind::Results,
@@ -1535,6 +1544,7 @@ mod tests {
             files,
             bytes,
             stopped: false,
+            copied: None,
             duration: Duration::ZERO,
         };
         let work = tempfile::tempdir().unwrap();

@@ -122,7 +122,13 @@ async fn cycle_status_document_and_truthful_sizes() {
             "count",
             "synced",
             "progress",
-            "metadata"
+            "metadata",
+            "last_success",
+            "last_success_started",
+            "failures",
+            "interval_s",
+            "newest_copied_at",
+            "experiment"
         ]
     );
     assert_eq!(da["name"], json!("ETHOSCOPE_021"));
@@ -131,6 +137,20 @@ async fn cycle_status_document_and_truthful_sizes() {
     assert_eq!(da["count"], json!(1));
     assert_eq!(da["metadata"], json!({}));
     assert!(da["ended"].as_i64().unwrap() >= da["started"].as_i64().unwrap());
+    // Health facts: the copy's experiment (its file has no METADATA, so no frame time), a dated
+    // success, the daemon's interval.
+    assert_eq!(
+        da["experiment"],
+        json!(format!("2025-07-10_10-00-00_{a}.db"))
+    );
+    assert_eq!(da["newest_copied_at"], Value::Null);
+    assert_eq!(da["last_success"], da["ended"]);
+    assert_eq!(da["interval_s"], json!(300.0));
+    assert_eq!(
+        doc["devices"][&b]["experiment"],
+        Value::Null,
+        "no SQLite on b"
+    );
 
     // Sizes are this device's own subtree, equal to find/stat.
     let archive = work.path().join("archive");
@@ -206,6 +226,8 @@ async fn cycle_status_document_and_truthful_sizes() {
     let daemon2 = Daemon::new(Arc::new(engine2.clone()), cfg).unwrap();
     let (doc4, _) = get(&api::router(Arc::clone(&daemon2), engine2), "/status").await;
     assert_eq!(doc4["devices"][&a]["count"], json!(1));
+    assert_eq!(doc4["devices"][&a]["last_success"], da["last_success"]);
+    assert_eq!(doc4["devices"][&a]["experiment"], da["experiment"]);
     assert_eq!(tree_of(&doc4, &b, "videos"), tree_of(&doc, &b, "videos"));
 }
 

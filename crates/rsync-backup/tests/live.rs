@@ -453,6 +453,80 @@ async fn rows_only_in_the_wal_reach_a_single_file_copy() {
     assert!(companions(&s.archive()).is_empty());
 }
 
+/// The copy's newest frame (for the node's health view) is the device's own newest frame, read
+/// from the checked copy, with frames only in the WAL; a second, newer experiment takes over.
+#[tokio::test]
+async fn the_newest_copied_frame_is_the_devices() {
+    let s = Setup::new(0x55);
+    let write = |ts: &str, start: &str, frames: &[(i64, i64)]| {
+        let db = s.db(ts);
+        let w = open_writer(&db, "wal");
+        w.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint=0;
+             CREATE TABLE IF NOT EXISTS METADATA (field TEXT, value TEXT);
+             CREATE TABLE IF NOT EXISTS ROI_1 (id INTEGER PRIMARY KEY, t INTEGER, x INTEGER);
+             CREATE TABLE IF NOT EXISTS ROI_2 (id INTEGER PRIMARY KEY, t INTEGER, x INTEGER);
+             INSERT INTO METADATA SELECT 'date_time', '{start}'
+               WHERE NOT EXISTS (SELECT 1 FROM METADATA);"
+        ))
+        .unwrap();
+        for (roi, t) in frames {
+            w.execute(&format!("INSERT INTO ROI_{roi} (t, x) VALUES (?1, 1)"), [t])
+                .unwrap();
+        }
+        (db, w)
+    };
+    let truth = |w: &Connection| -> f64 {
+        let start: String = w
+            .query_row(
+                "SELECT value FROM METADATA WHERE field = 'date_time'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let t: i64 = w
+            .query_row(
+                "SELECT max(t) FROM (SELECT t FROM ROI_1 UNION ALL SELECT t FROM ROI_2)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        start.parse::<f64>().unwrap() + t as f64 / 1000.0
+    };
+    let (_db, w) = write(
+        "2025-07-10_10-00-00",
+        "1752141600.0",
+        &[(1, 500), (2, 61_250), (1, 60_000)],
+    );
+    let out = s.backup().await;
+    assert_eq!(out.status(), ProgressStatus::Success, "{}", msg(&out));
+    let copied = out.copied.unwrap();
+    assert_eq!(
+        copied.experiment,
+        format!("2025-07-10_10-00-00_{}.db", s.tree.id)
+    );
+    assert_eq!(copied.newest_copied_at, Some(truth(&w)));
+    assert_eq!(copied.newest_copied_at, Some(1_752_141_661.25));
+    // More frames, only in the WAL.
+    w.execute("INSERT INTO ROI_1 (t, x) VALUES (90000, 2)", [])
+        .unwrap();
+    let out = s.backup().await;
+    assert_eq!(out.copied.unwrap().newest_copied_at, Some(truth(&w)));
+    // Nothing changed: the figures come from the records, the same answer.
+    let out = s.backup().await;
+    assert!(msg(&out).contains("Results: no changes"), "{}", msg(&out));
+    assert_eq!(out.copied.unwrap().newest_copied_at, Some(1_752_141_690.0));
+    // The next experiment, with no frame yet, is the current one.
+    let (_db2, _w2) = write("2025-07-11_10-00-00", "1752228000.0", &[]);
+    let out = s.backup().await;
+    let copied = out.copied.unwrap();
+    assert_eq!(
+        copied.experiment,
+        format!("2025-07-11_10-00-00_{}.db", s.tree.id)
+    );
+    assert_eq!(copied.newest_copied_at, None);
+}
+
 /// A new experiment whose tables exist only in the WAL (the database file is one empty page):
 /// the copy has its tables and rows, not an empty schema.
 #[tokio::test]

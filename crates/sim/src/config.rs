@@ -61,6 +61,9 @@ pub enum Fault {
     /// database, as in a power cut or a `kill -9`: nothing is checkpointed, the `-wal` stays next
     /// to the file, and the experiment stops with an error.
     KillWriter(Duration),
+    /// The device's rsync daemon runs but refuses every client (`@ERROR: access denied`): every
+    /// rsync backup of it fails, while it answers on HTTP and keeps writing.
+    RsyncDenied,
 }
 
 /// The name a [`Fault::HostileName`] device reports.
@@ -72,7 +75,7 @@ impl FromStr for Fault {
     type Err = String;
 
     /// `offline`, `offline-after:SECS`, `slow:MILLIS`, `busy`, `hostile-name`, `hostile-id`,
-    /// `bad-json`, `kill-writer:SECS`.
+    /// `bad-json`, `kill-writer:SECS`, `rsync-denied`.
     fn from_str(s: &str) -> Result<Fault, String> {
         let (kind, arg) = match s.split_once(':') {
             Some((k, a)) => (k, Some(a)),
@@ -104,9 +107,10 @@ impl FromStr for Fault {
             "kill-writer" => Ok(Fault::KillWriter(Duration::from_secs_f64(number(
                 "SECONDS",
             )?))),
+            "rsync-denied" => no_arg(Fault::RsyncDenied),
             _ => Err(format!(
                 "unknown fault {kind:?} (offline, offline-after:SECS, slow:MS, busy, hostile-name, \
-                 hostile-id, bad-json, kill-writer:SECS)"
+                 hostile-id, bad-json, kill-writer:SECS, rsync-denied)"
             )),
         }
     }
@@ -319,6 +323,8 @@ mod tests {
             Ok(Fault::KillWriter(Duration::from_millis(2500)))
         );
         assert!("kill-writer".parse::<Fault>().is_err());
+        assert_eq!("rsync-denied".parse(), Ok(Fault::RsyncDenied));
+        assert!("rsync-denied:1".parse::<Fault>().is_err());
         assert!("slow".parse::<Fault>().is_err());
         assert!("slow:-1".parse::<Fault>().is_err());
         assert!("slow:NaN".parse::<Fault>().is_err());

@@ -207,6 +207,7 @@ impl Fleet {
                     address: d.identity.ip,
                     port: Some(port),
                     run_dir: Some(data_dir.join("rsyncd").join(&d.identity.name)),
+                    refuse_clients: d.has_fault(crate::config::Fault::RsyncDenied),
                     ..RsyncdOptions::default()
                 };
                 let root = root.clone();
@@ -260,6 +261,7 @@ impl Fleet {
                     address: spec.identity.ip,
                     port: Some(port),
                     run_dir: Some(data_dir.join("rsyncd").join(&spec.identity.name)),
+                    refuse_clients: spec.has_fault(crate::config::Fault::RsyncDenied),
                     ..RsyncdOptions::default()
                 };
                 tasks.push(tokio::spawn(follow_rsync(

@@ -205,6 +205,45 @@ fn devices_map_shape_and_statuses() {
     assert_eq!(r.devices()[ID]["status"], "busy");
 }
 
+/// The polling view the health reads: since when the device answers, what it last said it
+/// was doing and since when, kept while it does not answer.
+#[test]
+fn sightings_follow_polls() {
+    use etho_model::health::Link;
+    let r = registry();
+    let t = target("127.0.0.10");
+    r.add_target(t.clone(), Source::Flag).unwrap();
+    assert!(r.sightings().is_empty());
+    feed(&r, &t, answered("running"), 100.0);
+    feed(&r, &t, answered("running"), 105.0);
+    let s = &r.sightings()[ID];
+    assert_eq!(s.link, Link::Online { since: 100.0 });
+    assert_eq!(
+        (s.reported.as_deref(), s.activity_since, s.device_time),
+        (Some("running"), Some(100.0), Some(1.0))
+    );
+    assert_eq!(
+        s.experiment.as_deref(),
+        Some(format!("2025-07-10_10-00-00_{ID}.db").as_str())
+    );
+    feed(&r, &t, answered("stopped"), 110.0);
+    assert_eq!(r.sightings()[ID].activity_since, Some(110.0));
+    feed(&r, &t, refused(), 115.0);
+    let s = &r.sightings()[ID];
+    assert_eq!(s.link, Link::Unreached { since: 115.0 });
+    assert_eq!(
+        (s.reported.as_deref(), s.activity_since),
+        (Some("stopped"), Some(110.0))
+    );
+    // Busy devices are not reachable for the health either.
+    let id_only = PollReport::IdOnly {
+        id: ID.into(),
+        error: "/data: no answer within 3s".into(),
+    };
+    feed(&r, &t, id_only, 120.0);
+    assert_eq!(r.sightings()[ID].link, Link::Busy { since: 120.0 });
+}
+
 #[test]
 fn entries_carry_upstreams_backup_path() {
     let r = DeviceRegistry::new(
@@ -443,6 +482,18 @@ async fn registry_persists_across_restarts() {
         }
     );
     assert!(r.pending().contains_key("127.0.0.11:1"));
+    // A restarted node still knows the device was running when last heard.
+    let s = &r.sightings()[ID];
+    assert_eq!(
+        s.link,
+        etho_model::health::Link::Offline {
+            last_seen: Some(51.0)
+        }
+    );
+    assert_eq!(
+        (s.reported.as_deref(), s.activity_since),
+        (Some("running"), Some(51.0))
+    );
 }
 
 /// Defect 2: nine devices padding `/data` made `/devices` larger than the daemons accept. Each

@@ -11,7 +11,9 @@
 //!   good copy's: result tables only grow, so a smaller copy lost data.
 //!
 //! The last good copy's figures are kept in the state directory ([`TableStats`]), so the old
-//! file is not re-read every cycle.
+//! file is not re-read every cycle. The same pass notes what the node's health view needs: the
+//! `t` of each ROI table's last row and `METADATA.date_time` ([`Inspection`]), two rowid lookups
+//! and one small read beside the counts that read every page anyway.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,6 +31,23 @@ pub struct TableStats {
     pub rows: u64,
     /// `max(id)`, for tables with an `id` column that hold rows.
     pub max_id: Option<i64>,
+    /// ROI tables: the `t` (ms since the experiment started) of the row with the largest id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_t: Option<i64>,
+}
+
+/// What [`inspect`] found in a copy that passed its checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inspection {
+    /// Every table's figures.
+    pub tables: BTreeMap<String, TableStats>,
+    /// `METADATA.date_time` as the device wrote it (epoch seconds as text).
+    pub date_time: Option<String>,
+}
+
+/// The `t` of the row with the largest id: a lookup of the largest rowid, then one by rowid.
+pub fn last_t_sql(quoted_table: &str) -> String {
+    format!("SELECT t FROM {quoted_table} WHERE id = (SELECT max(id) FROM {quoted_table})")
 }
 
 /// Why a copy was refused.
@@ -129,10 +148,7 @@ pub fn open_immutable(path: &Path) -> rusqlite::Result<Connection> {
 /// read the whole file; they run on two threads (two read-only connections), so a cycle waits
 /// for the longer one only. Both stop when `cancel` fires (a job that timed out does not keep
 /// checking a large or hostile file in the background).
-pub fn inspect(
-    path: &Path,
-    cancel: &CancellationToken,
-) -> Result<BTreeMap<String, TableStats>, CheckFailure> {
+pub fn inspect(path: &Path, cancel: &CancellationToken) -> Result<Inspection, CheckFailure> {
     if cancel.is_cancelled() {
         return Err(CheckFailure::Cancelled);
     }
@@ -225,7 +241,7 @@ pub fn integrity(
     })
 }
 
-fn table_stats(conn: &Connection) -> rusqlite::Result<BTreeMap<String, TableStats>> {
+fn table_stats(conn: &Connection) -> rusqlite::Result<Inspection> {
     let names: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")?
         .query_map([], |r| r.get(0))?
@@ -233,13 +249,12 @@ fn table_stats(conn: &Connection) -> rusqlite::Result<BTreeMap<String, TableStat
     let mut out = BTreeMap::new();
     for name in names {
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        let has_id = conn
+        let columns = conn
             .prepare(&format!("PRAGMA table_info({quoted})"))?
             .query_map([], |r| r.get::<_, String>(1))?
-            .collect::<rusqlite::Result<Vec<_>>>()?
-            .iter()
-            .any(|c| c.eq_ignore_ascii_case("id"));
-        let stats = if has_id {
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let has = |col: &str| columns.iter().any(|c| c.eq_ignore_ascii_case(col));
+        let mut stats = if has("id") {
             conn.query_row(
                 &format!("SELECT count(*), max(id) FROM {quoted}"),
                 [],
@@ -247,6 +262,7 @@ fn table_stats(conn: &Connection) -> rusqlite::Result<BTreeMap<String, TableStat
                     Ok(TableStats {
                         rows: r.get::<_, i64>(0)?.max(0) as u64,
                         max_id: r.get::<_, Option<i64>>(1).unwrap_or(None),
+                        last_t: None,
                     })
                 },
             )?
@@ -255,12 +271,39 @@ fn table_stats(conn: &Connection) -> rusqlite::Result<BTreeMap<String, TableStat
                 Ok(TableStats {
                     rows: r.get::<_, i64>(0)?.max(0) as u64,
                     max_id: None,
+                    last_t: None,
                 })
             })?
         };
+        if stats.max_id.is_some() && has("t") && etho_model::status::is_roi_table(&name) {
+            stats.last_t = conn
+                .query_row(&last_t_sql(&quoted), [], |r| r.get::<_, Option<f64>>(0))
+                .map(|t| t.map(|t| t as i64))
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(e),
+                })?;
+        }
         out.insert(name, stats);
     }
-    Ok(out)
+    let date_time = if out.contains_key("METADATA") {
+        conn.query_row(
+            "SELECT CAST(value AS TEXT) FROM METADATA WHERE field = 'date_time' LIMIT 1",
+            [],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .unwrap_or(None)
+    } else {
+        None
+    };
+    Ok(Inspection {
+        tables: out,
+        date_time,
+    })
 }
 
 #[cfg(test)]
@@ -275,6 +318,7 @@ mod tests {
                     TableStats {
                         rows: *r,
                         max_id: *m,
+                        last_t: None,
                     },
                 )
             })
@@ -358,21 +402,40 @@ mod tests {
             "CREATE TABLE ROI_1 (id INTEGER PRIMARY KEY, t INTEGER);
              CREATE TABLE \"we\"\"ird\" (field TEXT);
              CREATE TABLE empty (id INTEGER PRIMARY KEY);
+             CREATE TABLE ROI_2 (id INTEGER PRIMARY KEY, t INTEGER);
+             CREATE TABLE METADATA (field TEXT, value TEXT);
              INSERT INTO ROI_1 (t) VALUES (1), (2), (3);
-             INSERT INTO \"we\"\"ird\" VALUES ('a');",
+             INSERT INTO \"we\"\"ird\" VALUES ('a');
+             INSERT INTO METADATA VALUES ('date_time', '1752141600.0');",
         )
         .unwrap();
         drop(c);
         let never = CancellationToken::new();
         let got = inspect(&p, &never).unwrap();
-        assert_eq!(
-            got,
-            stats(&[
-                ("ROI_1", 3, Some(3)),
-                ("we\"ird", 1, None),
-                ("empty", 0, None)
-            ])
+        let mut want = stats(&[
+            ("ROI_1", 3, Some(3)),
+            ("we\"ird", 1, None),
+            ("empty", 0, None),
+            ("ROI_2", 0, None),
+            ("METADATA", 1, None),
+        ]);
+        want.get_mut("ROI_1").unwrap().last_t = Some(3);
+        assert_eq!(got.tables, want);
+        assert_eq!(got.date_time.as_deref(), Some("1752141600.0"));
+        // The last frame is a rowid lookup, not a scan.
+        let plan: Vec<String> = open_immutable(&p)
+            .unwrap()
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", last_t_sql("\"ROI_1\"")))
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|l| l.contains("USING INTEGER PRIMARY KEY")),
+            "{plan:?}"
         );
+        assert!(!plan.iter().any(|l| l.starts_with("SCAN")), "{plan:?}");
         assert!(!dir.path().join("odd ?#% name.db-wal").exists());
         // Damage a b-tree page.
         let mut bytes = std::fs::read(&p).unwrap();

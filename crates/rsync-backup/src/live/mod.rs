@@ -518,7 +518,7 @@ impl Live {
         let started = std::time::Instant::now();
         let built = build::build(&work, &inputs.raw, cancel).map_err(|e| failed(&e))?;
         let build_time = started.elapsed();
-        let tables = self.verify(set, &built, cancel)?;
+        let inspection = self.verify(set, &built, cancel)?;
         tracing::debug!(
             "{}: built from {:?} in {:.3} s, checked in {:.3} s",
             set.rel,
@@ -544,7 +544,8 @@ impl Live {
                 mode: db_mode,
                 wal: set.view.wal.salts(),
                 hot_journal: inputs.raw.journal.is_some(),
-                tables,
+                tables: inspection.tables,
+                date_time: inspection.date_time,
             },
             attrs: (size, attrs.mtime),
             stub: inputs.stub,
@@ -614,10 +615,11 @@ impl Live {
         set: &DbSet,
         built: &Built,
         cancel: &CancellationToken,
-    ) -> Result<BTreeMap<String, check::TableStats>, BuildOutcome> {
+    ) -> Result<check::Inspection, BuildOutcome> {
         let empty = BTreeMap::new();
         let last = set.record.as_ref().map_or(&empty, |r| &r.tables);
-        match check::inspect(&built.path, cancel).and_then(|t| check::compare(last, &t).map(|()| t))
+        match check::inspect(&built.path, cancel)
+            .and_then(|i| check::compare(last, &i.tables).map(|()| i))
         {
             Ok(t) => Ok(t),
             Err(CheckFailure::Cancelled) => Err(BuildOutcome::Failed("cancelled".into())),
@@ -689,6 +691,12 @@ impl Live {
     /// What happened.
     pub fn report(&self) -> &LiveReport {
         &self.report
+    }
+
+    /// The device's current or last experiment and its newest frame, as the last good copies
+    /// describe it (their recorded figures; no file is read).
+    pub fn newest_experiment(&self) -> Option<etho_model::status::CopiedExperiment> {
+        self.records.newest_experiment()
     }
 }
 

@@ -34,9 +34,36 @@ pub struct Record {
     pub hot_journal: bool,
     /// Per-table figures of the copy.
     pub tables: BTreeMap<String, TableStats>,
+    /// The copy's `METADATA.date_time` (the experiment's start, epoch seconds as text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_time: Option<String>,
 }
 
 impl Record {
+    /// The copy's newest tracked frame (epoch seconds): `date_time` plus the largest last `t`
+    /// of its ROI tables. `None` without ROI rows (or for a record written before these figures
+    /// were kept).
+    pub fn newest_frame_at(&self) -> Option<f64> {
+        let last_t = self
+            .tables
+            .iter()
+            .filter(|(name, _)| etho_model::status::is_roi_table(name))
+            .filter_map(|(_, t)| t.last_t)
+            .max();
+        etho_model::status::newest_frame_at(self.date_time.as_deref(), last_t)
+    }
+
+    /// When the experiment started, for ordering: `date_time`, else the file name's stamp.
+    fn started(&self, rel: &str) -> Option<f64> {
+        let parsed = self
+            .date_time
+            .as_deref()
+            .and_then(|d| d.trim().parse::<f64>().ok());
+        parsed
+            .filter(|d| d.is_finite())
+            .or_else(|| etho_model::status::experiment_start(file_name(rel)).map(|s| s as f64))
+    }
+
     /// The facts the consistency rules need.
     pub fn last_good(&self) -> LastGood {
         LastGood {
@@ -87,6 +114,21 @@ impl Records {
         self.map.keys()
     }
 
+    /// The device's current or last experiment as its last good copies describe it: the recorded
+    /// database that started last (ties: the later path), with its newest frame.
+    pub fn newest_experiment(&self) -> Option<etho_model::status::CopiedExperiment> {
+        let (rel, record) = self.map.iter().max_by(|(ra, a), (rb, b)| {
+            let (sa, sb) = (a.started(ra), b.started(rb));
+            sa.partial_cmp(&sb)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| ra.cmp(rb))
+        })?;
+        Some(etho_model::status::CopiedExperiment {
+            experiment: file_name(rel).to_string(),
+            newest_copied_at: record.newest_frame_at(),
+        })
+    }
+
     /// Replaces a record.
     pub fn set(&mut self, rel: &str, record: Record) {
         self.map.insert(rel.to_string(), record);
@@ -108,6 +150,11 @@ impl Records {
         self.dirty = false;
         Ok(())
     }
+}
+
+/// The last component of a path relative to the tree.
+fn file_name(rel: &str) -> &str {
+    rel.rsplit('/').next().unwrap_or(rel)
 }
 
 /// `root/rel`, refusing anything but plain components in `rel`.
@@ -236,6 +283,71 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    fn record(date_time: Option<&str>, last_t: &[(&str, Option<i64>)]) -> Record {
+        Record {
+            mode: DbMode::Wal,
+            wal: None,
+            hot_journal: false,
+            tables: last_t
+                .iter()
+                .map(|(t, last)| {
+                    let stats = TableStats {
+                        rows: 1,
+                        max_id: Some(1),
+                        last_t: *last,
+                    };
+                    (t.to_string(), stats)
+                })
+                .collect(),
+            date_time: date_time.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_newest_experiment_is_the_last_started() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let mut r = Records::default();
+        assert_eq!(r.newest_experiment(), None);
+        let old = format!("{id}/ETHOSCOPE_002/2025-07-09_10-00-00/2025-07-09_10-00-00_{id}.db");
+        let new = format!("{id}/ETHOSCOPE_002/2025-07-10_10-00-00/2025-07-10_10-00-00_{id}.db");
+        r.set(
+            &old,
+            record(Some("1752055200.0"), &[("ROI_1", Some(86_000_000))]),
+        );
+        r.set(
+            &new,
+            record(
+                Some("1752141600.0"),
+                &[
+                    ("ROI_1", Some(61_250)),
+                    ("ROI_2", Some(60_000)),
+                    ("START_EVENTS", Some(99_999_999)),
+                ],
+            ),
+        );
+        let newest = r.newest_experiment().unwrap();
+        assert_eq!(newest.experiment, format!("2025-07-10_10-00-00_{id}.db"));
+        assert_eq!(
+            newest.newest_copied_at,
+            Some(1_752_141_661.25),
+            "ROI tables only"
+        );
+        // A new experiment without frames yet is still the current one, with nothing known.
+        let newer = format!("{id}/ETHOSCOPE_002/2025-07-11_10-00-00/2025-07-11_10-00-00_{id}.db");
+        r.set(&newer, record(Some("1752228000.0"), &[("ROI_1", None)]));
+        let newest = r.newest_experiment().unwrap();
+        assert_eq!(newest.experiment, format!("2025-07-11_10-00-00_{id}.db"));
+        assert_eq!(newest.newest_copied_at, None);
+        // Without METADATA.date_time the file name orders them.
+        let mut r = Records::default();
+        r.set(&new, record(None, &[]));
+        r.set(&old, record(None, &[]));
+        assert_eq!(
+            r.newest_experiment().unwrap().experiment,
+            format!("2025-07-10_10-00-00_{id}.db")
+        );
+    }
+
     #[test]
     fn records_round_trip_and_stubs_are_sparse() {
         let t = tempfile::tempdir().unwrap();
@@ -251,13 +363,20 @@ mod tests {
                 TableStats {
                     rows: 5,
                     max_id: Some(5),
+                    last_t: Some(2500),
                 },
             )]
             .into(),
+            date_time: Some("1752141600.0".into()),
         };
         r.set("a/b.db", rec.clone());
         r.save().unwrap();
         assert_eq!(Records::load(&path).get("a/b.db"), Some(&rec));
+        // Records written before the health figures still load.
+        let old = r#"{"a/b.db":{"mode":"wal","wal":null,"hot_journal":false,"tables":{"ROI_1":{"rows":5,"max_id":5}}}}"#;
+        fs::write(&path, old).unwrap();
+        let loaded = Records::load(&path);
+        assert_eq!(loaded.get("a/b.db").unwrap().newest_frame_at(), None);
         fs::write(&path, b"{not json").unwrap();
         assert!(Records::load(&path).get("a/b.db").is_none());
 
