@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use etho_node::alerts::AlertConfig;
 use etho_model::health::Thresholds;
+use etho_node::alerts::AlertConfig;
 use etho_node::archive::{ArchiveConfig, Roots};
 use etho_node::registry::DiscoveryConfig;
 use etho_node::target::Target;

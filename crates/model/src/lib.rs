@@ -20,9 +20,9 @@
 #![deny(missing_docs)]
 
 pub mod device;
+pub mod health;
 pub mod history;
 pub mod kind;
-pub mod health;
 pub mod merge;
 pub mod size;
 pub mod status;

@@ -33,9 +33,9 @@ use etho_daemon::{ArchiveBytes, Copied, Engine, JobContext, JobOutcome};
 use etho_model::device::{
     is_valid_machine_id, DatabaseReport, DeviceInfo, Ineligible, WAITING_FOR_DATABASES,
 };
+use etho_model::error_chain;
 use etho_model::history::RunOutcome;
 use etho_model::kind::BackupKind;
-use etho_model::error_chain;
 use etho_model::size::format_bytes;
 use etho_model::status::{CopiedExperiment, Progress, ProgressStatus};
 use futures::future::BoxFuture;
