@@ -12,6 +12,18 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 
 # (title, kind, unit, width, [(expr, legend)])
 PANELS = [
+    ("Exposure per device (data only on the device)", "timeseries", "s", 16, [
+        ('etho_backup_device_exposure_seconds', '{{device_name}}'),
+    ]),
+    ("Devices by health", "stat", "none", 8, [
+        ('sum by (state) (etho_backup_device_health)', '{{state}}'),
+    ]),
+    ("Devices at risk or stale", "table", "none", 12, [
+        ('etho_backup_device_health{state=~"at_risk|stale"} == 1', '{{device_name}} {{state}}'),
+    ]),
+    ("Time since the last successful backup", "table", "s", 12, [
+        ('time() - etho_backup_device_last_success_timestamp_seconds', '{{device_name}} {{kind}}'),
+    ]),
     ("Device states", "stat", "none", 8, [
         ('etho_backup_devices', '{{status}}'),
     ]),

@@ -2,7 +2,7 @@
 //! daemons run as `etho-backup` processes, Prometheus runs on loopback with the shipped
 //! `deploy/prometheus/prometheus.yml` (its targets pointed at this lab, a 1 s scrape interval)
 //! and the shipped alert rules, and the test asks Prometheus' HTTP API until every simulated
-//! device has its series.
+//! device has its series, its exposure (`etho_backup_device_exposure_seconds`) among them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -145,7 +145,8 @@ async fn prometheus_scrapes_the_lab_and_loads_the_rules() {
     let ids: std::collections::BTreeSet<String> =
         fleet.devices().iter().map(|d| d.id().to_string()).collect();
 
-    // Every simulated device's series, every target up, both daemons' runs counted.
+    // Every simulated device's series (its exposure from the node's health, its job flag from
+    // the daemons), every target up, both daemons' runs counted.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         for p in &mut procs {
@@ -158,6 +159,8 @@ async fn prometheus_scrapes_the_lab_and_loads_the_rules() {
             );
         }
         let running = device_ids(&query(&client, &prom, "etho_backup_job_running").await);
+        let exposed =
+            device_ids(&query(&client, &prom, "etho_backup_device_exposure_seconds >= 0").await);
         let up = query(&client, &prom, "up == 1").await;
         let runs = query(
             &client,
@@ -171,11 +174,14 @@ async fn prometheus_scrapes_the_lab_and_loads_the_rules() {
             .filter_map(|r| r["metric"]["kind"].as_str())
             .collect();
         let missing = format!(
-            "job_running for {:?}; {} of 3 targets up; finished runs by kind {kinds:?}",
+            "exposure for {:?}; job_running for {:?}; {} of 3 targets up; finished runs by kind \
+             {kinds:?}",
+            ids.difference(&exposed).collect::<Vec<_>>(),
             ids.difference(&running).collect::<Vec<_>>(),
             up.len()
         );
-        if running.is_superset(&ids)
+        if exposed.is_superset(&ids)
+            && running.is_superset(&ids)
             && up.len() == 3
             && kinds.contains(&"mysql")
             && kinds.contains(&"results")
@@ -197,6 +203,21 @@ async fn prometheus_scrapes_the_lab_and_loads_the_rules() {
         Some(ids.len().to_string().as_str()),
         "the node counts every device"
     );
+    // Exactly one health state per device, and each device's MySQL or results copy succeeded.
+    let states = query(
+        &client,
+        &prom,
+        "sum by (device_id) (etho_backup_device_health) == 1",
+    )
+    .await;
+    assert_eq!(device_ids(&states), ids, "one state per device");
+    let succeeded = query(
+        &client,
+        &prom,
+        r#"etho_backup_device_last_success_timestamp_seconds{kind=~"mysql|results"} > 1.7e9"#,
+    )
+    .await;
+    assert_eq!(device_ids(&succeeded), ids, "a last success per device");
     let rules: Value = client
         .get(format!("{}/api/v1/rules", prom.url))
         .send()

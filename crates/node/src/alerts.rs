@@ -337,6 +337,7 @@ mod tests {
             name: format!("ETHOSCOPE_{n:03}"),
             overall: OverallStatus::Success,
             reasons: Vec::new(),
+            health: None,
         }
     }
 

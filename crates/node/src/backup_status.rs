@@ -45,8 +45,8 @@ use etho_model::error_chain;
 use etho_model::merge::{DaemonDocument, DocumentError, Service, ServiceReport, UnifiedStatus};
 use futures::future::{BoxFuture, FutureExt, Shared};
 
-use crate::metrics::StatusSnapshot;
 use crate::health::HealthView;
+use crate::metrics::StatusSnapshot;
 use crate::registry::{now_f64, DeviceRegistry};
 use crate::{AppState, NodeConfig};
 
@@ -243,7 +243,8 @@ impl BackupStatusService {
                 rsync_backup: rsync.into_document(Service::RsyncBackup),
                 unified_devices: unified,
             };
-            let snapshot = StatusSnapshot::of(&status, up, started);
+            let snapshot =
+                StatusSnapshot::of(&status, up, started, |id| this.health.last_success(id));
             *this.snapshot.lock().unwrap_or_else(PoisonError::into_inner) =
                 Some(Arc::new(snapshot));
             serde_json::to_vec(&status).map(Bytes::from)

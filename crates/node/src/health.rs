@@ -94,6 +94,13 @@ impl HealthView {
             device.health = Some(health);
         }
     }
+
+    /// Each daemon's `last_success` of device `id` (MySQL, rsync), as last received: the
+    /// metrics' per-kind timestamps, kept while a daemon is silent as its entries are.
+    pub fn last_success(&self, id: &str) -> [Option<f64>; 2] {
+        let memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        [&memory.0, &memory.1].map(|m| m.entries.get(id).and_then(|e| e.last_success))
+    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,25 @@
 //! The node's `GET /metrics`, in Prometheus' classic text format (version 0.0.4).
 //!
 //! The daemons export what their jobs did; the node exports what a person asks of the lab as a
-//! whole: is each daemon answering, and how many devices are in each state.
+//! whole: is each daemon answering, how many devices are in each state, and how much of each
+//! device's data exists only on the device (its `health`, see [`etho_model::health`]).
 //!
 //! | metric | labels | what |
 //! |---|---|---|
 //! | `etho_backup_daemon_up` | `daemon` | 1 when the daemon's `/status` was usable at the last refresh |
 //! | `etho_backup_devices` | `status` | devices by the seed's `overall_status` |
 //! | `etho_backup_status_age_seconds` | | age of the status these numbers come from |
+//! | `etho_backup_device_health` | `device_id`, `device_name`, `state` | 1 for the device's health state, 0 for the five others |
+//! | `etho_backup_device_exposure_seconds` | `device_id`, `device_name` | seconds of data only on the device (absent when unknown) |
+//! | `etho_backup_device_last_success_timestamp_seconds` | `device_id`, `device_name`, `kind` | end of the last successful job of each backup the device needs |
 //!
 //! Every number comes from a [`StatusSnapshot`] that the unified status refresh leaves behind
 //! ([`crate::backup_status::BackupStatusService::snapshot`]): a scrape reads memory and never
-//! waits for a daemon once the node has answered once.
+//! waits for a daemon once the node has answered once, nor for a job, nor walks the archive.
+//!
+//! Labels stay bounded: a device whose id is not a machine id is left out of the snapshot (it
+//! could never have come from `/devices`), and a name that is not a valid device name (at most
+//! 64 characters of `[A-Za-z0-9_-]`) is replaced by the merge's fallback `DEVICE_<id prefix>`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +29,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use etho_model::device::{is_valid_device_name, is_valid_machine_id};
+use etho_model::health::{Backup, HealthState};
 use etho_model::merge::{OverallStatus, UnifiedDevice, UnifiedStatus};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -44,16 +54,41 @@ pub const OVERALL: [OverallStatus; 4] = [
     OverallStatus::Unknown,
 ];
 
+/// The six health states, in a fixed order (the `state` label).
+pub const HEALTH_STATES: [HealthState; 6] = [
+    HealthState::AtRisk,
+    HealthState::Stale,
+    HealthState::Lagging,
+    HealthState::Idle,
+    HealthState::Safe,
+    HealthState::Unknown,
+];
+
 /// One device as the metrics see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceSnapshot {
-    /// Machine id.
+    /// Machine id (valid).
     pub id: String,
-    /// Display name.
+    /// Display name (valid, or `DEVICE_<id prefix>`).
     pub name: String,
     /// The seed's combined outcome.
     pub overall: OverallStatus,
     /// Why the device's backup needs attention, in sentences (for chat alerts).
+    pub reasons: Vec<String>,
+    /// Its health, when the node assessed it.
+    pub health: Option<HealthSnapshot>,
+}
+
+/// The part of a device's `health` the metrics and alerts read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSnapshot {
+    /// The state.
+    pub state: HealthState,
+    /// Seconds of data only on the device, when known.
+    pub exposure_s: Option<f64>,
+    /// The last successful job's end, per backup the device needs (only those that succeeded).
+    pub last_success: Vec<(Backup, f64)>,
+    /// The health's reasons (for chat alerts).
     pub reasons: Vec<String>,
 }
 
@@ -69,22 +104,66 @@ pub struct StatusSnapshot {
 }
 
 impl StatusSnapshot {
-    /// The snapshot of a unified reply.
-    pub fn of(status: &UnifiedStatus, up: [bool; 2], taken_at: Instant) -> StatusSnapshot {
+    /// The snapshot of a unified reply; `last_success` gives each daemon's (MySQL, rsync)
+    /// `last_success` of a device.
+    pub fn of(
+        status: &UnifiedStatus,
+        up: [bool; 2],
+        taken_at: Instant,
+        last_success: impl Fn(&str) -> [Option<f64>; 2],
+    ) -> StatusSnapshot {
         StatusSnapshot {
             taken_at,
             up,
             devices: status
                 .unified_devices
                 .iter()
+                .filter(|(id, _)| is_valid_machine_id(id))
                 .map(|(id, d)| DeviceSnapshot {
                     id: id.clone(),
-                    name: d.name.clone(),
+                    name: label_name(id, &d.name),
                     overall: d.overall_status,
                     reasons: failure_reasons(d),
+                    health: d.health.as_ref().map(|h| {
+                        let [mysql, rsync] = last_success(id);
+                        HealthSnapshot {
+                            state: h.state,
+                            exposure_s: h.exposure_s.filter(|s| s.is_finite()),
+                            last_success: h
+                                .expected
+                                .iter()
+                                .filter_map(|b| {
+                                    let at = match b.service() {
+                                        etho_model::merge::Service::MysqlBackup => mysql,
+                                        etho_model::merge::Service::RsyncBackup => rsync,
+                                    };
+                                    Some((*b, at.filter(|t| t.is_finite())?))
+                                })
+                                .collect(),
+                            reasons: h.reasons.clone(),
+                        }
+                    }),
                 })
                 .collect(),
         }
+    }
+}
+
+/// The `device_name` label: the device's name when valid, else the merge's fallback.
+fn label_name(id: &str, name: &str) -> String {
+    if is_valid_device_name(name) {
+        name.to_string()
+    } else {
+        format!("DEVICE_{}", &id[..8])
+    }
+}
+
+/// The wire word of a backup (the `kind` label, as the daemons' metrics spell it).
+const fn kind_word(backup: Backup) -> &'static str {
+    match backup {
+        Backup::Mysql => "mysql",
+        Backup::Results => "results",
+        Backup::Videos => "videos",
     }
 }
 
@@ -172,8 +251,66 @@ impl Collector for SnapshotCollector {
                 .as_secs_f64(),
         )
         .encode(age)?;
-        Ok(())
+        encode_health(&mut encoder, &snap.devices)
     }
+}
+
+/// The three per-device health families.
+fn encode_health(
+    encoder: &mut DescriptorEncoder,
+    devices: &[DeviceSnapshot],
+) -> Result<(), std::fmt::Error> {
+    let assessed = || {
+        devices
+            .iter()
+            .filter_map(|d| Some((d.id.as_str(), d.name.as_str(), d.health.as_ref()?)))
+    };
+    let mut family = encoder.encode_descriptor(
+        "etho_backup_device_health",
+        "1 for the device's backup health state (at_risk, stale, lagging, idle, safe, unknown), 0 for the others.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (id, name, health) in assessed() {
+        for state in HEALTH_STATES {
+            let labels = [
+                ("device_id", id),
+                ("device_name", name),
+                ("state", state.as_str()),
+            ];
+            let value = i64::from(health.state == state);
+            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "etho_backup_device_exposure",
+        "Seconds of the device's recent data that exist only on the device.",
+        Some(&Unit::Seconds),
+        MetricType::Gauge,
+    )?;
+    for (id, name, health) in assessed() {
+        if let Some(exposure) = health.exposure_s {
+            let labels = [("device_id", id), ("device_name", name)];
+            ConstGauge::new(exposure).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "etho_backup_device_last_success_timestamp",
+        "End of the last successful backup job of the device, per kind it needs (unix time).",
+        Some(&Unit::Seconds),
+        MetricType::Gauge,
+    )?;
+    for (id, name, health) in assessed() {
+        for (backup, at) in &health.last_success {
+            let labels = [
+                ("device_id", id),
+                ("device_name", name),
+                ("kind", kind_word(*backup)),
+            ];
+            ConstGauge::new(*at).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// The exposition of a snapshot at `now` (no snapshot yet: an empty exposition).
@@ -206,23 +343,57 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// A fixed snapshot with one device in each state but `unknown`, rsync down, 2.5 s old.
+    /// A fixed snapshot with one device in each overall status but `unknown`, rsync down, 2.5 s
+    /// old: device 1 safe (MySQL and results succeeded), 2 at risk (its results never
+    /// succeeded), 3 stale with its exposure unknown, 4 not assessed.
     pub(crate) fn sample() -> (Arc<StatusSnapshot>, Instant) {
         let taken_at = Instant::now();
-        let device = |n: u32, overall| DeviceSnapshot {
+        let device = |n: u32, overall, health| DeviceSnapshot {
             id: format!("{n:032x}"),
             name: format!("ETHOSCOPE_{n:03}"),
             overall,
             reasons: Vec::new(),
+            health,
+        };
+        let health = |state, exposure_s, last_success: &[(Backup, f64)]| {
+            Some(HealthSnapshot {
+                state,
+                exposure_s,
+                last_success: last_success.to_vec(),
+                reasons: Vec::new(),
+            })
         };
         let snap = StatusSnapshot {
             taken_at,
             up: [true, false],
             devices: vec![
-                device(1, OverallStatus::Success),
-                device(2, OverallStatus::Partial),
-                device(3, OverallStatus::Partial),
-                device(4, OverallStatus::Error),
+                device(
+                    1,
+                    OverallStatus::Success,
+                    health(
+                        HealthState::Safe,
+                        Some(12.5),
+                        &[
+                            (Backup::Mysql, 1_752_137_416.0),
+                            (Backup::Results, 1_752_137_340.5),
+                        ],
+                    ),
+                ),
+                device(
+                    2,
+                    OverallStatus::Partial,
+                    health(
+                        HealthState::AtRisk,
+                        Some(7200.0),
+                        &[(Backup::Mysql, 1_752_130_000.0)],
+                    ),
+                ),
+                device(
+                    3,
+                    OverallStatus::Partial,
+                    health(HealthState::Stale, None, &[]),
+                ),
+                device(4, OverallStatus::Error, None),
             ],
         };
         (Arc::new(snap), taken_at + Duration::from_millis(2500))
@@ -260,5 +431,80 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
         assert_eq!(render(None, now), "", "nothing known, nothing claimed");
+    }
+
+    /// One sample per state per assessed device (1 for its state), the exposure only where it
+    /// is known, a timestamp per backup that succeeded.
+    #[test]
+    fn health_exposure_and_last_success() {
+        let (snap, now) = sample();
+        let text = render(Some(snap), now);
+        let d1 = r#"device_id="00000000000000000000000000000001",device_name="ETHOSCOPE_001""#;
+        let d2 = r#"device_id="00000000000000000000000000000002",device_name="ETHOSCOPE_002""#;
+        for line in [
+            format!(r#"etho_backup_device_health{{{d1},state="safe"}} 1"#),
+            format!(r#"etho_backup_device_health{{{d1},state="at_risk"}} 0"#),
+            format!(r#"etho_backup_device_health{{{d2},state="at_risk"}} 1"#),
+            format!("etho_backup_device_exposure_seconds{{{d2}}} 7200.0"),
+            format!(
+                r#"etho_backup_device_last_success_timestamp_seconds{{{d1},kind="results"}} 1752137340.5"#
+            ),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        let count = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(count("etho_backup_device_health{"), 3 * HEALTH_STATES.len());
+        assert_eq!(
+            count("etho_backup_device_health{") - 3 * 5,
+            3,
+            "one 1 per device"
+        );
+        assert_eq!(count("etho_backup_device_exposure_seconds{"), 2);
+        assert_eq!(
+            count("etho_backup_device_last_success_timestamp_seconds{"),
+            3
+        );
+        assert!(!text.contains("00000000000000000000000000000004"));
+    }
+
+    /// Only machine ids become `device_id` labels, and only valid names `device_name` ones; the
+    /// per-kind timestamps follow the backups the device needs, from the daemon that makes each.
+    #[test]
+    fn snapshot_bounds_its_labels() {
+        use etho_model::merge::{unify, DaemonDocument, ServiceReport};
+        let good = "0123456789abcdef0123456789abcdef";
+        let hostile = format!("ETHO\"}} 1\nevil{}", "x".repeat(100));
+        let doc = serde_json::json!({
+            good: {"name": hostile, "status": "running", "progress": {"status": "success"}},
+            "../../etc/passwd": {"name": "ETHOSCOPE_009", "status": "running"},
+        });
+        let mysql =
+            ServiceReport::Available(DaemonDocument::from_map(doc.as_object().unwrap().clone()));
+        let mut unified = unify(&mysql, &ServiceReport::Unavailable);
+        for d in unified.values_mut() {
+            d.health = Some(etho_model::health::Health {
+                state: HealthState::Safe,
+                exposure_s: Some(f64::NAN),
+                newest_copied_at: None,
+                last_success: None,
+                expected: vec![Backup::Mysql, Backup::Results, Backup::Videos],
+                reasons: Vec::new(),
+            });
+        }
+        let status = UnifiedStatus {
+            mysql_backup: serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
+            rsync_backup: serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
+            unified_devices: unified,
+        };
+        let snap = StatusSnapshot::of(&status, [true, false], Instant::now(), |id| {
+            assert_eq!(id, good);
+            [Some(100.0), None]
+        });
+        assert_eq!(snap.devices.len(), 1, "the path-like id is left out");
+        let d = &snap.devices[0];
+        assert_eq!((d.id.as_str(), d.name.as_str()), (good, "DEVICE_01234567"));
+        let h = d.health.as_ref().unwrap();
+        assert_eq!(h.exposure_s, None, "a non-finite exposure is not exported");
+        assert_eq!(h.last_success, vec![(Backup::Mysql, 100.0)]);
     }
 }

@@ -147,6 +147,9 @@ fn the_grafana_dashboard_names_only_golden_metrics() {
         }
     }
     for needed in [
+        "etho_backup_device_exposure_seconds",
+        "etho_backup_device_health",
+        "etho_backup_device_last_success_timestamp_seconds",
         "etho_backup_runs_total",
         "etho_backup_archive_bytes",
         "etho_backup_devices",
