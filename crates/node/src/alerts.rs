@@ -5,7 +5,8 @@
 //! device alerts in their chat. Here:
 //!
 //! - every [`AlertConfig::interval`] the node refreshes its unified status and classifies each
-//!   device ([`AlertState::of`]): at risk, stale, failing, or OK;
+//!   device ([`AlertState::of`], pure): at risk or stale from its `health` (see
+//!   [`etho_model::health`]), else failing when a daemon's last job of it failed, else OK;
 //! - [`Alerter::observe`] (pure, table-tested) compares that with the last classification and
 //!   yields one [`Transition`] per device whose state changed: nothing for a device that stays
 //!   where it is, so every state change is told exactly once (deduplicated by construction);
@@ -23,6 +24,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use etho_model::health::HealthState;
 use etho_model::merge::OverallStatus;
 use reqwest::Url;
 use tokio::sync::mpsc;
@@ -36,6 +38,9 @@ pub const DIGEST_ABOVE: usize = 5;
 
 /// Lines listed in a digest (the rest are counted).
 const DIGEST_LINES: usize = 20;
+
+/// Reasons quoted per device in a message (the health's first ones are the decisive ones).
+const REASONS: usize = 3;
 
 /// Messages waiting per webhook; beyond this, new ones are dropped (and logged).
 const QUEUE: usize = 64;
@@ -82,13 +87,27 @@ pub enum AlertState {
 }
 
 impl AlertState {
-    /// The state of one device.
+    /// The state of one device: its health's `at_risk` or `stale` first (data is only on the
+    /// device), else `Failing` when a daemon's last job of it failed, else `Ok` (lagging, idle,
+    /// safe and unknown health included).
     pub fn of(device: &DeviceSnapshot) -> AlertState {
-        if device.overall == OverallStatus::Error {
-            AlertState::Failing
-        } else {
-            AlertState::Ok
+        match device.health.as_ref().map(|h| h.state) {
+            Some(HealthState::AtRisk) => AlertState::AtRisk,
+            Some(HealthState::Stale) => AlertState::Stale,
+            _ if device.overall == OverallStatus::Error => AlertState::Failing,
+            _ => AlertState::Ok,
         }
+    }
+
+    /// Why a device is in `self`: the health's reasons for at risk and stale, the failed jobs'
+    /// messages for failing, none for OK; at most [`REASONS`].
+    pub fn reasons(self, device: &DeviceSnapshot) -> Vec<String> {
+        let all = match (self, &device.health) {
+            (AlertState::AtRisk | AlertState::Stale, Some(h)) => &h.reasons,
+            (AlertState::Failing, _) => &device.reasons,
+            _ => return Vec::new(),
+        };
+        all.iter().take(REASONS).cloned().collect()
     }
 
     /// How a message says it.
@@ -214,7 +233,10 @@ pub fn classify(snapshot: &StatusSnapshot) -> Vec<(DeviceSnapshot, AlertState, V
     snapshot
         .devices
         .iter()
-        .map(|d| (d.clone(), AlertState::of(d), d.reasons.clone()))
+        .map(|d| {
+            let state = AlertState::of(d);
+            (d.clone(), state, state.reasons(d))
+        })
         .collect()
 }
 
@@ -336,7 +358,7 @@ mod tests {
             id: format!("{n:032x}"),
             name: format!("ETHOSCOPE_{n:03}"),
             overall: OverallStatus::Success,
-            reasons: Vec::new(),
+            reasons: vec!["MySQL backup failed: no route".into()],
             health: None,
         }
     }
@@ -408,13 +430,48 @@ mod tests {
         assert_eq!(m[0].matches('•').count(), DIGEST_LINES);
     }
 
+    /// Every health state against a last job that failed or not: at risk and stale come from
+    /// the health whatever the jobs say, failing only from a failed job, and everything else
+    /// (lagging, idle, safe, unknown, not assessed) is OK.
     #[test]
-    fn a_failed_last_backup_is_failing() {
-        let mut d = device(1);
-        assert_eq!(AlertState::of(&d), AlertState::Ok);
-        d.overall = OverallStatus::Partial;
-        assert_eq!(AlertState::of(&d), AlertState::Ok);
-        d.overall = OverallStatus::Error;
-        assert_eq!(AlertState::of(&d), AlertState::Failing);
+    fn classification_table() {
+        use crate::metrics::HealthSnapshot;
+        use AlertState::*;
+        let health = |state| {
+            Some(HealthSnapshot {
+                state,
+                exposure_s: Some(1.0),
+                last_success: Vec::new(),
+                reasons: vec!["only on the device for 2 h".into(); 5],
+            })
+        };
+        let table = [
+            (Some(HealthState::AtRisk), OverallStatus::Success, AtRisk),
+            (Some(HealthState::AtRisk), OverallStatus::Error, AtRisk),
+            (Some(HealthState::Stale), OverallStatus::Partial, Stale),
+            (Some(HealthState::Stale), OverallStatus::Error, Stale),
+            (Some(HealthState::Lagging), OverallStatus::Error, Failing),
+            (Some(HealthState::Lagging), OverallStatus::Success, Ok),
+            (Some(HealthState::Idle), OverallStatus::Partial, Ok),
+            (Some(HealthState::Safe), OverallStatus::Success, Ok),
+            (Some(HealthState::Safe), OverallStatus::Error, Failing),
+            (Some(HealthState::Unknown), OverallStatus::Unknown, Ok),
+            (None, OverallStatus::Partial, Ok),
+            (None, OverallStatus::Error, Failing),
+        ];
+        for (state, overall, want) in table {
+            let d = DeviceSnapshot {
+                overall,
+                health: state.and_then(health),
+                ..device(1)
+            };
+            assert_eq!(AlertState::of(&d), want, "{state:?} {overall:?}");
+            let reasons = want.reasons(&d);
+            match want {
+                AtRisk | Stale => assert_eq!(reasons.len(), REASONS, "health reasons, capped"),
+                Failing => assert_eq!(reasons, vec!["MySQL backup failed: no route".to_string()]),
+                Ok => assert!(reasons.is_empty()),
+            }
+        }
     }
 }

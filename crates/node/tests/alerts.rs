@@ -35,6 +35,20 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Device `n` running and backed up successfully, its copy's newest frame `behind` seconds
+    /// old (the health's exposure, as the node polls no device here).
+    fn set_behind(&self, n: u32, behind: f64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let mut e = entry(n, "success");
+        e["newest_copied_at"] = json!(now - behind);
+        e["last_success"] = json!(now - 1.0);
+        e["interval_s"] = json!(300.0);
+        *self.doc.lock().unwrap() = json!({ id(n): e });
+    }
+
     fn set(&self, outcomes: &[(u32, &str)]) {
         let map: serde_json::Map<String, Value> = outcomes
             .iter()
@@ -172,6 +186,33 @@ async fn one_message_per_transition_ok_again_and_a_digest() {
         "{}",
         texts[2]
     );
+}
+
+/// Health: a device whose newest data has been only on it for 2 h (over the default 1 h) is
+/// told once as at risk, with the health's reason, then once "OK again" when its copy caught up.
+#[tokio::test]
+async fn at_risk_from_the_health_then_ok_again() {
+    let (d, daemon_url) = daemon().await;
+    d.set_behind(7, 7200.0);
+    let (rx, hook) = Receiver::default().start().await;
+    let _node = node(&daemon_url, vec![hook]).await;
+    wait_for("the at-risk alert", || !rx.texts().is_empty()).await;
+    rounds(&d, 5).await;
+    let texts = rx.texts();
+    assert_eq!(texts.len(), 1, "one message for one transition: {texts:?}");
+    assert!(
+        texts[0].starts_with(
+            "⚠️ ETHOSCOPE_007 is at risk: its newest data exists only on the device: "
+        ),
+        "{}",
+        texts[0]
+    );
+    d.set_behind(7, 5.0);
+    wait_for("OK again", || rx.texts().len() == 2).await;
+    rounds(&d, 5).await;
+    let texts = rx.texts();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert_eq!(texts[1], "✅ ETHOSCOPE_007 OK again (was at risk)");
 }
 
 #[tokio::test]
