@@ -12,7 +12,9 @@
 #   from the same process.
 # - Node: two stub daemons (crates/node/examples/stub_daemon.rs) serve DEVICES-device /status
 #   documents; the release `etho-backup node` merges them; its /metrics is measured against its
-#   /healthz (the HTTP floor of the same stack) and its /backup/status.
+#   /healthz (the HTTP floor of the same stack) and its /backup/status. The stubs' entries carry
+#   the health facts (last_success, newest_copied_at, ...), so the node exports every device's
+#   health states, exposure and last successes.
 #
 # A scrape is one request now and then, so each endpoint gets REQUESTS (2000) sequential requests
 # PAUSE_MS (2) apart; the target is a /metrics p99 <= 5 ms. Everything listens on 127.0.0.1 and is stopped on exit. Writes Markdown to
@@ -94,6 +96,9 @@ assert len(samples(daemon, "etho_backup_job_running")) == n, "running series"
 assert len(samples(daemon, "etho_backup_failed_runs_in_a_row")) == n, "streak series"
 devices = sum(float(l.rsplit(" ", 1)[1]) for l in samples(node, "etho_backup_devices"))
 assert devices == n, f"node counts {devices} devices"
+assert len(samples(node, "etho_backup_device_health")) == 6 * n, "health series"
+assert len(samples(node, "etho_backup_device_exposure_seconds")) == n, "exposure series"
+assert len(samples(node, "etho_backup_device_last_success_timestamp_seconds")) >= n, "last success series"
 PY
 DAEMON_SERIES=$(grep -vc '^#' "$WORK/daemon.prom")
 DAEMON_BYTES=$(wc -c <"$WORK/daemon.prom")

@@ -24,10 +24,26 @@ fn device_id(i: usize) -> String {
     format!("{:032x}", (i as u128 + 1) * 0x9e37_79b9_7f4a_7c15)
 }
 
+/// The health facts a daemon adds after the seed's fields (what the node's health, and so its
+/// per-device metrics, are computed from): a copy 30 s behind, succeeded 10 s ago.
+fn health_facts(entry: &mut Value, i: usize) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64().floor());
+    let facts = json!({
+        "last_success": now - 10.0, "last_success_started": now - 20.0, "failures": 0,
+        "interval_s": 300.0, "newest_copied_at": now - 30.0,
+        "experiment": format!("2025-07-10_10-00-00_{}.db", device_id(i)),
+    });
+    if let (Some(e), Some(f)) = (entry.as_object_mut(), facts.as_object()) {
+        e.extend(f.clone());
+    }
+}
+
 fn mysql_document(devices: usize) -> Value {
     let map: Map<String, Value> = (0..devices)
         .map(|i| {
-            let entry = json!({
+            let mut entry = json!({
                 "name": format!("ETHOSCOPE_{:03}", i + 1), "status": "running",
                 "started": 1752137404, "ended": 1752137416, "processing": false, "count": 42,
                 "synced": {"tracking_db": {"rows": 123456, "tables": 23}},
@@ -35,6 +51,7 @@ fn mysql_document(devices: usize) -> Value {
                              "message": format!("Backup completed successfully for device {} in 11.8s", device_id(i))},
                 "data_duplication": false
             });
+            health_facts(&mut entry, i);
             (device_id(i), entry)
         })
         .collect();
@@ -44,7 +61,7 @@ fn mysql_document(devices: usize) -> Value {
 fn rsync_document(devices: usize) -> Value {
     let map: Map<String, Value> = (0..devices)
         .map(|i| {
-            let entry = json!({
+            let mut entry = json!({
                 "name": format!("ETHOSCOPE_{:03}", i + 1), "status": "running",
                 "started": 1752137339, "ended": 1752137340, "processing": false, "count": 818,
                 "synced": {
@@ -59,6 +76,7 @@ fn rsync_document(devices: usize) -> Value {
                              "message": "Unified backup completed successfully in 0.3s"},
                 "metadata": {}
             });
+            health_facts(&mut entry, i);
             (device_id(i), entry)
         })
         .collect();
