@@ -25,12 +25,8 @@ async fn simulated_lab_is_backed_up_completely() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let logs = root.join("logs");
-    let results = root.join("backup/results");
-    let videos = root.join("backup/videos");
-    for d in [&logs, &results, &videos] {
-        std::fs::create_dir_all(d).unwrap();
-    }
+    let setup = LabSetup::new(root);
+    let (logs, results, videos) = (&setup.logs, &setup.results, &setup.videos);
 
     // The fleet: two MariaDB trackers, two SQLite trackers, one video recorder.
     let roles = [
@@ -65,84 +61,17 @@ async fn simulated_lab_is_backed_up_completely() {
     let maria = fleet.mariadb().unwrap().clone();
 
     // The node and both daemons, as separate processes with short intervals.
-    let node_port = free_port();
-    let mysql_port = free_port();
-    let rsync_port = free_port();
-    let node_addr = format!("127.0.0.1:{node_port}");
-    let s = |v: &str| v.to_string();
-    let mut node_args = vec![
-        s("node"),
-        s("--listen"),
-        node_addr.clone(),
-        s("--mysql-backup-url"),
-        format!("http://127.0.0.1:{mysql_port}"),
-        s("--rsync-backup-url"),
-        format!("http://127.0.0.1:{rsync_port}"),
-        s("--daemon-timeout"),
-        s("2"),
-        s("--state-dir"),
-        root.join("state/node").display().to_string(),
-        s("--poll-interval"),
-        s("0.5"),
-        s("--device-timeout"),
-        s("1"),
-    ];
-    for d in fleet.device_addresses() {
-        node_args.push(s("--device"));
-        node_args.push(d);
-    }
+    let source = fleet.rsync_source_template().unwrap();
     let procs = vec![
-        Proc::spawn("node", &node_args, &logs),
         Proc::spawn(
-            "mysql-backup",
-            &[
-                s("mysql-backup"),
-                s("-p"),
-                mysql_port.to_string(),
-                s("-i"),
-                node_addr.clone(),
-                s("-r"),
-                results.display().to_string(),
-                s("--interval"),
-                s("2"),
-                s("--mysql-port"),
-                maria.port.to_string(),
-                s("--state-dir"),
-                root.join("state/mysql").display().to_string(),
-            ],
-            &logs,
+            "node",
+            &setup.node_args(&fleet.device_addresses(), &[]),
+            logs,
         ),
-        Proc::spawn(
-            "rsync-backup",
-            &[
-                s("rsync-backup"),
-                s("-p"),
-                rsync_port.to_string(),
-                s("-i"),
-                node_addr.clone(),
-                s("-r"),
-                results.display().to_string(),
-                s("-v"),
-                videos.display().to_string(),
-                s("--source"),
-                fleet.rsync_source_template().unwrap(),
-                s("--interval"),
-                s("2"),
-                s("--state-dir"),
-                root.join("state/rsync").display().to_string(),
-            ],
-            &logs,
-        ),
+        Proc::spawn("mysql-backup", &setup.mysql_args(maria.port, "2"), logs),
+        Proc::spawn("rsync-backup", &setup.rsync_args(&source, "2"), logs),
     ];
-    let mut lab = Lab {
-        client: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap(),
-        node: format!("http://{node_addr}"),
-        procs,
-    };
+    let mut lab = setup.lab(procs);
     let devs: Vec<_> = fleet.devices().to_vec();
     let ids: Vec<String> = devs.iter().map(|d| d.id().to_string()).collect();
     let is_mariadb = |i: usize| devs[i].spec().role == Role::Tracker(DbKind::MariaDb);
