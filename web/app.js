@@ -191,6 +191,9 @@ function renderBanners() {
   if (model.devicesError) {
     messages.push(['banner-warning', `Device list unavailable (${model.devicesError}). Showing the devices known so far.`]);
   }
+  for (const row of rows.filter((r) => r.conflict)) {
+    messages.push(['banner-error', `${row.name || row.id}: ${row.conflict}.`]);
+  }
   // A live region: touch it only when the words change, so screen readers do not repeat it.
   const banners = $('banners');
   const current = [...banners.children].map((p) => [p.dataset.kind, p.textContent]);
@@ -226,6 +229,7 @@ function updateRow(tr, row) {
   const badge = status.firstChild;
   setText(badge, row.status || 'unknown');
   setAttr(badge, 'data-status', row.status || 'unknown');
+  setAttr(badge, 'title', row.conflict);
   setText(since, row.sinceSeconds === null ? '' : formatElapsed(row.sinceSeconds));
   setAttr(since, 'title', row.since === null ? '' : dateText(row.since));
   const circle = backup.querySelector('.backup-status-circle');
@@ -418,8 +422,8 @@ function render() {
   renderService('service-mysql', model.state.mysql_backup_available);
   renderService('service-rsync', model.state.rsync_backup_available);
   renderTotals();
-  renderBanners();
   renderTable();
+  renderBanners();
   renderDetail();
   if (model.updatedAt) {
     setText($('updated'), `${model.backupError ? 'Last attempt' : 'Updated'} ${model.updatedAt.toLocaleTimeString()}`);

@@ -44,6 +44,16 @@ export function epochSeconds(value) {
 }
 
 /**
+ * Why the node backs nothing up for a device whose machine id two addresses claim (its `/devices`
+ * entry then has `status: "conflict"` and a `conflict` object); `''` otherwise.
+ */
+export function conflictReason(device) {
+  const conflict = own(device, 'conflict');
+  if (!isObject(conflict)) return '';
+  return asText(own(conflict, 'reason')) || 'two addresses claim this machine id';
+}
+
+/**
  * The device entries of a `GET /devices` reply (a map keyed by device id). Non-object entries and
  * entries without any id are dropped; an error reply (`{"error": ...}`) gives no devices.
  */
@@ -76,6 +86,7 @@ export function buildRows(devicesResponse, state, knownUnified, nowSeconds) {
       user,
       location,
       ip: asText(own(device, 'ip')),
+      conflict: conflictReason(device),
       discovered: true,
     });
   }
@@ -90,6 +101,7 @@ export function buildRows(devicesResponse, state, knownUnified, nowSeconds) {
         user: '',
         location: '',
         ip: '',
+        conflict: '',
         discovered: false,
       });
     }

@@ -281,6 +281,32 @@ describe('dashboard served by etho-backup node', () => {
     }
   });
 
+  it('shows a machine id claimed by two addresses as a conflict, with a banner', async () => {
+    const id = 'c0ffee00c0ffee00c0ffee00c0ffee00';
+    const info = { id, name: 'ETHOSCOPE_042', status: 'running', time: now - 60 };
+    const real = new StubDevice('127.0.0.5', info);
+    const impostor = new StubDevice('127.0.0.6', info);
+    const add = async (device) => {
+      const response = await fetch(new URL('device/add', node.url), { method: 'POST', body: device.target });
+      assert.equal(response.status, 200);
+    };
+    try {
+      await real.start();
+      await add(real);
+      await waitFor('the device row', () => page.$(`tr[data-device-id="${id}"]`), 20_000);
+      await impostor.start();
+      await add(impostor);
+      const status = `tr[data-device-id="${id}"] .device-status`;
+      await waitFor('the conflict', async () => (await page.textContent(status)) === 'conflict', 20_000);
+      assert.match(await page.getAttribute(status, 'title'), /claimed by 127\.0\.0\.5:\d+ and 127\.0\.0\.6:\d+/);
+      assert.match(await page.textContent('#banners'), /ETHOSCOPE_042: machine id c0ffee0+c0ffee0+c0ffee0+c0ffee00 is claimed by/);
+      await screenshot(page, 'dashboard-conflict');
+    } finally {
+      await real.stop();
+      await impostor.stop();
+    }
+  });
+
   it('logged no error in the browser console', () => {
     assert.deepEqual(consoleErrors, []);
   });

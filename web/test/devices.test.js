@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 
 import { summarize, unavailableState } from '../backup-status.js';
 import {
-  buildRows, deviceEntries, epochSeconds, experimentInfo, isOffline, sortRows, visibleRows,
+  buildRows, conflictReason, deviceEntries, epochSeconds, experimentInfo, isOffline, sortRows, visibleRows,
 } from '../devices.js';
 
 const NOW = 1_752_140_000;
@@ -103,6 +103,18 @@ describe('buildRows', () => {
     const offline = buildRows(DEVICES, unavailableState(), state.backup_status, NOW);
     assert.equal(offline.length, 4);
     assert.ok(offline.every((row) => row.backup === 'offline'));
+  });
+
+  it('carries the reason of a machine id in conflict', () => {
+    const reason = 'machine id c3 is claimed by 127.0.0.12:9000 and 127.0.0.99:9000: nothing is backed up';
+    const devices = { ...DEVICES, c3: { ...DEVICES.c3, status: 'conflict', conflict: { addresses: [], reason } } };
+    const byId2 = Object.fromEntries(buildRows(devices, state, state.backup_status, NOW).map((r) => [r.id, r]));
+    assert.equal(byId2.c3.status, 'conflict');
+    assert.equal(byId2.c3.conflict, reason);
+    assert.equal(byId2.a1.conflict, '');
+    assert.equal(byId.d4.conflict, '');
+    assert.equal(conflictReason({ conflict: {} }), 'two addresses claim this machine id');
+    assert.equal(conflictReason({ conflict: 'x' }), '');
   });
 
   it('keeps hostile strings as plain text', () => {

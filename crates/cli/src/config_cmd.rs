@@ -106,6 +106,10 @@ fn render(rows: &[Effective]) -> String {
     let mut out = String::new();
     for r in rows {
         let _ = match &r.value {
+            // Secrets (`admin-token`) are shown as set, never printed.
+            Some(_) if r.key.ends_with("token") => {
+                writeln!(out, "{} = \"<hidden>\"  # {}", r.key, r.source)
+            }
             Some(v) => {
                 let line = format!("{} = {v}", r.key);
                 writeln!(out, "{line:<width$}  # {}", r.source)
@@ -234,6 +238,16 @@ mod tests {
             template(),
             "deploy/etho-backup.toml is stale: regenerate it with `etho-backup config template`"
         );
+    }
+
+    #[test]
+    fn tokens_are_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etho-backup.toml");
+        std::fs::write(&path, "[node]\nadmin-token = \"0123456789abcdef-secret\"\n").unwrap();
+        let text = show(path.to_str(), &["node".into()]).unwrap();
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("admin-token = \"<hidden>\""), "{text}");
     }
 
     #[test]

@@ -51,25 +51,41 @@ pub struct CommonArgs {
     #[arg(short = 'e', long = "ethoscope")]
     pub ethoscope: Option<String>,
 
+    /// File mode creation mask (octal): the directories and files the daemon creates lose these
+    /// bits, and so do the modes rsync copies from devices (group and world write, set-id and
+    /// sticky bits are always off). 027: nothing for others; 022 lets others read (an FTP
+    /// server that serves the archive, for instance).
+    #[arg(long, value_name = "OCTAL", default_value = "027", value_parser = parse_umask)]
+    pub umask: u32,
+
     /// Accepted for compatibility with upstream; no effect.
     #[arg(short = 's', long, hide = true)]
     pub safe: bool,
 }
 
+/// An octal mode mask, `000` to `777`.
+fn parse_umask(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim(), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{text:?} is not an octal mask from 000 to 777"))
+}
+
 impl CommonArgs {
+    /// Makes `--umask` this process's umask (before anything is created).
+    pub fn apply_umask(&self) {
+        let mask = nix::sys::stat::Mode::from_bits_truncate(self.umask);
+        nix::sys::stat::umask(mask);
+    }
+
     /// The scheduler settings; the scheduler alone enforces `--job-timeout`.
     pub fn scheduler(&self) -> SchedulerConfig {
         SchedulerConfig {
             interval: Duration::from_secs(self.interval.max(1)),
             max_jobs: self.max_jobs.max(1),
-            job_timeout: self.job_timeout(),
+            job_timeout: Duration::from_secs(self.job_timeout.max(1)),
             ..SchedulerConfig::default()
         }
-    }
-
-    /// `--job-timeout` as a duration.
-    pub fn job_timeout(&self) -> Duration {
-        Duration::from_secs(self.job_timeout.max(1))
     }
 }
 
@@ -178,5 +194,15 @@ mod tests {
         );
         assert_eq!(listen_addr("::1", 1).unwrap(), "[::1]:1".parse().unwrap());
         assert!(listen_addr("localhost:80", 1).is_err());
+    }
+
+    #[test]
+    fn umask_values() {
+        assert_eq!(parse_umask("027"), Ok(0o027));
+        assert_eq!(parse_umask("22"), Ok(0o022));
+        assert_eq!(parse_umask("0"), Ok(0));
+        for bad in ["8", "1000", "-1", "u=rwx", ""] {
+            assert!(parse_umask(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -243,8 +243,15 @@ pub fn node_verdict(url: &str, result: &Result<(usize, usize), String>) -> Verdi
     }
 }
 
-/// What one ssh call (`ssh … HOST command -v rsync`) returned: its exit code and stderr.
-pub fn ssh_verdicts(name: &str, host: &str, code: Option<i32>, stderr: &str) -> Vec<Verdict> {
+/// What one ssh call (`ssh … HOST command -v rsync`) returned: its exit code and stderr. Host
+/// keys are pinned under the machine id (`pinned_as`), whatever the device's address.
+pub fn ssh_verdicts(
+    name: &str,
+    host: &str,
+    pinned_as: &str,
+    code: Option<i32>,
+    stderr: &str,
+) -> Vec<Verdict> {
     let reason = stderr
         .lines()
         .rev()
@@ -260,7 +267,7 @@ pub fn ssh_verdicts(name: &str, host: &str, code: Option<i32>, stderr: &str) -> 
         ],
         Some(255) | None => {
             let fix = if stderr.contains("IDENTIFICATION HAS CHANGED") {
-                format!("the device's host key changed; if it was reinstalled, ssh-keygen -R {} -f <known hosts>", host.rsplit('@').next().unwrap_or(host))
+                format!("the device's host key changed; if it was reinstalled, ssh-keygen -R {pinned_as} -f <known hosts> (if not, another machine answers with this device's id)")
             } else if stderr.contains("Permission denied") {
                 format!("install the key on the device: ssh-copy-id -i <ssh key> {host}")
             } else {
@@ -405,11 +412,12 @@ async fn run_tool(program: &str, args: &[String], timeout: Duration) -> (Option<
     }
 }
 
-/// `ssh … user@host command -v rsync`, with a throw-away copy of the pinned keys (doctor learns
-/// no key; a changed key still fails).
+/// `ssh … user@host command -v rsync`, with a throw-away copy of the pinned keys looked up under
+/// the machine id as the daemon does (doctor learns no key; a changed key still fails).
 async fn probe_ssh(
     config: &RsyncBackupConfig,
     host: &str,
+    machine_id: &str,
     timeout: Duration,
 ) -> (Option<i32>, String) {
     let Ok(scratch) = tempfile::NamedTempFile::new() else {
@@ -431,6 +439,8 @@ async fn probe_ssh(
         format!("ConnectTimeout={}", timeout.as_secs().max(1)),
         "-o".into(),
         "StrictHostKeyChecking=accept-new".into(),
+        "-o".into(),
+        format!("HostKeyAlias={machine_id}"),
         "-o".into(),
         format!("UserKnownHostsFile={}", scratch.path().display()),
         host.to_string(),
@@ -666,8 +676,8 @@ async fn device_rows(
     match engine.source.transport() {
         Transport::Ssh => {
             let host = source.split(':').next().unwrap_or(&source).to_string();
-            let (code, stderr) = probe_ssh(engine, &host, timeout).await;
-            rows.extend(ssh_verdicts(name, &host, code, &stderr));
+            let (code, stderr) = probe_ssh(engine, &host, &device.id, timeout).await;
+            rows.extend(ssh_verdicts(name, &host, &device.id, code, &stderr));
         }
         Transport::Daemon => {
             let list = format!("{}/", source.trim_end_matches('/'));
@@ -765,11 +775,14 @@ ETHOSCOPE_002 clock  FAIL   3600.0 s behind this node (more than 30 s)
         );
     }
 
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
     #[test]
     fn one_failure_per_check() {
         let ssh = ssh_verdicts(
             "ETHOSCOPE_001",
             "ethoscope@10.0.0.5",
+            ID,
             Some(255),
             "ethoscope@10.0.0.5: Permission denied (publickey).\n",
         );
@@ -783,17 +796,17 @@ ETHOSCOPE_002 clock  FAIL   3600.0 s behind this node (more than 30 s)
             Some("install the key on the device: ssh-copy-id -i <ssh key> ethoscope@10.0.0.5")
         );
         assert_eq!(ssh[1].status, Status::Skip);
-        let changed = ssh_verdicts("E", "ethoscope@10.0.0.5", Some(255), "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\nHost key verification failed.\n");
+        let changed = ssh_verdicts("E", "ethoscope@10.0.0.5", ID, Some(255), "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\nHost key verification failed.\n");
         assert!(changed[0].fix.as_deref().unwrap().starts_with(
-            "the device's host key changed; if it was reinstalled, ssh-keygen -R 10.0.0.5"
+            "the device's host key changed; if it was reinstalled, ssh-keygen -R 0123456789abcdef0123456789abcdef"
         ));
-        let no_rsync = ssh_verdicts("E", "ethoscope@10.0.0.5", Some(1), "");
+        let no_rsync = ssh_verdicts("E", "ethoscope@10.0.0.5", ID, Some(1), "");
         assert_eq!(
             (no_rsync[0].status, no_rsync[1].status),
             (Status::Ok, Status::Fail)
         );
         assert_eq!(no_rsync[1].detail, "rsync is not installed on the device");
-        let ok = ssh_verdicts("E", "h", Some(0), "");
+        let ok = ssh_verdicts("E", "h", ID, Some(0), "");
         assert!(ok.iter().all(|v| v.status == Status::Ok));
 
         let login = "node@10.0.0.5:3306 (ETHOSCOPE_001_db)";

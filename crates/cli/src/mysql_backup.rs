@@ -60,6 +60,7 @@ pub(crate) fn mirror_config(args: &Args) -> anyhow::Result<MirrorConfig> {
 /// Runs the subcommand.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::logging::init(args.common.debug);
+    args.common.apply_umask();
     let engine = MysqlEngine::new(mirror_config(&args)?);
     let mut daemon_config = DaemonConfig::new(args.common.server.clone());
     daemon_config.state_dir = Some(args.state_dir.clone());

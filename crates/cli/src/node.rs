@@ -10,7 +10,7 @@ use etho_model::health::Thresholds;
 use etho_node::archive::{ArchiveConfig, Roots};
 use etho_node::registry::DiscoveryConfig;
 use etho_node::target::Target;
-use etho_node::{AppState, NodeConfig, ServiceUrl};
+use etho_node::{AdminToken, AppState, NodeConfig, ServiceUrl};
 
 /// Flags of `etho-backup node`.
 #[derive(clap::Args, Debug)]
@@ -49,13 +49,36 @@ pub struct Args {
     #[arg(long)]
     pub mdns: bool,
 
-    /// Seconds between two polls of one device.
+    /// Take the device list from upstream's node (e.g. http://localhost/devices) instead of
+    /// polling the devices a second time; each entry is validated and bounded like a device's
+    /// own answer. --device, --mdns and POST /device/add are then not used.
+    #[arg(long, value_name = "URL", value_parser = ServiceUrl::node, conflicts_with_all = ["device", "mdns"])]
+    pub devices_from: Option<ServiceUrl>,
+
+    /// Seconds between two polls of one device (or of --devices-from).
     #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
     pub poll_interval: Duration,
 
     /// Longest wait for one device answer; fractions allowed.
     #[arg(long, value_name = "SECONDS", default_value = "3", value_parser = parse_seconds)]
     pub device_timeout: Duration,
+
+    /// Forget addresses added by POST /device/add or mDNS (and devices known from earlier runs)
+    /// that have not answered as an ethoscope for this long (--device addresses never expire).
+    #[arg(long, value_name = "SECONDS", default_value = "604800", value_parser = parse_long_seconds)]
+    pub forget_after: Duration,
+
+    /// Requests that change the device registry (POST /device/add, DELETE /device/ADDRESS,
+    /// POST /device/ID/confirm) must carry `Authorization: Bearer TOKEN`; confirming the address
+    /// of a machine id in conflict needs it. Without it, those requests are only checked for
+    /// coming from the node's own page (no foreign Origin or Referer).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "ETHO_BACKUP_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
 
     /// Configuration directory holding ethoscope.conf, read for the results and videos folders
     /// the archive is served from (read only, never rewritten).
@@ -119,8 +142,17 @@ impl Args {
         Ok(Some(config))
     }
 
-    /// The library configuration these flags describe (without the archive: see
-    /// [`Args::archive`], which reads a file).
+    /// The results folder `/devices` entries' `backup_path` is computed from (upstream's rule):
+    /// `-r`, else the config's `folders.results.path`.
+    pub fn results_dir(&self) -> anyhow::Result<PathBuf> {
+        match &self.results_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => Ok(etho_daemon::config::load_folders(self.configuration.as_deref())?.results),
+        }
+    }
+
+    /// The library configuration these flags describe (without the archive and the results
+    /// folder: see [`Args::archive`] and [`Args::results_dir`], which read a file).
     pub fn config(&self) -> NodeConfig {
         NodeConfig {
             mysql_backup_url: self.mysql_backup_url.clone(),
@@ -132,12 +164,15 @@ impl Args {
                 mdns: self.mdns,
                 poll_interval: self.poll_interval,
                 device_timeout: self.device_timeout,
+                forget_after: self.forget_after,
+                devices_from: self.devices_from.clone(),
                 ..DiscoveryConfig::default()
             },
             health: Thresholds {
                 at_risk_after: self.at_risk_after.as_secs_f64(),
                 lag_warn: self.lag_warn.map(|d| d.as_secs_f64()),
             },
+            admin_token: self.admin_token.clone().map(AdminToken),
             ..NodeConfig::default()
         }
     }
@@ -157,14 +192,36 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// A positive number of seconds, at most ten years (for expiry periods).
+fn parse_long_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(seconds > 0.0 && seconds <= 10.0 * 365.0 * 86_400.0) {
+        return Err(format!(
+            "{text:?}: expected more than 0 seconds and at most ten years"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 /// Runs the node until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::logging::init(args.debug);
     for d in &args.device {
         Target::parse(d, true).map_err(|e| anyhow::anyhow!("--device {d:?}: {e}"))?;
     }
+    if args
+        .admin_token
+        .as_deref()
+        .is_some_and(|t| t.trim().len() < 16)
+    {
+        anyhow::bail!("--admin-token must be at least 16 characters");
+    }
     let mut config = args.config();
     config.archive = args.archive()?;
+    config.discovery.results_dir = Some(args.results_dir()?);
     let state = AppState::new(config).context("cannot start the node")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -209,6 +266,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use etho_node::registry::DEFAULT_FORGET_AFTER;
 
     #[derive(Parser)]
     struct Cli {
@@ -360,5 +418,32 @@ mod tests {
         assert_eq!(d.poll_interval, Duration::from_millis(1500));
         assert_eq!(d.device_timeout, Duration::from_millis(500));
         assert!(parse(&["--poll-interval", "0"]).is_err());
+        assert_eq!(d.forget_after, DEFAULT_FORGET_AFTER);
+        let args = parse(&[
+            "--forget-after",
+            "60",
+            "--admin-token",
+            "0123456789abcdef0123",
+            "--devices-from",
+            "http://localhost/devices",
+        ]);
+        let config = args.unwrap().config();
+        assert_eq!(config.discovery.forget_after, Duration::from_secs(60));
+        assert_eq!(
+            config.admin_token,
+            Some(AdminToken("0123456789abcdef0123".into()))
+        );
+        assert_eq!(
+            config.discovery.devices_from.unwrap().endpoint().as_str(),
+            "http://localhost/devices"
+        );
+        assert!(parse(&[
+            "--devices-from",
+            "http://localhost",
+            "--device",
+            "127.0.0.1"
+        ])
+        .is_err());
+        assert!(parse(&["--forget-after", "0"]).is_err());
     }
 }

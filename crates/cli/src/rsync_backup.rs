@@ -100,17 +100,16 @@ pub(crate) fn engine_config(args: &Args) -> anyhow::Result<RsyncBackupConfig> {
         config.ssh.known_hosts = kh.clone();
     }
     config.bwlimit = args.bwlimit.clone();
-    // The scheduler owns the job timeout and hands each job its deadline (JobContext); the
-    // engine still reads its own copy of the same value until it uses that deadline.
-    config.job_timeout = args.common.job_timeout();
     config.io_timeout = Duration::from_secs(args.io_timeout.max(1));
     config.rescan_interval = Duration::from_secs(args.rescan_interval.max(1));
+    config.umask = args.common.umask;
     Ok(config)
 }
 
 /// Runs the subcommand.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::logging::init(args.common.debug);
+    args.common.apply_umask();
     let engine = RsyncEngine::new(engine_config(&args)?)?;
     let mut daemon_config = DaemonConfig::new(args.common.server.clone());
     daemon_config.state_dir = Some(engine.config().state_dir.clone());

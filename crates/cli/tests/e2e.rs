@@ -206,6 +206,10 @@ async fn simulated_lab_is_backed_up_completely() {
         }
     }
 
+    // Both daemons run with the default --umask 027: nothing they wrote is for others, and
+    // their state directories are private.
+    assert_private(root, &[&results, &videos]);
+
     // 5. Unplug a MariaDB device: reported offline, its backup stays intact while the others
     //    keep being backed up.
     let gone = 2;
@@ -259,4 +263,33 @@ async fn simulated_lab_is_backed_up_completely() {
         "the end-to-end test took {:?}",
         started.elapsed()
     );
+}
+
+/// No file or directory below `archives` has a permission bit for others, and the daemons' state
+/// directories are 0700.
+fn assert_private(root: &std::path::Path, archives: &[&std::path::Path]) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().permissions().mode();
+    for state in ["state/mysql", "state/rsync", "state/node"] {
+        assert_eq!(mode(&root.join(state)) & 0o777, 0o700, "{state}");
+    }
+    let mut stack: Vec<std::path::PathBuf> = archives.iter().map(|p| p.to_path_buf()).collect();
+    let mut checked = 0;
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let m = mode(&e.path());
+            assert_eq!(
+                m & 0o7027,
+                0,
+                "{} has mode {:o}",
+                e.path().display(),
+                m & 0o7777
+            );
+            checked += 1;
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    assert!(checked > 10, "only {checked} archive entries");
 }

@@ -34,6 +34,15 @@ impl Default for Folders {
     }
 }
 
+/// Creates `dir` (and its parents) and makes it private (0700), also when it existed with a
+/// wider mode: a daemon's state (status table, staging, partial files, pinned host keys) is
+/// nobody else's to read, whatever the operator's umask.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Reads `<config_dir>/ethoscope.conf`. With `None`, the default directory is used when the file
 /// exists there and upstream's defaults otherwise. An explicitly given directory must hold a
 /// readable file; invalid JSON is an error either way.
@@ -68,6 +77,25 @@ pub fn load_folders(config_dir: Option<&Path>) -> anyhow::Result<Folders> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_directories_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("a/state");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+        private_dir(&state).unwrap();
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        private_dir(&dir.path().join("b")).unwrap();
+        let mode = std::fs::metadata(dir.path().join("b"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
+    }
 
     #[test]
     fn reads_folders_and_never_writes() {

@@ -11,8 +11,9 @@ use std::time::Duration;
 use etho_http::{FetchError, ServiceUrl, UrlError};
 use etho_model::device::{parse_device_map, DeviceInfo, DeviceMapError};
 
-/// Largest `/devices` body accepted.
-pub const MAX_BODY: usize = 32 * 1024 * 1024;
+/// Largest `/devices` body accepted: the most our node can produce
+/// ([`etho_model::device::MAX_DEVICE_MAP_BYTES`], 2048 devices of at most 24 KiB each).
+pub const MAX_BODY: usize = etho_model::device::MAX_DEVICE_MAP_BYTES;
 
 /// What one successful discovery returned.
 #[derive(Debug, Clone, Default)]

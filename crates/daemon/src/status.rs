@@ -161,7 +161,7 @@ impl StatusTable {
         default_extra: Map<String, Value>,
     ) -> anyhow::Result<StatusTable> {
         use anyhow::Context;
-        std::fs::create_dir_all(state_dir)
+        crate::config::private_dir(state_dir)
             .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
         let path = state_dir.join("status.db");
         let conn = open_db(&path).with_context(|| format!("cannot open {}", path.display()))?;

@@ -210,6 +210,42 @@ async fn ineligible_devices_are_not_attempted() {
     );
 }
 
+/// The daemons skip a malformed entry and back up the rest, also from a node list larger than
+/// the 32 MiB they used to accept (upstream's node relays padded answers whole), and a machine
+/// id the node reports in conflict is not attempted.
+#[tokio::test]
+async fn malformed_entries_are_skipped_and_the_rest_is_backed_up() {
+    let mut m = devices(&[
+        (1, "ETHOSCOPE_001", "running"),
+        (2, "ETHOSCOPE_002", "conflict"),
+        (4, "ETHOSCOPE_004", "running"),
+    ]);
+    m[id(4)]["databases"] = json!("not an object");
+    m["x"] = json!(5);
+    m[id(3)] = json!({"id": id(3), "name": "ETHOSCOPE_003", "ip": "10.0.0.1; rm -rf /"});
+    m[id(5)] = json!({"id": id(5), "name": "../etc", "ip": "127.0.0.1"});
+    for n in 10..19 {
+        m[id(n)] = json!({"id": id(n), "name": format!("ETHOSCOPE_{n:03}"), "ip": "127.0.0.1",
+                          "status": "running", "padding": "x".repeat(3_900_000)});
+    }
+    assert!(serde_json::to_vec(&m).unwrap().len() > 32 * 1024 * 1024);
+    let node = node_stub(m).await;
+    let (d, _) = daemon(node, &[], sched(4, 5000));
+    let report = d.run_cycle().await;
+    assert_eq!(report.discovery_error, None);
+    let ran: Vec<&String> = report.jobs.iter().map(|(i, _)| i).collect();
+    assert_eq!(ran.len(), 11, "{ran:?}");
+    assert!(ran.contains(&&id(1)) && ran.contains(&&id(4)));
+    let skipped: Vec<(String, String)> = report
+        .skipped
+        .iter()
+        .map(|(i, why)| (i.clone(), why.to_string()))
+        .collect();
+    assert_eq!(skipped, [(id(2), "device status is conflict".to_string())]);
+    let rejected = d.status().service().discovery.rejected;
+    assert_eq!(rejected.len(), 3, "{rejected:?}");
+}
+
 #[tokio::test]
 async fn a_device_with_a_live_job_is_never_queued_twice() {
     let node = node_stub(devices(&[(1, "ETHOSCOPE_001", "running")])).await;

@@ -14,9 +14,31 @@ use serde_json::{Map, Value};
 /// Device statuses for which no backup is attempted.
 ///
 /// Upstream only skipped `offline` and `not_in_use`, so unreachable devices tied up the workers for
-/// 45 s connect timeouts each (reference bug A13 / §8.18).
-pub const SKIPPED_STATUSES: [&str; 5] =
-    ["offline", "not_in_use", "unreached", "busy", "blacklisted"];
+/// 45 s connect timeouts each (reference bug A13 / §8.18). `conflict` is the node's word for a
+/// machine id that two live addresses claim: nothing is copied under that id from either address
+/// until the conflict is resolved, so an impostor cannot replace a device's archive.
+pub const SKIPPED_STATUSES: [&str; 6] = [
+    "offline",
+    "not_in_use",
+    "unreached",
+    "busy",
+    "blacklisted",
+    CONFLICT_STATUS,
+];
+
+/// The node's status for a machine id claimed by two live addresses (see [`SKIPPED_STATUSES`]).
+pub const CONFLICT_STATUS: &str = "conflict";
+
+/// Most devices (and device addresses) one node keeps: a lab has dozens.
+pub const MAX_DEVICES: usize = 2048;
+
+/// Largest `GET /devices` entry our node produces for one device: it keeps only the fields it
+/// knows, each capped, so one device cannot crowd out the others.
+pub const MAX_DEVICE_ENTRY_BYTES: usize = 24 * 1024;
+
+/// Largest `GET /devices` body a backup daemon accepts: the node's worst case ([`MAX_DEVICES`]
+/// entries of [`MAX_DEVICE_ENTRY_BYTES`]) plus room for keys and separators.
+pub const MAX_DEVICE_MAP_BYTES: usize = MAX_DEVICES * MAX_DEVICE_ENTRY_BYTES + 1024 * 1024;
 
 /// The placeholder name a freshly flashed device carries; never backed up.
 pub const PLACEHOLDER_NAME: &str = "ETHOSCOPE_000";

@@ -49,8 +49,8 @@ use crate::error::{ConnectFailure, Inconsistency, MirrorError, NotReady};
 use crate::local::{self, Cmd, Fingerprint, Prepared, WriterSetup, WriterSummary};
 pub use crate::plan::TableReport;
 use crate::plan::{
-    completeness, max_id_sql, rows_behind, verify, verify_keyless, Chunks, CopyPlan, Counts,
-    IdTable, Measured, TableCopy,
+    completeness, id_bounds_sql, indexed_integers, keep_copyable, rows_behind, verify,
+    verify_keyless, Chunks, CopyPlan, Counts, IdTable, Measured, TableCopy,
 };
 use crate::schema::{
     mysql_quote, plan_tables, CopyMode, RemoteColumn, RemoteTable, Skipped, TablePlan,
@@ -350,10 +350,11 @@ impl Remote {
         &mut self,
         cancel: &CancellationToken,
     ) -> Result<Option<Vec<String>>, MirrorError> {
+        // Raw rows: the driver's typed conversion panics on a value that is not UTF-8.
         let values = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(MirrorError::Cancelled { rows_copied: 0 }),
-            r = self.conn.query::<Option<String>, _>(
+            r = self.conn.query::<Row, _>(
                 "SELECT value FROM METADATA WHERE field = 'backup_filename'",
             ) => r,
         };
@@ -368,22 +369,34 @@ impl Remote {
                 ))
             }
         };
-        let mut names: Vec<String> = values.into_iter().flatten().collect();
+        let mut names: Vec<String> = values
+            .into_iter()
+            .filter_map(|row| match row.unwrap().into_iter().next()? {
+                mysql_async::Value::NULL => None,
+                // Not UTF-8 (or not text): shown lossily, and refused as a file name later.
+                mysql_async::Value::Bytes(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+                other => Some(format!("{other:?}")),
+            })
+            .collect();
         names.sort();
         names.dedup();
         Ok(Some(names))
     }
 
-    /// `(index, value)` rows of a `UNION ALL` query built from validated identifiers.
-    async fn indexed_values(
+    /// `(index, values...)` rows of a `UNION ALL` query built from validated identifiers, as
+    /// integers by index. Read as raw values: the driver's typed conversion panics on a value
+    /// that does not fit (an unsigned id above 2^63 in an `i64`).
+    async fn indexed_integers(
         &mut self,
         cancel: &CancellationToken,
         what: &str,
         sql: String,
-    ) -> Result<HashMap<usize, Option<i64>>, MirrorError> {
-        let rows: Vec<(u64, Option<i64>)> =
+    ) -> Result<HashMap<usize, Result<Vec<Option<i128>>, String>>, MirrorError> {
+        let rows: Vec<Row> =
             Remote::guard_addr(&self.addr, cancel, what, self.conn.query(sql)).await?;
-        Ok(rows.into_iter().map(|(i, v)| (i as usize, v)).collect())
+        Ok(indexed_integers(
+            rows.into_iter().map(Row::unwrap).collect(),
+        ))
     }
 }
 
@@ -792,10 +805,15 @@ impl Mirror {
         db: &str,
         target: &Target,
         plans: Vec<TablePlan>,
-        skipped: Vec<Skipped>,
+        mut skipped: Vec<Skipped>,
     ) -> Result<MirrorReport, MirrorError> {
         let cancel = copy.cancel;
-        let (prepared, plan) = self.plan_copy(copy, &plans, target).await?;
+        let (plans, remote_max, out_of_range) = id_bounds(copy, plans).await?;
+        for s in &out_of_range {
+            tracing::warn!("{db}: table {:?} not copied: {}", s.table, s.reason);
+        }
+        skipped.extend(out_of_range);
+        let (prepared, plan) = self.plan_copy(copy, &plans, &remote_max, target).await?;
         let (mut tables, mut mismatches) = sync_keyless(copy, &plans).await?;
         copy.remote.commit(cancel).await?;
 
@@ -847,12 +865,13 @@ impl Mirror {
         })
     }
 
-    /// Step 5's decisions: the writer prepares the file, the device gives its max ids (and the
-    /// counts nothing remembered covers), and [`CopyPlan`] decides.
+    /// Step 5's decisions: the writer prepares the file, the device gives the counts nothing
+    /// remembered covers, and [`CopyPlan`] decides.
     async fn plan_copy(
         &self,
         copy: &mut Copy<'_>,
         plans: &[TablePlan],
+        remote_max: &HashMap<usize, Option<i64>>,
         target: &Target,
     ) -> Result<(Prepared, CopyPlan), MirrorError> {
         let cancel = copy.cancel;
@@ -863,19 +882,11 @@ impl Mirror {
                 reply,
             })
             .await?;
-        let remote_max = match max_id_sql(plans) {
-            Some(sql) => {
-                copy.remote
-                    .indexed_values(cancel, "reading max ids", sql)
-                    .await?
-            }
-            None => HashMap::new(),
-        };
         let remembered = self.remembered(&prepared);
         let mut plan = CopyPlan::new(
             plans,
             &prepared.local_max,
-            &remote_max,
+            remote_max,
             remembered.as_ref(),
             &target.file_name,
         )
@@ -883,7 +894,7 @@ impl Mirror {
         if let Some(sql) = plan.count_sql() {
             let counts = copy
                 .remote
-                .indexed_values(cancel, "counting rows", sql)
+                .indexed_integers(cancel, "counting rows", sql)
                 .await?;
             plan.set_counts(&counts);
         }
@@ -949,6 +960,24 @@ impl Mirror {
     }
 }
 
+/// Step 5, first: the device's `MIN(id)`/`MAX(id)` of every id-keyed table, and the tables the
+/// copy by id can take ([`keep_copyable`]): the plans kept (re-indexed), their device max by new
+/// index, and the tables left out with the reason.
+async fn id_bounds(
+    copy: &mut Copy<'_>,
+    plans: Vec<TablePlan>,
+) -> Result<(Vec<TablePlan>, HashMap<usize, Option<i64>>, Vec<Skipped>), MirrorError> {
+    let bounds = match id_bounds_sql(&plans) {
+        Some(sql) => {
+            copy.remote
+                .indexed_integers(copy.cancel, "reading id bounds", sql)
+                .await?
+        }
+        None => HashMap::new(),
+    };
+    Ok(keep_copyable(plans, &bounds))
+}
+
 /// Step 7's `rows_behind`: the device's max ids now (outside any snapshot, so rows written during
 /// the job count) against the mirror's. `None` when the device does not answer; cancellation
 /// still ends the job.
@@ -957,15 +986,21 @@ async fn behind(
     plans: &[TablePlan],
     tables: &BTreeMap<String, TableReport>,
 ) -> Result<Option<u64>, MirrorError> {
-    let Some(sql) = max_id_sql(plans) else {
+    let Some(sql) = id_bounds_sql(plans) else {
         return Ok(Some(0));
     };
     match copy
         .remote
-        .indexed_values(copy.cancel, "reading max ids after the copy", sql)
+        .indexed_integers(copy.cancel, "reading id bounds after the copy", sql)
         .await
     {
-        Ok(remote) => Ok(Some(rows_behind(plans, &remote, tables))),
+        Ok(bounds) => {
+            let remote: HashMap<usize, Option<i64>> = bounds
+                .iter()
+                .map(|(i, b)| (*i, crate::plan::id_bounds(b).ok().flatten()))
+                .collect();
+            Ok(Some(rows_behind(plans, &remote, tables)))
+        }
         Err(e @ MirrorError::Cancelled { .. }) => Err(e),
         Err(e) => {
             tracing::debug!("rows behind unknown: {}", etho_model::error_chain(&e));

@@ -2,6 +2,10 @@
 //! result equals the device. Pure functions, table-tested without MariaDB (like PBS's
 //! `compute_prune_info`).
 //!
+//! - [`id_bounds`] and [`keep_copyable`]: from the device's `MIN(id)`/`MAX(id)` per id-keyed table
+//!   (read as raw values, never converted by the driver, which panics on an unsigned id above
+//!   2^63), which tables the copy by id can take: ids from 1 up to SQLite's largest integer.
+//!   Another table is skipped with a warning naming it; every other table is still copied.
 //! - [`CopyPlan::new`]: from the table plans, the device's and the mirror's `MAX(id)` per id-keyed
 //!   table and the counts remembered from the previous job, decides per table the id range to
 //!   copy (`(mirror max, device max]`), refuses a device max below the mirror's (rows the mirror
@@ -17,7 +21,7 @@ use serde::Serialize;
 
 use crate::error::{Inconsistency, Regression};
 use crate::local::KeylessResult;
-use crate::schema::{mysql_quote, CopyMode, TablePlan};
+use crate::schema::{mysql_quote, CopyMode, Skipped, TablePlan};
 
 /// Counts of one id-keyed table verified by a job, remembered for the next job on the same
 /// (unchanged) file.
@@ -164,12 +168,15 @@ impl CopyPlan {
         (!parts.is_empty()).then(|| parts.join(" UNION ALL "))
     }
 
-    /// Records the answer of [`CopyPlan::count_sql`] (by plan index; a missing or NULL count is
-    /// 0).
-    pub fn set_counts(&mut self, counts: &HashMap<usize, Option<i64>>) {
+    /// Records the answer of [`CopyPlan::count_sql`] (by plan index; a missing, NULL or
+    /// unreadable count is 0, which verification then reports as a mismatch if rows exist).
+    pub fn set_counts(&mut self, counts: &HashMap<usize, Result<Vec<Option<i128>>, String>>) {
         for t in self.tables.iter_mut().filter(|t| t.remote_below.is_none()) {
-            let n = counts.get(&t.index).copied().flatten().unwrap_or(0);
-            t.remote_below = Some(n.max(0) as u64);
+            let n = match counts.get(&t.index) {
+                Some(Ok(v)) => v.first().copied().flatten().unwrap_or(0),
+                _ => 0,
+            };
+            t.remote_below = Some(u64::try_from(n).unwrap_or(0));
         }
     }
 
@@ -188,15 +195,112 @@ impl CopyPlan {
     }
 }
 
-/// The query for the device's `MAX(id)` of every id-keyed plan: `(plan index, max)` rows.
-pub fn max_id_sql(plans: &[TablePlan]) -> Option<String> {
+/// The query for the device's `MIN(id)` and `MAX(id)` of every id-keyed plan:
+/// `(plan index, min, max)` rows.
+pub fn id_bounds_sql(plans: &[TablePlan]) -> Option<String> {
     let parts: Vec<String> = plans
         .iter()
         .enumerate()
         .filter(|(_, p)| p.mode == CopyMode::ById)
-        .map(|(i, p)| format!("SELECT {i}, MAX(`id`) FROM {}", mysql_quote(&p.name)))
+        .map(|(i, p)| {
+            format!(
+                "SELECT {i}, MIN(`id`), MAX(`id`) FROM {}",
+                mysql_quote(&p.name)
+            )
+        })
         .collect();
     (!parts.is_empty()).then(|| parts.join(" UNION ALL "))
+}
+
+/// An integer from a raw result value (binary or text protocol); `Ok(None)` for NULL.
+pub fn raw_integer(v: &mysql_async::Value) -> Result<Option<i128>, String> {
+    use mysql_async::Value as V;
+    match v {
+        V::NULL => Ok(None),
+        V::Int(i) => Ok(Some(i128::from(*i))),
+        V::UInt(u) => Ok(Some(i128::from(*u))),
+        V::Bytes(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.trim().parse::<i128>().ok())
+            .map(Some)
+            .ok_or_else(|| format!("{:?} is not an integer", String::from_utf8_lossy(b))),
+        other => Err(format!("{other:?} is not an integer")),
+    }
+}
+
+/// `(index, values)` rows of a `UNION ALL` query over plans, read as integers: by plan index.
+/// A row whose index is not a plan index is ignored; a value that is not an integer is an error
+/// for that plan.
+pub fn indexed_integers(
+    rows: Vec<Vec<mysql_async::Value>>,
+) -> HashMap<usize, Result<Vec<Option<i128>>, String>> {
+    rows.into_iter()
+        .filter_map(|row| {
+            let (first, rest) = row.split_first()?;
+            let index = usize::try_from(raw_integer(first).ok()??).ok()?;
+            Some((index, rest.iter().map(raw_integer).collect()))
+        })
+        .collect()
+}
+
+/// The device max of an id-keyed table the copy by id can take, or why it cannot: its ids must
+/// run from 1 up to SQLite's largest integer (`INTEGER PRIMARY KEY` is a signed 64-bit rowid, and
+/// the copy starts above the mirror's max, 0 for an empty one).
+pub fn id_bounds(bounds: &Result<Vec<Option<i128>>, String>) -> Result<Option<i64>, String> {
+    let values = bounds
+        .as_ref()
+        .map_err(|e| format!("unreadable MIN/MAX(id): {e}"))?;
+    match values.as_slice() {
+        [None, None] => Ok(None),
+        [Some(min), Some(max)] => {
+            if *max > i128::from(i64::MAX) {
+                Err(format!(
+                    "its ids go up to {max}, beyond the mirror's largest integer {}",
+                    i64::MAX
+                ))
+            } else if *min < 1 {
+                Err(format!(
+                    "its ids start at {min}; the copy by id takes ids from 1"
+                ))
+            } else {
+                i64::try_from(*max).map(Some).map_err(|e| e.to_string())
+            }
+        }
+        other => Err(format!("unexpected MIN/MAX(id) answer {other:?}")),
+    }
+}
+
+/// The plans the job copies, re-indexed, with the device max of each id-keyed one (by its new
+/// index), and the id-keyed tables left out, with the reason. `bounds` is by old plan index; an
+/// id-keyed plan without an answer is left out too.
+pub fn keep_copyable(
+    plans: Vec<TablePlan>,
+    bounds: &HashMap<usize, Result<Vec<Option<i128>>, String>>,
+) -> (Vec<TablePlan>, HashMap<usize, Option<i64>>, Vec<Skipped>) {
+    let mut kept = Vec::new();
+    let mut remote_max = HashMap::new();
+    let mut skipped = Vec::new();
+    for (i, plan) in plans.into_iter().enumerate() {
+        if plan.mode != CopyMode::ById {
+            kept.push(plan);
+            continue;
+        }
+        let answer = bounds
+            .get(&i)
+            .cloned()
+            .unwrap_or_else(|| Err("no MIN/MAX(id) answer".into()));
+        match id_bounds(&answer) {
+            Ok(max) => {
+                remote_max.insert(kept.len(), max);
+                kept.push(plan);
+            }
+            Err(reason) => skipped.push(Skipped {
+                table: plan.name.chars().take(80).collect(),
+                reason,
+            }),
+        }
+    }
+    (kept, remote_max, skipped)
 }
 
 /// The chunks of one table's id range `(from, to]`, each at most `size` rows.
@@ -373,7 +477,7 @@ pub fn completeness(tables: &BTreeMap<String, TableReport>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{Column, SqlType};
+    use crate::schema::{Column, SqlType, ValueKind};
 
     fn plan(name: &str, mode: CopyMode) -> TablePlan {
         TablePlan {
@@ -381,7 +485,7 @@ mod tests {
             columns: vec![Column {
                 name: "id".into(),
                 sql_type: SqlType::Integer,
-                date_only: false,
+                kind: ValueKind::Integer,
             }],
             primary_key: vec!["id".into()],
             mode,
@@ -595,16 +699,20 @@ mod tests {
             "SELECT 0, COUNT(*) FROM `ROI_1` WHERE `id` <= 1000 UNION ALL \
              SELECT 2, COUNT(*) FROM `ROI_2` WHERE `id` <= 20"
         );
-        plan.set_counts(&HashMap::from([(0, Some(998)), (2, None)]));
+        plan.set_counts(&HashMap::from([
+            (0, Ok(vec![Some(998)])),
+            (2, Ok(vec![None])),
+        ]));
         assert_eq!(plan.tables[0].remote_below, Some(998));
         assert_eq!(plan.tables[1].remote_below, Some(0), "NULL counts as 0");
         assert_eq!(plan.count_sql(), None, "counted once");
         assert_eq!(plan.rows_total(), 500);
         assert_eq!(
-            max_id_sql(&plans()).unwrap(),
-            "SELECT 0, MAX(`id`) FROM `ROI_1` UNION ALL SELECT 2, MAX(`id`) FROM `ROI_2`"
+            id_bounds_sql(&plans()).unwrap(),
+            "SELECT 0, MIN(`id`), MAX(`id`) FROM `ROI_1` UNION ALL \
+             SELECT 2, MIN(`id`), MAX(`id`) FROM `ROI_2`"
         );
-        assert_eq!(max_id_sql(&[plan_keyless()]), None);
+        assert_eq!(id_bounds_sql(&[plan_keyless()]), None);
     }
 
     fn plan_keyless() -> TablePlan {
@@ -684,7 +792,10 @@ mod tests {
             "f.db",
         )
         .unwrap();
-        counted.set_counts(&HashMap::from([(0, Some(1000)), (2, Some(20))]));
+        counted.set_counts(&HashMap::from([
+            (0, Ok(vec![Some(1000)])),
+            (2, Ok(vec![Some(20)])),
+        ]));
         let copied = |a: u64, b: u64| {
             HashMap::from([
                 (
@@ -877,6 +988,78 @@ mod tests {
         assert_eq!(
             serde_json::to_value(CopyMode::ById).unwrap(),
             serde_json::json!("by_id")
+        );
+    }
+
+    /// Defect 5: an unsigned id above 2^63 made the driver panic while reading MAX(id), and every
+    /// job of that device failed. Raw values are read; such a table is left out by name.
+    #[test]
+    fn id_bounds_table() {
+        use mysql_async::Value as V;
+        let rows = vec![
+            vec![V::Int(0), V::Int(1), V::Int(1500)],
+            vec![V::Bytes(b"2".to_vec()), V::NULL, V::NULL],
+            vec![V::Int(3), V::UInt(1), V::UInt(u64::MAX)],
+            vec![V::Int(4), V::Int(-5), V::Int(10)],
+            vec![
+                V::Int(5),
+                V::Bytes(b"1".to_vec()),
+                V::Bytes(b"9223372036854775807".to_vec()),
+            ],
+            vec![V::Int(6), V::Bytes(b"x".to_vec()), V::Int(1)],
+            vec![V::Int(7), V::Int(0), V::Int(3)],
+            vec![V::UInt(u64::MAX), V::Int(1), V::Int(1)],
+        ];
+        let bounds = indexed_integers(rows);
+        let plans: Vec<TablePlan> = [
+            "ROI_1",
+            "METADATA_LIKE",
+            "EMPTY",
+            "UNSIGNED",
+            "NEGATIVE",
+            "MAX",
+            "ODD",
+            "ZERO",
+            "MISSING",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            plan(
+                n,
+                if i == 1 {
+                    CopyMode::WholeTable
+                } else {
+                    CopyMode::ById
+                },
+            )
+        })
+        .collect();
+        // METADATA_LIKE is keyless: index 1 belongs to it and is not asked.
+        let mut bounds = bounds;
+        bounds.remove(&1);
+        bounds.insert(2, Ok(vec![None, None]));
+        let (kept, max, skipped) = keep_copyable(plans, &bounds);
+        let names: Vec<&str> = kept.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["ROI_1", "METADATA_LIKE", "EMPTY", "MAX"]);
+        assert_eq!(
+            max,
+            HashMap::from([(0, Some(1500)), (2, None), (3, Some(i64::MAX))])
+        );
+        let left: Vec<(&str, &str)> = skipped
+            .iter()
+            .map(|s| (s.table.as_str(), s.reason.as_str()))
+            .collect();
+        assert_eq!(left.len(), 5, "{left:?}");
+        assert_eq!(left[0].0, "UNSIGNED");
+        assert!(left[0].1.contains("18446744073709551615"), "{}", left[0].1);
+        assert_eq!(left[1].0, "NEGATIVE");
+        assert!(left[1].1.contains("start at -5"), "{}", left[1].1);
+        assert_eq!(left[2].0, "ODD");
+        assert_eq!(left[3].0, "ZERO");
+        assert_eq!(
+            left[4],
+            ("MISSING", "unreadable MIN/MAX(id): no MIN/MAX(id) answer")
         );
     }
 }

@@ -7,10 +7,15 @@
 //! Tables SQLite could not keep apart (names equal up to case, its reserved `sqlite_` prefix,
 //! columns equal up to case) are skipped the same way instead of failing the whole job.
 //!
-//! Types follow upstream's substring mapping (§4.3) so existing mirrors keep their layout:
-//! `int` → INTEGER, `char`/`text` → TEXT, `float`/`double`/`decimal` → REAL, `blob` → BLOB,
-//! anything else → TEXT. The primary key is kept; a single integer `id` key becomes SQLite's
-//! `INTEGER PRIMARY KEY`.
+//! Declared types follow upstream's substring mapping (§4.3) so existing mirrors keep their
+//! layout: `int` → INTEGER, `char`/`text` → TEXT, `float`/`double`/`decimal` → REAL, `blob` →
+//! BLOB, anything else → TEXT; except where that mapping lost data: `bit` is INTEGER (not TEXT),
+//! geometry types are BLOB (upstream made `point` INTEGER because it contains "int"), and a
+//! `decimal` wider than 15 digits is TEXT (REAL keeps 15). The primary key is kept; a single
+//! integer `id` key becomes SQLite's `INTEGER PRIMARY KEY`.
+//!
+//! Values are converted by the column's type ([`ValueKind`]), not by what the protocol happened
+//! to send: a `BIT` arrives as bytes and is a number, a `BINARY` with NUL bytes is bytes, not text.
 
 /// SQLite storage class chosen for a column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +42,101 @@ impl SqlType {
     }
 }
 
-/// Upstream's type mapping (first match wins, on the lower-cased MariaDB column type).
+/// How a column's values are converted, from its MariaDB type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// `TINYINT` … `BIGINT` (signed or unsigned), `YEAR`.
+    Integer,
+    /// `BIT(n)`: big-endian bytes, stored as the number.
+    Bit,
+    /// `FLOAT`, `DOUBLE`.
+    Real,
+    /// `DECIMAL`/`NUMERIC`: the exact decimal text (a REAL column converts it, a TEXT one keeps
+    /// every digit).
+    Decimal,
+    /// Character types, `ENUM`, `SET`, `JSON` (MariaDB's `LONGTEXT`), and types this code does
+    /// not know: UTF-8 text, other bytes kept as bytes.
+    Text,
+    /// `BINARY`, `VARBINARY`, `BLOB`s and geometry types (MariaDB's internal WKB): bytes as they
+    /// are, NUL bytes included.
+    Bytes,
+    /// `DATE`: `YYYY-MM-DD` (the zero date `0000-00-00` included).
+    Date,
+    /// `DATETIME`, `TIMESTAMP`: `YYYY-MM-DD HH:MM:SS[.ffffff]`.
+    DateTime,
+    /// `TIME`: `[-]HH:MM:SS[.ffffff]`, hours beyond 24 included.
+    Time,
+}
+
+/// The base type word of a `COLUMN_TYPE` (`decimal(65,30) unsigned` → `decimal`), lower case.
+fn base_type(mysql_type: &str) -> String {
+    let t = mysql_type.trim().to_ascii_lowercase();
+    let end = t
+        .find(|c: char| c == '(' || c.is_whitespace())
+        .unwrap_or(t.len());
+    t[..end].to_string()
+}
+
+/// Geometry types (stored by MariaDB as SRID + WKB bytes).
+const GEOMETRY: [&str; 8] = [
+    "geometry",
+    "point",
+    "linestring",
+    "polygon",
+    "multipoint",
+    "multilinestring",
+    "multipolygon",
+    "geometrycollection",
+];
+
+/// Digits a REAL keeps exactly.
+const REAL_DIGITS: u32 = 15;
+
+/// The conversion of a column's values.
+pub fn value_kind(mysql_type: &str) -> ValueKind {
+    match base_type(mysql_type).as_str() {
+        "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "year" | "bool"
+        | "boolean" => ValueKind::Integer,
+        "bit" => ValueKind::Bit,
+        "float" | "double" | "real" => ValueKind::Real,
+        "decimal" | "numeric" | "dec" | "fixed" => ValueKind::Decimal,
+        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
+            ValueKind::Bytes
+        }
+        g if GEOMETRY.contains(&g) => ValueKind::Bytes,
+        "date" => ValueKind::Date,
+        "datetime" | "timestamp" => ValueKind::DateTime,
+        "time" => ValueKind::Time,
+        _ => ValueKind::Text,
+    }
+}
+
+/// The precision of a `decimal(p[,s])` type (MariaDB's default is 10).
+fn decimal_precision(mysql_type: &str) -> u32 {
+    let t = mysql_type.to_ascii_lowercase();
+    t.split_once('(')
+        .and_then(|(_, rest)| rest.split([',', ')']).next())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(10)
+}
+
+/// The declared SQLite type: upstream's mapping, with the fixes listed in the module docs.
 pub fn sqlite_type(mysql_type: &str) -> SqlType {
+    let base = base_type(mysql_type);
+    if base == "bit" {
+        return SqlType::Integer;
+    }
+    if GEOMETRY.contains(&base.as_str()) {
+        return SqlType::Blob;
+    }
+    if value_kind(mysql_type) == ValueKind::Decimal && decimal_precision(mysql_type) > REAL_DIGITS {
+        return SqlType::Text;
+    }
+    upstream_type(mysql_type)
+}
+
+/// Upstream's type mapping (first match wins, on the lower-cased MariaDB column type).
+pub fn upstream_type(mysql_type: &str) -> SqlType {
     let t = mysql_type.to_ascii_lowercase();
     if t.contains("int") {
         SqlType::Integer
@@ -108,8 +206,8 @@ pub struct Column {
     pub name: String,
     /// Local storage class.
     pub sql_type: SqlType,
-    /// The remote type is `date` (a `DATE` value is written without a time part).
-    pub date_only: bool,
+    /// How its values are converted.
+    pub kind: ValueKind,
 }
 
 /// One table to mirror.
@@ -262,7 +360,7 @@ fn table_plan(table: &RemoteTable) -> TablePlan {
         .map(|c| Column {
             name: c.name.clone(),
             sql_type: sqlite_type(&c.column_type),
-            date_only: c.column_type.eq_ignore_ascii_case("date"),
+            kind: value_kind(&c.column_type),
         })
         .collect();
     let primary_key: Vec<String> = table
@@ -321,7 +419,41 @@ mod tests {
             ("varbinary(10)", SqlType::Text),
             ("enum('a','b')", SqlType::Text),
         ] {
-            assert_eq!(sqlite_type(t), want, "{t}");
+            assert_eq!(upstream_type(t), want, "{t}");
+        }
+    }
+
+    /// Ours: upstream's, except where it lost data; and the conversion of each type.
+    #[test]
+    fn types_and_conversions_by_column_type() {
+        use ValueKind as K;
+        for (t, declared, kind) in [
+            ("int(11)", SqlType::Integer, K::Integer),
+            ("bigint(20) unsigned", SqlType::Integer, K::Integer),
+            ("year(4)", SqlType::Text, K::Integer),
+            ("bit(1)", SqlType::Integer, K::Bit),
+            ("bit(64)", SqlType::Integer, K::Bit),
+            ("float", SqlType::Real, K::Real),
+            ("decimal(10,2)", SqlType::Real, K::Decimal),
+            ("decimal(15,5) unsigned", SqlType::Real, K::Decimal),
+            ("decimal(65,30)", SqlType::Text, K::Decimal),
+            ("decimal", SqlType::Real, K::Decimal),
+            ("enum('a','b')", SqlType::Text, K::Text),
+            ("set('x','y')", SqlType::Text, K::Text),
+            ("longtext", SqlType::Text, K::Text),
+            ("json", SqlType::Text, K::Text),
+            ("inet6", SqlType::Text, K::Text),
+            ("binary(4)", SqlType::Text, K::Bytes),
+            ("varbinary(10)", SqlType::Text, K::Bytes),
+            ("longblob", SqlType::Blob, K::Bytes),
+            ("point", SqlType::Blob, K::Bytes),
+            ("geometry", SqlType::Blob, K::Bytes),
+            ("date", SqlType::Text, K::Date),
+            ("datetime(6)", SqlType::Text, K::DateTime),
+            ("timestamp", SqlType::Text, K::DateTime),
+            ("time(3)", SqlType::Text, K::Time),
+        ] {
+            assert_eq!((sqlite_type(t), value_kind(t)), (declared, kind), "{t}");
         }
     }
 

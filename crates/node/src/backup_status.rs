@@ -10,17 +10,24 @@
 //!   the other side still works;
 //! - a daemon's document is relayed byte for byte ([`etho_model::merge::DaemonDocument`]);
 //! - the reply is built once ([`etho_model::merge::UnifiedStatus`]), serialized once and kept as
-//!   shared bytes for [`NodeConfig::status_cache_ttl`] (at most 1 s by default), so a busy
-//!   dashboard costs about two fetches per daemon per TTL, not one per request;
-//! - concurrent requests that find the cache stale join the one refresh in flight (single
-//!   flight). The refresh runs in its own task, so a client hanging up cannot cancel it for the
-//!   others, and every waiter gets an answer within the daemon timeout plus the merge time;
-//!   nobody queues behind a slow daemon twice;
-//! - past half the TTL, a request still gets the cached reply and starts the next refresh in the
-//!   background, so steady polling never waits for a fetch (see `bench/status.sh`);
+//!   shared bytes, stamped when its refresh *completed*;
+//! - stale-while-revalidate: once the kept reply is older than half of
+//!   [`NodeConfig::status_cache_ttl`], the next request starts one refresh in the background and
+//!   still gets the kept reply at once. A request never waits for a daemon when a reply exists,
+//!   so a hung daemon (each refresh then takes the whole daemon timeout) costs the dashboard
+//!   nothing but freshness: the reply is then as old as that timeout. Only the first request after
+//!   start, with nothing kept yet, waits for the first refresh;
+//! - concurrent requests that find nothing kept join the one refresh in flight (single flight).
+//!   The refresh runs in its own task, so a client hanging up cannot cancel it for the others.
+//!   At most one refresh is in flight at any time;
 //! - every merged entry gets its `health` ([`crate::health`]) from both daemons' entries (their
 //!   last ones while they do not answer) and the registry's polling view, after the seed's
 //!   fields, which stay exactly as the merge made them.
+//!
+//! Upstream's cache (and ours before) was stamped with the *start* of the fetch and expired
+//! after 1 s, shorter than the 2 s daemon timeout: with one daemon hung, every request found the
+//! cache expired and waited the full timeout (24 requests/s at 50 concurrent clients instead of
+//! 11.7 k).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -69,7 +76,7 @@ type Inflight = Shared<BoxFuture<'static, Option<Bytes>>>;
 
 #[derive(Default)]
 struct Cache {
-    /// The latest reply and when its fetch started.
+    /// The latest reply and when its refresh completed.
     fresh: Option<(Instant, Bytes)>,
     /// The refresh in flight and its generation.
     inflight: Option<(u64, Inflight)>,
@@ -128,25 +135,19 @@ impl BackupStatusService {
         })
     }
 
-    /// The serialized unified reply: cached if younger than the TTL, else the refresh in flight,
-    /// else a new refresh. `None` only if a refresh task panicked.
-    ///
-    /// Once the cached reply is past half its TTL, the first request starts a refresh in the
-    /// background and still gets the cached reply, so under steady polling nobody waits for a
-    /// fetch and the served reply is still never older than the TTL.
+    /// The serialized unified reply: the last completed one, at once, whatever its age (a
+    /// refresh starts in the background once it is past half the TTL); else, before the first
+    /// refresh completed, the refresh in flight. `None` only if a refresh task panicked.
     pub async fn current(self: &Arc<Self>) -> Option<Bytes> {
         let inflight = {
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some((at, bytes)) = &cache.fresh {
-                let age = at.elapsed();
-                if age < self.ttl {
-                    let bytes = bytes.clone();
-                    if age >= self.ttl / 2 && cache.inflight.is_none() {
-                        // Runs as its own task; this request does not wait for it.
-                        let _background = self.start_refresh(&mut cache);
-                    }
-                    return Some(bytes);
+                let bytes = bytes.clone();
+                if at.elapsed() >= self.ttl / 2 && cache.inflight.is_none() {
+                    // Runs as its own task; this request does not wait for it.
+                    let _background = self.start_refresh(&mut cache);
                 }
+                return Some(bytes);
             }
             match &cache.inflight {
                 Some((_, inflight)) => inflight.clone(),
@@ -175,7 +176,6 @@ impl BackupStatusService {
             service: Arc::clone(&self),
             generation,
         };
-        let started = Instant::now();
         let (mysql, rsync) =
             tokio::join!(self.fetch_body(&self.mysql), self.fetch_body(&self.rsync));
         let this = Arc::clone(&self);
@@ -206,7 +206,7 @@ impl BackupStatusService {
         };
         {
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-            cache.fresh = Some((started, bytes.clone()));
+            cache.fresh = Some((Instant::now(), bytes.clone()));
         }
         drop(guard);
         bytes

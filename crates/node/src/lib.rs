@@ -26,10 +26,14 @@ pub mod archive;
 pub mod backup_status;
 pub mod dashboard;
 pub mod devices;
+pub mod entry;
+pub mod fields;
 pub mod health;
+pub mod identity;
 pub mod mdns;
 pub mod poller;
 pub mod registry;
+pub mod relay;
 pub mod store;
 pub mod target;
 
@@ -46,7 +50,8 @@ pub struct NodeConfig {
     pub daemon_timeout: Duration,
     /// Largest daemon `/status` body accepted; a larger one makes that daemon "unavailable".
     pub daemon_body_limit: usize,
-    /// How long one unified status reply is reused (at most 1 s keeps the view live).
+    /// A unified status reply older than half of this is refreshed in the background while it
+    /// is still served (1 s keeps the view live; see [`backup_status`]).
     pub status_cache_ttl: Duration,
     /// Directory for the node's own persistent state.
     pub state_dir: PathBuf,
@@ -56,6 +61,19 @@ pub struct NodeConfig {
     pub archive: Option<archive::ArchiveConfig>,
     /// When a device's health is `at_risk` or `lagging` (see [`health`]).
     pub health: etho_model::health::Thresholds,
+    /// `--admin-token`: requests that change the registry must carry it
+    /// (`Authorization: Bearer <token>`); confirming a conflicted address needs it.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// The admin token; its `Debug` does not show it, so it never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<hidden>)")
+    }
 }
 
 /// Default `/status` body cap: far above a real daemon's reply, far below memory trouble.
@@ -76,6 +94,7 @@ impl Default for NodeConfig {
             discovery: registry::DiscoveryConfig::default(),
             archive: None,
             health: etho_model::health::Thresholds::default(),
+            admin_token: None,
         }
     }
 }

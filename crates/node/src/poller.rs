@@ -23,19 +23,9 @@ use etho_model::device::{is_valid_device_name, is_valid_machine_id, json_kind};
 use etho_model::error_chain;
 use serde_json::{Map, Value};
 
-/// Largest device answer accepted (a real `/data` document is a few kB).
+/// Largest device answer accepted (a real `/data` document is a few kB). What is kept of it is
+/// far smaller ([`crate::fields`]).
 pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
-
-/// Keys the node sets itself on a `/devices` entry; a device cannot supply them.
-pub const NODE_KEYS: [&str; 7] = [
-    "ip",
-    "port",
-    "status",
-    "last_seen",
-    "consecutive_errors",
-    "poll_error",
-    "databases",
-];
 
 /// Shortened display of untrusted text for messages and logs.
 pub fn shown(s: &str) -> String {
@@ -117,7 +107,8 @@ pub struct DeviceData {
     /// Device-reported status (`running`, `stopped`, ...), or `unknown` when it sent none or
     /// something that is not a status word.
     pub status: String,
-    /// Every field of the answer, minus the keys the node sets ([`NODE_KEYS`]).
+    /// The answer's known fields, each checked and capped ([`crate::fields::keep_known`]); the
+    /// node sets `id`, `name`, `status` and its own keys itself.
     pub fields: Map<String, Value>,
 }
 
@@ -159,35 +150,36 @@ pub fn validate_info(id: &str, v: &Value) -> Result<DeviceData, AnswerError> {
         Some(Value::String(s)) if is_status_word(s) => s.clone(),
         _ => "unknown".to_string(),
     };
-    let mut fields = obj.clone();
-    for key in NODE_KEYS {
-        fields.remove(key);
-    }
-    fields.insert("id".into(), Value::String(id.to_string()));
     Ok(DeviceData {
         name,
         status,
-        fields,
+        fields: crate::fields::keep_known(obj),
     })
 }
 
 /// Checks a `GET /data/databases/<id>` answer: an object whose `SQLite` and `MariaDB` members,
-/// when present, are objects. Anything else is dropped (old firmware has no such endpoint).
+/// when present, are objects; each kept as [`crate::fields::DATABASES`] allows (known keys,
+/// bounded entries). Anything else is dropped (old firmware has no such endpoint).
 pub fn parse_databases(v: &Value) -> Option<Map<String, Value>> {
     let obj = v.as_object()?;
     if obj.contains_key("error") {
         return None;
     }
-    let mut out = Map::new();
     for key in ["SQLite", "MariaDB"] {
-        match obj.get(key) {
-            Some(Value::Object(m)) => {
-                out.insert(key.to_string(), Value::Object(m.clone()));
-            }
-            None | Some(Value::Null) => {
-                out.insert(key.to_string(), Value::Object(Map::new()));
-            }
-            Some(_) => return None,
+        if !matches!(
+            obj.get(key),
+            None | Some(Value::Null) | Some(Value::Object(_))
+        ) {
+            return None;
+        }
+    }
+    let mut out = match crate::fields::check(v, &crate::fields::DATABASES)? {
+        Value::Object(m) => m,
+        _ => return None,
+    };
+    for key in ["SQLite", "MariaDB"] {
+        if !out.get(key).is_some_and(Value::is_object) {
+            out.insert(key.to_string(), Value::Object(Map::new()));
         }
     }
     Some(out)
@@ -582,11 +574,18 @@ mod tests {
         assert!(d.fields.get("ip").is_none() && d.fields.get("last_seen").is_none());
         assert_eq!(d.fields["time"], 1.5);
 
-        let with = |k: &str, v: Value| {
-            let mut g = good.clone();
+        fn with_field(doc: &Value, k: &str, v: Value) -> Value {
+            let mut g = doc.clone();
             g[k] = v;
             g
-        };
+        }
+        let with = |k: &str, v: Value| with_field(&good, k, v);
+        // Nor relay what the node does not know, or a known field over its cap.
+        let padded = with("padding", json!("x".repeat(3_900_000)));
+        let padded = with_field(&padded, "backup_filename", json!("y".repeat(1000)));
+        let d = validate_info(ID, &padded).unwrap();
+        assert!(d.fields.get("padding").is_none() && d.fields.get("backup_filename").is_none());
+        assert!(serde_json::to_vec(&d.fields).unwrap().len() < 200);
         for hostile in [
             "../../etc",
             "ETHOSCOPE_001'; DROP TABLE x; --",

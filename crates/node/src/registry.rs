@@ -2,33 +2,49 @@
 //!
 //! Devices come from three sources: `--device HOST[:PORT]` flags, `POST /device/add`, and mDNS
 //! browsing of `_ethoscope._tcp.local.` ([`crate::mdns`]); addresses are checked as
-//! [`crate::target::Target`]s. Each target gets its own poll loop ([`crate::poller`]) every
+//! [`crate::target::Target`]s. Each address gets its own poll loop ([`crate::poller`]) every
 //! [`DiscoveryConfig::poll_interval`]; the registry keeps the last checked answer and the status
-//! machine per target and builds the `GET /devices` map that both backup daemons read.
+//! machine per address ([`crate::entry`]) and builds the `GET /devices` map that both backup
+//! daemons read. With `--devices-from` the list comes from upstream's node instead
+//! ([`crate::relay`]) and nothing is polled.
 //!
-//! Known devices and added targets persist in SQLite ([`crate::store`]), so after a restart every
-//! known device is listed (as `offline` until it answers) and keeps being polled. Devices whose
-//! answers fail validation are *rejected*: listed on `GET /devices/rejected` with the reason,
-//! never on `GET /devices`.
+//! Everything on the lab LAN is untrusted, so ([`crate::identity`]):
+//!
+//! - a machine id belongs to one address: a second live address claiming it is a *conflict*,
+//!   listed with the status `conflict` (which the daemons skip), on `GET /devices/rejected`, and
+//!   in the device's entry, until one side stops claiming it or an operator confirms one
+//!   ([`DeviceRegistry::confirm`]);
+//! - only the fields the node knows are relayed, each capped ([`crate::fields`]);
+//! - addresses added by hand or by mDNS are forgotten after [`DiscoveryConfig::forget_after`]
+//!   without an ethoscope answer, a full registry evicts the oldest address that never answered
+//!   as one, and `DELETE /device/<address>` removes one;
+//! - `GET /devices/pending` says the same of every address that never answered as an ethoscope,
+//!   so it does not tell a closed port from an open one.
+//!
+//! Known devices (with their binding) and added addresses persist in SQLite ([`crate::store`]), so
+//! after a restart every known device is listed (as `offline` until it answers) and keeps being
+//! polled. Devices whose answers fail validation are *rejected*: listed on `GET /devices/rejected`
+//! with the reason, never on `GET /devices`.
 //!
 //! Nothing here holds a lock across an `.await`; SQLite runs on the blocking pool.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use etho_http::ServiceUrl;
-use serde::Serialize;
+use etho_model::device::CONFLICT_STATUS;
+use etho_model::health::{runs_experiment, Sighting};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use etho_model::device::EntryFields;
-use etho_model::health::{runs_experiment, Link, Sighting};
-
-use crate::poller::{self, NodeStatus, PollReport, PollState, Reach, Thresholds};
+use crate::entry::{to_value, Entry, RejectedEntry};
+use crate::identity::{self, Binding, Claimant, Verdict};
+use crate::poller::{self, NodeStatus, PollReport, PollState, Thresholds};
+use crate::relay::Relay;
 use crate::store::{self, DeviceRow, Store};
 use crate::target::{Source, Target, TargetError};
 
@@ -48,6 +64,15 @@ pub struct DiscoveryConfig {
     pub mdns: bool,
     /// Keep the registry in `<state_dir>/devices.sqlite`.
     pub persist: bool,
+    /// Addresses added by hand or by mDNS that give no ethoscope answer for this long are
+    /// forgotten (`--forget-after`, 7 days).
+    pub forget_after: Duration,
+    /// The results folder, for the `backup_path` of each entry (upstream's rule); `None` leaves
+    /// it out.
+    pub results_dir: Option<PathBuf>,
+    /// Take the device list from upstream's node at this URL instead of polling devices
+    /// (`--devices-from`).
+    pub devices_from: Option<ServiceUrl>,
 }
 
 impl Default for DiscoveryConfig {
@@ -59,232 +84,117 @@ impl Default for DiscoveryConfig {
             thresholds: Thresholds::default(),
             mdns: false,
             persist: true,
+            forget_after: DEFAULT_FORGET_AFTER,
+            results_dir: None,
+            devices_from: None,
         }
     }
 }
 
-/// What the node knows about one target.
-#[derive(Debug, Clone)]
-struct Entry {
-    ip: Option<IpAddr>,
-    id: Option<String>,
-    name: Option<String>,
-    device_status: String,
-    fields: Map<String, Value>,
-    databases: Option<Map<String, Value>>,
-    poll: PollState,
-    poll_error: Option<String>,
-    rejected: Option<String>,
-    /// When the node first saw the device running, or not running, as it last reported.
-    activity_since: Option<f64>,
-    /// Status and last_seen as last written to SQLite.
-    persisted: Option<(NodeStatus, Option<f64>)>,
+/// Default of [`DiscoveryConfig::forget_after`]: a week.
+pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(7 * 86_400);
+
+/// Most addresses one `POST /device/add` may carry.
+pub const MAX_ADD: usize = 256;
+
+/// Most addresses the registry holds and polls. `POST /device/add` and mDNS announcements come
+/// from the network; without a bound, a client could make the node keep (and poll forever)
+/// any number of addresses. A lab has dozens of devices.
+pub const MAX_TARGETS: usize = etho_model::device::MAX_DEVICES;
+
+/// Most addresses a conflict lists.
+const CONFLICT_ADDRESSES: usize = 8;
+
+/// Answer of `POST /device/add`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AddResult {
+    /// Accepted addresses (as given, trimmed).
+    pub added: Vec<String>,
+    /// Refused entries (as given, trimmed).
+    pub problems: Vec<String>,
+    /// Why each refused entry was refused.
+    pub messages: Vec<String>,
 }
 
-/// One entry of `GET /devices/rejected`.
-#[derive(Debug, Serialize)]
-struct RejectedEntry<'a> {
-    ip: String,
-    port: u16,
-    id: &'a Option<String>,
-    status: &'static str,
-    reason: &'a str,
-    last_seen: Option<f64>,
+/// Why an address was not added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddError {
+    /// Not a device address.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// The registry holds [`MAX_TARGETS`] addresses, every one of them a device or configured.
+    #[error("the node already polls {MAX_TARGETS} addresses, the most it keeps")]
+    Full,
+    /// The node takes its devices from upstream's node.
+    #[error("this node takes its device list from {0} (--devices-from)")]
+    Relayed(String),
 }
 
-/// One entry of `GET /devices/pending`.
-#[derive(Debug, Serialize)]
-struct PendingEntry<'a> {
-    id: &'a Option<String>,
-    status: NodeStatus,
-    poll_error: &'a Option<String>,
+/// Why an operator's confirmation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfirmError {
+    /// No address with that identity.
+    #[error("{target} has not answered with machine id {id}")]
+    NotAClaimant {
+        /// The id.
+        id: String,
+        /// The address given.
+        target: String,
+    },
 }
 
-fn to_value(v: &impl Serialize) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
+/// What `DELETE /device/<address>` removed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Removed {
+    /// The address.
+    pub removed: String,
+    /// The device that was bound to it, now forgotten.
+    pub device: Option<String>,
 }
 
-impl Entry {
-    fn new() -> Entry {
-        Entry {
-            ip: None,
-            id: None,
-            name: None,
-            device_status: String::new(),
-            fields: Map::new(),
-            databases: None,
-            poll: PollState::default(),
-            poll_error: None,
-            rejected: None,
-            activity_since: None,
-            persisted: None,
-        }
-    }
-
-    fn status(&self) -> NodeStatus {
-        self.poll.status(&self.device_status)
-    }
-
-    /// The address the device answered from, else the target's host.
-    fn ip_text(&self, target: &Target) -> String {
-        self.ip
-            .map(|ip| ip.to_string())
-            .unwrap_or_else(|| target.host.clone())
-    }
-
-    /// The `GET /devices` entry: the device's own fields, then the node's.
-    fn device_json(&self, target: &Target) -> Option<(String, Value)> {
-        let id = self.id.as_ref()?;
-        let name = self.name.as_ref()?;
-        if self.rejected.is_some() {
-            return None;
-        }
-        let mut obj = self.fields.clone();
-        obj.insert("id".into(), Value::from(id.as_str()));
-        obj.insert("name".into(), Value::from(name.as_str()));
-        if let Some(db) = &self.databases {
-            obj.insert("databases".into(), Value::Object(db.clone()));
-        }
-        obj.insert("ip".into(), Value::from(self.ip_text(target)));
-        obj.insert("port".into(), Value::from(target.port));
-        obj.insert("status".into(), to_value(&self.status()));
-        obj.insert("last_seen".into(), to_value(&self.poll.last_seen));
-        obj.insert(
-            "consecutive_errors".into(),
-            Value::from(self.poll.consecutive_errors),
-        );
-        obj.insert("poll_error".into(), to_value(&self.poll_error));
-        Some((id.clone(), Value::Object(obj)))
-    }
-
-    /// Takes in one poll's report (identity, fields, rejection, error; not the status machine).
-    fn absorb(&mut self, target: &Target, report: PollReport) {
-        match report {
-            PollReport::Answered {
-                id,
-                data,
-                databases,
-            } => {
-                if self.rejected.take().is_some() {
-                    tracing::info!(target = %target, "device answers validly again");
-                }
-                if self.id.as_deref().is_some_and(|old| old != id) {
-                    tracing::warn!(target = %target, old = ?self.id, new = %id,
-                        "another device answers at this address");
-                }
-                self.id = Some(id);
-                self.name = Some(data.name);
-                self.device_status = data.status;
-                self.fields = data.fields;
-                self.databases = databases;
-                self.poll_error = None;
-            }
-            PollReport::IdOnly { id, error } => {
-                if self.id.as_deref() != Some(id.as_str()) {
-                    // Another (or a new) device: nothing of the old one applies.
-                    self.name = None;
-                    self.fields.clear();
-                    self.databases = None;
-                }
-                self.id = Some(id);
-                self.poll_error = Some(error);
-            }
-            PollReport::Rejected { id, reason } => {
-                let reason = reason.to_string();
-                if self.rejected.as_deref() != Some(reason.as_str()) {
-                    tracing::warn!(target = %target, "device rejected: {reason}");
-                }
-                if id.is_some() {
-                    self.id = id;
-                }
-                self.rejected = Some(reason);
-                self.poll_error = None;
-            }
-            PollReport::Unreachable { error, .. } => {
-                self.poll_error = Some(error);
-            }
-        }
-    }
-
-    /// The row to write when the status changed or last_seen moved by a minute or more, for
-    /// a device with a valid identity; records it as written.
-    fn row_to_persist(&mut self, target: &Target, now: f64) -> Option<DeviceRow> {
-        let (Some(id), Some(name), None) = (&self.id, &self.name, &self.rejected) else {
-            return None;
-        };
-        let status = self.status();
-        let stale = match &self.persisted {
-            None => true,
-            Some((persisted, seen)) => {
-                persisted != &status
-                    || match (seen, self.poll.last_seen) {
-                        (Some(a), Some(b)) => b - a >= 60.0,
-                        (None, Some(_)) => true,
-                        _ => false,
-                    }
-            }
-        };
-        if !stale {
-            return None;
-        }
-        let row = DeviceRow {
-            id: id.clone(),
-            name: name.clone(),
-            target: target.clone(),
-            ip: self.ip_text(target),
-            last_seen: self.poll.last_seen,
-            status: status.to_string(),
-            device_status: self.device_status.clone(),
-            activity_since: self.activity_since,
-            now,
-        };
-        self.persisted = Some((status, self.poll.last_seen));
-        Some(row)
-    }
+/// An address to start polling.
+#[derive(Debug)]
+struct Poll {
+    target: Target,
+    generation: u64,
+    token: CancellationToken,
 }
 
-impl Entry {
-    /// What the node's polling knows about the device, for its health
-    /// ([`etho_model::health::Sighting`]); `doc` is its `GET /devices` entry.
-    fn sighting(&self, doc: &Map<String, Value>) -> Sighting {
-        let poll = &self.poll;
-        let link = match poll.reach {
-            Reach::Online => Link::Online {
-                since: poll.online_since.or(poll.last_seen).unwrap_or(0.0),
-            },
-            Reach::Busy { since } => Link::Busy { since },
-            Reach::Unreached { since } => Link::Unreached { since },
-            Reach::Offline | Reach::Unknown => Link::Offline {
-                last_seen: poll.last_seen,
-            },
-        };
-        let fields = EntryFields(doc);
-        Sighting {
-            link,
-            reported: Some(self.device_status.clone()).filter(|s| !s.is_empty()),
-            activity_since: self.activity_since,
-            device_time: self
-                .fields
-                .get("time")
-                .and_then(Value::as_f64)
-                .filter(|t| t.is_finite() && *t > 0.0),
-            experiment: fields.announced_filename().map(str::to_string),
-            mariadb: fields.mariadb_report(),
-            sqlite: fields.sqlite_report(),
-        }
-    }
+/// A change to the registry file. Sent while the registry's lock is held and written in order by
+/// one task, so the file never goes back to an older state (a slow write of a device's old
+/// address landing after an operator's confirmation, say).
+#[derive(Debug)]
+enum Write {
+    /// Insert or update a device (and its binding).
+    Device(DeviceRow),
+    /// Save an address added by hand or by mDNS.
+    Target(Target, Source, f64),
+    /// When a saved address last answered as an ethoscope.
+    Answer(Target, f64),
+    /// Delete an address, and the device bound to it.
+    Forget(Target, Option<String>),
+    /// Answered once everything before it is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
-fn log_change(target: &Target, entry: &Entry, before: &NodeStatus, after: &NodeStatus) {
-    match (&entry.name, &entry.poll_error) {
-        (Some(name), Some(err)) if after.is_notable() => {
-            tracing::info!(target = %target, device = %name, "{before} → {after} ({err})")
-        }
-        (Some(name), _) => {
-            tracing::info!(target = %target, device = %name, "{before} → {after}")
-        }
-        (None, _) => tracing::debug!(target = %target, "{before} → {after}"),
-    }
+/// The registry's state, behind one lock.
+#[derive(Debug, Default)]
+struct Inner {
+    entries: BTreeMap<Target, Entry>,
+    /// Each machine id's address.
+    bindings: BTreeMap<String, Binding>,
+    /// Ids in conflict now (to log changes once).
+    conflicted: BTreeSet<String>,
+    next_generation: u64,
+}
+
+/// One applied poll: when to poll next and what was saved.
+#[derive(Debug)]
+struct Applied {
+    delay: Duration,
+    /// The device row queued for the registry file (what the tests check).
+    #[cfg_attr(not(test), allow(dead_code))]
+    device: Option<DeviceRow>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -299,16 +209,185 @@ pub fn now_f64() -> f64 {
         .unwrap_or(0.0)
 }
 
+fn log_change(target: &Target, entry: &Entry, before: &NodeStatus, after: &NodeStatus) {
+    match (&entry.name, &entry.poll_error) {
+        (Some(name), Some(err)) if after.is_notable() => {
+            tracing::info!(target = %target, device = %name, "{before} → {after} ({err})")
+        }
+        (Some(name), _) => {
+            tracing::info!(target = %target, device = %name, "{before} → {after}")
+        }
+        (None, _) => tracing::debug!(target = %target, "{before} → {after}"),
+    }
+}
+
+/// The sentence a conflict shows, in `/devices`, `/devices/rejected` and the logs.
+fn conflict_reason(id: &str, addresses: &[String]) -> String {
+    format!(
+        "machine id {id} is claimed by {}: nothing is backed up under this id until one of them \
+         stops answering with it or an operator confirms the right address \
+         (POST /device/{id}/confirm)",
+        addresses.join(" and ")
+    )
+}
+
+impl Inner {
+    fn generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
+    /// Every id and the addresses whose last identity it is.
+    fn ids(&self) -> BTreeMap<&str, Vec<Claimant>> {
+        let mut ids: BTreeMap<&str, Vec<Claimant>> = BTreeMap::new();
+        for (target, e) in &self.entries {
+            if let Some(id) = &e.id {
+                ids.entry(id.as_str()).or_default().push(Claimant {
+                    target: target.clone(),
+                    seen: e.seen(),
+                    since: e.claimed_since,
+                });
+            }
+        }
+        ids
+    }
+
+    fn verdict(&self, id: &str) -> Verdict {
+        let claimants: Vec<Claimant> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.id.as_deref() == Some(id))
+            .map(|(target, e)| Claimant {
+                target: target.clone(),
+                seen: e.seen(),
+                since: e.claimed_since,
+            })
+            .collect();
+        identity::judge(self.bindings.get(id), &claimants)
+    }
+
+    /// Re-judges `id` after something changed and keeps its binding and conflict state.
+    fn rebind(&mut self, id: &str) {
+        match self.verdict(id) {
+            Verdict::Held {
+                binding,
+                moved_from,
+                ..
+            } => {
+                if self.bindings.get(id) != Some(&binding) {
+                    if let Some(from) = moved_from {
+                        tracing::warn!(
+                            "machine id {id} moved from {from} to {} (the old address stopped \
+                             answering with it)",
+                            binding.target
+                        );
+                    }
+                    if let Some(e) = self.entries.get_mut(&binding.target) {
+                        e.persisted = None;
+                    }
+                    self.bindings.insert(id.to_string(), binding);
+                }
+                if self.conflicted.remove(id) {
+                    tracing::info!("the conflict over machine id {id} is resolved");
+                }
+            }
+            Verdict::Conflict { bound, others } => {
+                if !self.bindings.contains_key(id) {
+                    if let Some(e) = self.entries.get_mut(&bound) {
+                        e.persisted = None;
+                    }
+                    let binding = Binding {
+                        target: bound.clone(),
+                        confirmed: false,
+                    };
+                    self.bindings.insert(id.to_string(), binding);
+                }
+                if self.conflicted.insert(id.to_string()) {
+                    let mut addresses = vec![bound.to_string()];
+                    addresses.extend(others.iter().map(Target::to_string));
+                    tracing::warn!("{}", conflict_reason(id, &addresses));
+                }
+            }
+            Verdict::Unclaimed => {}
+        }
+    }
+
+    /// Removes an address; returns the device that was bound to it (now forgotten).
+    fn remove(&mut self, target: &Target) -> Option<Option<String>> {
+        let entry = self.entries.remove(target)?;
+        entry.token.cancel();
+        let Some(id) = entry.id else {
+            return Some(None);
+        };
+        let bound = self.bindings.get(&id).is_some_and(|b| &b.target == target);
+        if bound {
+            self.bindings.remove(&id);
+            self.conflicted.remove(&id);
+        }
+        self.rebind(&id);
+        Some(bound.then_some(id))
+    }
+
+    /// The `/devices` document of one id (whose claimants [`Inner::ids`] gave), from its bound
+    /// address when that one has it, with the entry it came from.
+    fn device_doc(
+        &self,
+        id: &str,
+        claimants: &[Claimant],
+        results: Option<&Path>,
+    ) -> Option<(&Entry, Map<String, Value>)> {
+        let verdict = identity::judge(self.bindings.get(id), claimants);
+        let bound = match &verdict {
+            Verdict::Held { binding, .. } => Some(&binding.target),
+            Verdict::Conflict { bound, .. } => Some(bound),
+            Verdict::Unclaimed => None,
+        };
+        let doc_of = |t: &Target| {
+            let e = self.entries.get(t)?;
+            (e.id.as_deref() == Some(id))
+                .then(|| e.device_json(t, results))
+                .flatten()
+                .map(|doc| (e, doc))
+        };
+        let (entry, mut doc) = bound.and_then(doc_of).or_else(|| {
+            // The bound address is gone or answers for another device: the latest answer.
+            let seen = |c: &&Claimant| {
+                let e = self.entries.get(&c.target);
+                e.and_then(|e| e.poll.last_seen).unwrap_or(f64::MIN)
+            };
+            let latest = claimants
+                .iter()
+                .max_by(|a, b| seen(a).total_cmp(&seen(b)))?;
+            doc_of(&latest.target)
+        })?;
+        if let Verdict::Conflict { bound, others } = &verdict {
+            let mut addresses = vec![bound.to_string()];
+            addresses.extend(others.iter().map(Target::to_string));
+            addresses.truncate(CONFLICT_ADDRESSES);
+            doc.insert("status".into(), Value::from(CONFLICT_STATUS));
+            let conflict = serde_json::json!({
+                "addresses": addresses,
+                "reason": conflict_reason(id, &addresses),
+            });
+            doc.insert("conflict".into(), conflict);
+        }
+        Some((entry, doc))
+    }
+}
+
 /// The node's device registry. See the module docs.
 #[derive(Debug)]
 pub struct DeviceRegistry {
     config: DiscoveryConfig,
     db_path: Option<PathBuf>,
-    entries: Mutex<BTreeMap<Target, Entry>>,
+    inner: Mutex<Inner>,
     store: Arc<Mutex<Store>>,
-    new_targets: mpsc::UnboundedSender<(Target, Source)>,
-    new_targets_rx: Mutex<Option<mpsc::UnboundedReceiver<(Target, Source)>>>,
+    polls: mpsc::UnboundedSender<Poll>,
+    polls_rx: Mutex<Option<mpsc::UnboundedReceiver<Poll>>>,
+    writes: mpsc::UnboundedSender<Write>,
+    writes_rx: Mutex<Option<mpsc::UnboundedReceiver<Write>>>,
     client: reqwest::Client,
+    relay: Option<Relay>,
 }
 
 /// Stops discovery when dropped.
@@ -330,36 +409,6 @@ impl Drop for DiscoveryGuard {
     }
 }
 
-/// Answer of `POST /device/add`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct AddResult {
-    /// Accepted addresses (as given, trimmed).
-    pub added: Vec<String>,
-    /// Refused entries (as given, trimmed).
-    pub problems: Vec<String>,
-    /// Why each refused entry was refused.
-    pub messages: Vec<String>,
-}
-
-/// Why an address was not added.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AddError {
-    /// Not a device address.
-    #[error(transparent)]
-    Target(#[from] TargetError),
-    /// The registry holds [`MAX_TARGETS`] addresses already.
-    #[error("the node already polls {MAX_TARGETS} addresses, the most it keeps")]
-    Full,
-}
-
-/// Most addresses one `POST /device/add` may carry.
-pub const MAX_ADD: usize = 256;
-
-/// Most addresses the registry holds and polls. `POST /device/add` and mDNS announcements come
-/// from the network; without a bound, a client could make the node keep (and poll forever)
-/// any number of addresses. A lab has dozens of devices.
-pub const MAX_TARGETS: usize = 2048;
-
 impl DeviceRegistry {
     /// A registry with nothing loaded yet; `state_dir` holds `devices.sqlite` when persistence is
     /// on. Opening the database and polling begin with [`DeviceRegistry::start`].
@@ -368,15 +417,23 @@ impl DeviceRegistry {
         state_dir: &Path,
     ) -> Result<DeviceRegistry, reqwest::Error> {
         let client = etho_http::client(config.device_timeout)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (polls, polls_rx) = mpsc::unbounded_channel();
+        let (writes, writes_rx) = mpsc::unbounded_channel();
+        let relay = config
+            .devices_from
+            .clone()
+            .map(|url| Relay::new(url, &config, client.clone()));
         Ok(DeviceRegistry {
-            db_path: config.persist.then(|| state_dir.join("devices.sqlite")),
+            db_path: (config.persist && relay.is_none()).then(|| state_dir.join("devices.sqlite")),
             config,
-            entries: Mutex::new(BTreeMap::new()),
+            inner: Mutex::new(Inner::default()),
             store: Arc::new(Mutex::new(Store::Closed)),
-            new_targets: tx,
-            new_targets_rx: Mutex::new(Some(rx)),
+            polls,
+            polls_rx: Mutex::new(Some(polls_rx)),
+            writes,
+            writes_rx: Mutex::new(Some(writes_rx)),
             client,
+            relay,
         })
     }
 
@@ -385,97 +442,153 @@ impl DeviceRegistry {
         &self.config
     }
 
-    /// The `GET /devices` map: every known, valid device keyed by id, with its own fields plus
-    /// `ip`, `port`, `status`, `last_seen`, `consecutive_errors` and `poll_error`. When one id
-    /// answers on two targets (an address change), the most recently seen one wins.
+    /// The `GET /devices` map: every known, valid device keyed by id, with its known fields plus
+    /// `ip`, `port`, `status`, `last_seen`, `consecutive_errors`, `poll_error` and (with a
+    /// results folder) `backup_path`, from the address the id is bound to. An id in conflict has
+    /// the status `conflict` and a `conflict` object naming the addresses.
     pub fn devices(&self) -> Map<String, Value> {
-        let entries = lock(&self.entries);
-        let mut best: BTreeMap<String, (f64, Value)> = BTreeMap::new();
-        for (target, entry) in entries.iter() {
-            let Some((id, doc)) = entry.device_json(target) else {
-                continue;
-            };
-            let seen = entry.poll.last_seen.unwrap_or(f64::MIN);
-            match best.get(&id) {
-                Some((s, _)) if *s >= seen => {}
-                _ => {
-                    best.insert(id, (seen, doc));
-                }
-            }
+        if let Some(relay) = &self.relay {
+            return relay.devices();
         }
-        best.into_iter().map(|(id, (_, doc))| (id, doc)).collect()
-    }
-
-    /// What polling knows about every known, valid device, by id, for the health view; the most
-    /// recently seen target of an id wins, as in [`DeviceRegistry::devices`].
-    pub fn sightings(&self) -> HashMap<String, Sighting> {
-        let entries = lock(&self.entries);
-        let mut best: HashMap<String, (f64, Sighting)> = HashMap::new();
-        for (target, entry) in entries.iter() {
-            let Some((id, Value::Object(doc))) = entry.device_json(target) else {
-                continue;
-            };
-            let seen = entry.poll.last_seen.unwrap_or(f64::MIN);
-            if best.get(&id).is_none_or(|(s, _)| *s < seen) {
-                best.insert(id, (seen, entry.sighting(&doc)));
-            }
-        }
-        best.into_iter().map(|(id, (_, s))| (id, s)).collect()
-    }
-
-    /// Targets whose device was rejected, keyed by `HOST:PORT`, with the reason.
-    pub fn rejected(&self) -> Map<String, Value> {
-        let entries = lock(&self.entries);
-        entries
-            .iter()
-            .filter_map(|(target, e)| {
-                let entry = RejectedEntry {
-                    ip: e.ip_text(target),
-                    port: target.port,
-                    id: &e.id,
-                    status: "rejected",
-                    reason: e.rejected.as_deref()?,
-                    last_seen: e.poll.last_seen,
-                };
-                Some((target.to_string(), to_value(&entry)))
+        let inner = lock(&self.inner);
+        let results = self.config.results_dir.as_deref();
+        inner
+            .ids()
+            .into_iter()
+            .filter_map(|(id, claimants)| {
+                let (_, doc) = inner.device_doc(id, &claimants, results)?;
+                Some((id.to_string(), Value::Object(doc)))
             })
             .collect()
     }
 
-    /// Targets that never gave a complete identity (unreachable since added, or busy before
+    /// What polling knows about every device of [`DeviceRegistry::devices`], by id, for the
+    /// health view: from the same address as its `/devices` entry, with its conflict if any.
+    /// Empty while the node relays upstream's list (it does not poll).
+    pub fn sightings(&self) -> HashMap<String, Sighting> {
+        if self.relay.is_some() {
+            return HashMap::new();
+        }
+        let inner = lock(&self.inner);
+        inner
+            .ids()
+            .into_iter()
+            .filter_map(|(id, claimants)| {
+                let (entry, doc) = inner.device_doc(id, &claimants, None)?;
+                Some((id.to_string(), entry.sighting(&doc)))
+            })
+            .collect()
+    }
+
+    /// Addresses whose device was rejected, keyed by `HOST:PORT`, with the reason: answers that
+    /// fail validation, every address of an id in conflict (status `conflict`), and addresses
+    /// claiming an id an operator confirmed elsewhere.
+    pub fn rejected(&self) -> Map<String, Value> {
+        if let Some(relay) = &self.relay {
+            return relay.rejected();
+        }
+        let inner = lock(&self.inner);
+        let entry = |target: &Target, status, reason: String| {
+            let e = inner.entries.get(target)?;
+            let entry = RejectedEntry {
+                ip: e.ip_text(target),
+                port: target.port,
+                id: &e.id,
+                status,
+                reason,
+                last_seen: e.poll.last_seen,
+            };
+            Some((target.to_string(), to_value(&entry)))
+        };
+        let mut out = Map::new();
+        for (target, e) in &inner.entries {
+            if let Some(reason) = &e.rejected {
+                out.extend(entry(target, "rejected", reason.clone()));
+            }
+        }
+        for (id, claimants) in inner.ids() {
+            match identity::judge(inner.bindings.get(id), &claimants) {
+                Verdict::Conflict { bound, others } => {
+                    let mut all = vec![bound];
+                    all.extend(others);
+                    let addresses: Vec<String> = all.iter().map(Target::to_string).collect();
+                    let reason = conflict_reason(id, &addresses);
+                    for t in &all {
+                        if !out.contains_key(&t.to_string()) {
+                            out.extend(entry(t, CONFLICT_STATUS, reason.clone()));
+                        }
+                    }
+                }
+                Verdict::Held {
+                    binding, impostors, ..
+                } => {
+                    for t in &impostors {
+                        let reason = format!(
+                            "claims machine id {id}, which an operator confirmed at {}",
+                            binding.target
+                        );
+                        out.extend(entry(t, "rejected", reason));
+                    }
+                }
+                Verdict::Unclaimed => {}
+            }
+        }
+        out
+    }
+
+    /// Addresses that never gave a complete identity (unreachable since added, or busy before
     /// their first `/data` answer), keyed by `HOST:PORT`. Not on `GET /devices`: without a
     /// name, a backup daemon could not use them.
     pub fn pending(&self) -> Map<String, Value> {
-        let entries = lock(&self.entries);
-        entries
+        let inner = lock(&self.inner);
+        inner
+            .entries
             .iter()
             .filter(|(_, e)| (e.id.is_none() || e.name.is_none()) && e.rejected.is_none())
-            .map(|(target, e)| {
-                let entry = PendingEntry {
-                    id: &e.id,
-                    status: e.status(),
-                    poll_error: &e.poll_error,
-                };
-                (target.to_string(), to_value(&entry))
-            })
+            .map(|(target, e)| (target.to_string(), e.pending_json()))
             .collect()
     }
 
-    /// Adds a target to poll (no effect when already known). Refused once the registry holds
-    /// [`MAX_TARGETS`] addresses.
+    /// Adds an address to poll (no effect when already known, except that a `--device` address
+    /// becomes permanent). A full registry first evicts the oldest address that never answered
+    /// as an ethoscope; with none, the new one is refused.
     pub fn add_target(&self, target: Target, source: Source) -> Result<(), AddError> {
-        {
-            let mut entries = lock(&self.entries);
-            if entries.contains_key(&target) {
+        if let Some(relay) = &self.relay {
+            return Err(AddError::Relayed(relay.url().to_string()));
+        }
+        let (generation, token) = {
+            let mut inner = lock(&self.inner);
+            if let Some(e) = inner.entries.get_mut(&target) {
+                if source == Source::Flag {
+                    e.source = Source::Flag;
+                }
                 return Ok(());
             }
-            if entries.len() >= MAX_TARGETS {
-                return Err(AddError::Full);
+            if inner.entries.len() >= MAX_TARGETS {
+                let victim = identity::evict(inner.entries.iter().map(|(t, e)| (t, e.age())))
+                    .cloned()
+                    .ok_or(AddError::Full)?;
+                tracing::info!(target = %victim, "registry full: forgetting an address that never answered as an ethoscope");
+                if let Some(device) = inner.remove(&victim) {
+                    self.write(Write::Forget(victim, device));
+                }
             }
-            entries.insert(target.clone(), Entry::new());
-        }
+            let generation = inner.generation();
+            let now = now_f64();
+            let entry = Entry::new(source, now, generation);
+            let token = entry.token.clone();
+            inner.entries.insert(target.clone(), entry);
+            if matches!(source, Source::Manual | Source::Mdns) {
+                self.write(Write::Target(target.clone(), source, now));
+            }
+            (generation, token)
+        };
         tracing::info!(target = %target, source = source.as_str(), "new device address");
-        let _ = self.new_targets.send((target, source));
+        let _ = self.polls.send(Poll {
+            target,
+            generation,
+            token,
+        });
         Ok(())
     }
 
@@ -518,10 +631,62 @@ impl DeviceRegistry {
         result
     }
 
+    /// `DELETE /device/<address>`: stops polling an address and forgets it, with the device
+    /// bound to it. `None` when the address is not known.
+    pub async fn remove(&self, target: &Target) -> Option<Removed> {
+        let device = {
+            let mut inner = lock(&self.inner);
+            let device = inner.remove(target)?;
+            self.write(Write::Forget(target.clone(), device.clone()));
+            device
+        };
+        tracing::info!(target = %target, device = ?device, "address removed by request");
+        self.flush().await;
+        Some(Removed {
+            removed: target.to_string(),
+            device,
+        })
+    }
+
+    /// An operator's answer to a conflict: `target` is the address `id` belongs to. Other
+    /// addresses claiming it are rejected from now on.
+    pub async fn confirm(&self, id: &str, target: &Target) -> Result<(), ConfirmError> {
+        {
+            let mut guard = lock(&self.inner);
+            let inner = &mut *guard;
+            let not_a_claimant = || ConfirmError::NotAClaimant {
+                id: id.to_string(),
+                target: target.to_string(),
+            };
+            let entry = inner.entries.get_mut(target).ok_or_else(not_a_claimant)?;
+            if entry.id.as_deref() != Some(id) {
+                return Err(not_a_claimant());
+            }
+            entry.persisted = None;
+            if let Some(row) = entry.row_to_persist(target, now_f64(), true) {
+                self.write(Write::Device(row));
+            }
+            let binding = Binding {
+                target: target.clone(),
+                confirmed: true,
+            };
+            inner.bindings.insert(id.to_string(), binding);
+            inner.rebind(id);
+        }
+        tracing::warn!(target = %target, "an operator confirmed {target} for machine id {id}");
+        self.flush().await;
+        Ok(())
+    }
+
     /// Opens (or creates) the registry database, loads known devices and targets, adds the
-    /// configured ones and starts polling. Polling stops when the guard is dropped.
+    /// configured ones and starts polling (or, with `--devices-from`, fetching the list).
+    /// Everything stops when the guard is dropped.
     pub fn start(self: &Arc<Self>) -> DiscoveryGuard {
         let token = CancellationToken::new();
+        if let Some(relay) = &self.relay {
+            relay.spawn(token.clone());
+            return DiscoveryGuard { token };
+        }
         // An existing registry is loaded now; a new one is created on the first write, so a
         // node that never sees a device leaves no file behind.
         if let Some(path) = self.db_path.as_ref().filter(|p| p.exists()) {
@@ -535,12 +700,13 @@ impl DeviceRegistry {
                 tracing::error!("ignoring device {}: {e}", poller::shown(d));
             }
         }
-        let rx = lock(&self.new_targets_rx).take();
-        match rx {
-            Some(rx) => {
-                tokio::spawn(self.clone().supervise(rx, token.clone()));
+        let channels = (lock(&self.polls_rx).take(), lock(&self.writes_rx).take());
+        match channels {
+            (Some(polls), Some(writes)) => {
+                tokio::spawn(self.clone().supervise(polls, token.clone()));
+                tokio::spawn(self.clone().write_loop(writes, token.clone()));
             }
-            None => tracing::warn!("device discovery was already started"),
+            _ => tracing::warn!("device discovery was already started"),
         }
         if self.config.mdns {
             crate::mdns::spawn_browser(self.clone(), token.clone());
@@ -568,56 +734,209 @@ impl DeviceRegistry {
             }
         };
         *lock(&self.store) = Store::Open(conn);
-        let mut entries = lock(&self.entries);
+        let mut guard = lock(&self.inner);
+        let inner = &mut *guard;
         for k in known {
-            let e = entries.entry(k.target.clone()).or_insert_with(Entry::new);
-            e.id = Some(k.id);
+            let generation = inner.generation();
+            let mut e = Entry::new(Source::Known, k.first_seen, generation);
+            e.id = Some(k.id.clone());
             e.name = Some(k.name);
             e.ip = k.ip.parse().ok();
             e.device_status = k.device_status;
             e.activity_since = k.activity_since;
             e.poll = PollState::remembered(k.last_seen);
             e.persisted = Some((NodeStatus::Offline, k.last_seen));
-            let _ = self.new_targets.send((k.target, Source::Known));
+            e.last_answer = k.last_seen;
+            e.answer_persisted = k.last_seen;
+            e.claimed_since = k.first_seen;
+            let binding = Binding {
+                target: k.target.clone(),
+                confirmed: k.confirmed,
+            };
+            inner.bindings.insert(k.id, binding);
+            self.queue(&k.target, &e);
+            inner.entries.insert(k.target, e);
         }
-        for t in targets {
-            if !entries.contains_key(&t) {
-                entries.insert(t.clone(), Entry::new());
-                let _ = self.new_targets.send((t, Source::Known));
+        for saved in targets {
+            match inner.entries.get_mut(&saved.target) {
+                Some(e) => {
+                    e.source = saved.source;
+                    e.added = e.added.min(saved.added);
+                    e.last_answer = match (e.last_answer, saved.last_answer) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                None => {
+                    let generation = inner.generation();
+                    let mut e = Entry::new(saved.source, saved.added, generation);
+                    e.last_answer = saved.last_answer;
+                    e.answer_persisted = saved.last_answer;
+                    self.queue(&saved.target, &e);
+                    inner.entries.insert(saved.target, e);
+                }
             }
+        }
+    }
+
+    fn queue(&self, target: &Target, e: &Entry) {
+        let _ = self.polls.send(Poll {
+            target: target.clone(),
+            generation: e.generation,
+            token: e.token.clone(),
+        });
+    }
+
+    /// Queues a change of the registry file (nothing when persistence is off).
+    fn write(&self, w: Write) {
+        if self.db_path.is_some() {
+            let _ = self.writes.send(w);
+        }
+    }
+
+    /// Waits until every change queued so far is in the registry file (at once when persistence
+    /// is off or discovery was not started).
+    pub async fn flush(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.db_path.is_some() && lock(&self.writes_rx).is_none() {
+            let _ = self.writes.send(Write::Flush(done));
+            let _ = wait.await;
+        }
+    }
+
+    /// Writes the queued changes in order until `token` is cancelled, then what is left.
+    async fn write_loop(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<Write>,
+        token: CancellationToken,
+    ) {
+        loop {
+            let w = tokio::select! {
+                w = rx.recv() => w,
+                _ = token.cancelled() => break,
+            };
+            match w {
+                Some(w) => self.store_write(w).await,
+                None => return,
+            }
+        }
+        while let Ok(w) = rx.try_recv() {
+            self.store_write(w).await;
+        }
+    }
+
+    async fn store_write(&self, w: Write) {
+        let (what, res) = match w {
+            Write::Flush(done) => {
+                let _ = done.send(());
+                return;
+            }
+            Write::Device(row) => (
+                "save the device registry",
+                self.with_store(move |c| store::save_device(c, &row)).await,
+            ),
+            Write::Target(t, source, now) => (
+                "save a device address",
+                self.with_store(move |c| store::save_target(c, &t, source, now))
+                    .await,
+            ),
+            Write::Answer(t, at) => (
+                "save a device address",
+                self.with_store(move |c| store::save_answer(c, &t, at))
+                    .await,
+            ),
+            Write::Forget(t, device) => (
+                "forget a device address",
+                self.with_store(move |c| store::forget(c, &t, device.as_deref()))
+                    .await,
+            ),
+        };
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("cannot {what}: {e}"),
+            Err(e) => tracing::error!("device registry writer failed: {e}"),
         }
     }
 
     async fn supervise(
         self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<(Target, Source)>,
+        mut rx: mpsc::UnboundedReceiver<Poll>,
         token: CancellationToken,
     ) {
-        let mut polling: HashSet<Target> = HashSet::new();
+        let every =
+            (self.config.forget_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut sweep = tokio::time::interval(every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let next = tokio::select! {
-                n = rx.recv() => n,
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                _ = sweep.tick() => {
+                    self.sweep(now_f64()).await;
+                    continue;
+                }
                 _ = token.cancelled() => None,
             };
-            let Some((target, source)) = next else { break };
-            if matches!(source, Source::Manual | Source::Mdns) {
-                self.persist_target(&target, source).await;
-            }
-            if polling.insert(target.clone()) {
-                tokio::spawn(self.clone().poll_loop(target, token.clone()));
-            }
+            let Some(Poll {
+                target,
+                generation,
+                token: entry_token,
+            }) = msg
+            else {
+                break;
+            };
+            let poll = self
+                .clone()
+                .poll_loop(target, generation, token.clone(), entry_token);
+            tokio::spawn(poll);
         }
     }
 
-    async fn poll_loop(self: Arc<Self>, target: Target, token: CancellationToken) {
+    /// Forgets the addresses that stayed silent for [`DiscoveryConfig::forget_after`].
+    async fn sweep(&self, now: f64) {
+        let forget_after = self.config.forget_after.as_secs_f64();
+        let forgotten: Vec<(Target, Option<String>)> = {
+            let mut inner = lock(&self.inner);
+            let expired: Vec<Target> = inner
+                .entries
+                .iter()
+                .filter(|(_, e)| identity::expired(&e.age(), now, forget_after))
+                .map(|(t, _)| t.clone())
+                .collect();
+            expired
+                .into_iter()
+                .filter_map(|t| {
+                    let device = inner.remove(&t)?;
+                    self.write(Write::Forget(t.clone(), device.clone()));
+                    Some((t, device))
+                })
+                .collect()
+        };
+        for (target, device) in forgotten {
+            tracing::info!(target = %target, device = ?device,
+                "forgetting an address with no ethoscope answer for {:?}", self.config.forget_after);
+        }
+        self.flush().await;
+    }
+
+    async fn poll_loop(
+        self: Arc<Self>,
+        target: Target,
+        generation: u64,
+        token: CancellationToken,
+        entry_token: CancellationToken,
+    ) {
         loop {
-            let report = self.poll_once(&target).await;
-            let (delay, write) = self.apply(&target, report.0, report.1, now_f64());
-            if let Some(w) = write {
-                self.persist_device(w).await;
-            }
+            let (ip, report) = tokio::select! {
+                r = self.poll_once(&target) => r,
+                _ = entry_token.cancelled() => return,
+                _ = token.cancelled() => return,
+            };
+            let Some(applied) = self.apply(&target, generation, ip, report, now_f64()) else {
+                return;
+            };
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(applied.delay) => {}
+                _ = entry_token.cancelled() => return,
                 _ = token.cancelled() => return,
             }
         }
@@ -659,17 +978,23 @@ impl DeviceRegistry {
         }
     }
 
-    /// Applies one poll's report at `now`; returns the delay before the next poll and the row
-    /// to persist, if anything worth persisting changed.
+    /// Applies one poll's report at `now`: the entry, the id's binding, what to save (queued) and
+    /// when to poll next. `None` when the address was removed (or re-added) meanwhile: that poll
+    /// loop ends.
     fn apply(
         &self,
         target: &Target,
+        generation: u64,
         ip: Option<IpAddr>,
         report: PollReport,
         now: f64,
-    ) -> (Duration, Option<DeviceRow>) {
-        let mut entries = lock(&self.entries);
-        let entry = entries.entry(target.clone()).or_insert_with(Entry::new);
+    ) -> Option<Applied> {
+        let mut guard = lock(&self.inner);
+        let inner = &mut *guard;
+        let entry = inner
+            .entries
+            .get_mut(target)
+            .filter(|e| e.generation == generation)?;
         let before = entry.status();
         let outcome = report.outcome();
         if ip.is_some() {
@@ -677,7 +1002,7 @@ impl DeviceRegistry {
         }
         let running_before = runs_experiment(&entry.device_status);
         let answered = matches!(report, PollReport::Answered { .. });
-        entry.absorb(target, report);
+        let previous_id = entry.absorb(target, report, now);
         if answered
             && (entry.activity_since.is_none()
                 || runs_experiment(&entry.device_status) != running_before)
@@ -690,28 +1015,33 @@ impl DeviceRegistry {
             log_change(target, entry, &before, &after);
         }
         let delay = entry.poll.next_poll_in(self.config.poll_interval);
-        (delay, entry.row_to_persist(target, now))
-    }
-
-    async fn persist_device(&self, row: DeviceRow) {
-        let res = self
-            .with_store(move |conn| store::save_device(conn, &row))
-            .await;
-        match res {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("cannot save device registry: {e}"),
-            Err(e) => tracing::error!("device registry writer failed: {e}"),
+        match (entry.last_answer, entry.answer_persisted) {
+            (Some(at), Some(saved)) if at - saved < 3600.0 => {}
+            (Some(at), _) if matches!(entry.source, Source::Manual | Source::Mdns) => {
+                entry.answer_persisted = Some(at);
+                self.write(Write::Answer(target.clone(), at));
+            }
+            _ => {}
         }
-    }
-
-    async fn persist_target(&self, target: &Target, source: Source) {
-        let target = target.clone();
-        let res = self
-            .with_store(move |conn| store::save_target(conn, &target, source, now_f64()))
-            .await;
-        if let Ok(Err(e)) = res {
-            tracing::error!("cannot save device address: {e}");
+        let id = entry.id.clone();
+        for id in previous_id.iter().chain(id.iter()) {
+            inner.rebind(id);
         }
+        let device = id.and_then(|id| {
+            let confirmed = inner
+                .bindings
+                .get(&id)
+                .filter(|b| &b.target == target)?
+                .confirmed;
+            inner
+                .entries
+                .get_mut(target)?
+                .row_to_persist(target, now, confirmed)
+        });
+        if let Some(row) = &device {
+            self.write(Write::Device(row.clone()));
+        }
+        Some(Applied { delay, device })
     }
 
     /// Runs `f` on the registry database (opened on first use) on the blocking pool; nothing
@@ -734,292 +1064,4 @@ impl DeviceRegistry {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::poller::{DeviceData, Rejection};
-    use serde_json::json;
-
-    const ID: &str = "0123456789abcdef0123456789abcdef";
-
-    fn registry() -> DeviceRegistry {
-        DeviceRegistry::new(
-            DiscoveryConfig {
-                persist: false,
-                ..DiscoveryConfig::default()
-            },
-            Path::new("/nonexistent"),
-        )
-        .unwrap()
-    }
-
-    fn answered(status: &str) -> PollReport {
-        let fields = json!({"id": ID, "name": "ETHOSCOPE_001", "status": status, "time": 1.0});
-        PollReport::Answered {
-            id: ID.into(),
-            data: DeviceData {
-                name: "ETHOSCOPE_001".into(),
-                status: status.into(),
-                fields: fields.as_object().unwrap().clone(),
-            },
-            databases: Some(
-                json!({"SQLite": {}, "MariaDB": {}})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            ),
-        }
-    }
-
-    #[test]
-    fn add_list_answers_like_upstream() {
-        let r = registry();
-        let res = r.add_list("127.0.0.10, 127.0.0.11:9001,not-an-ip,,0.0.0.0");
-        assert_eq!(res.added, vec!["127.0.0.10", "127.0.0.11:9001"]);
-        assert_eq!(res.problems, vec!["not-an-ip", "0.0.0.0"]);
-        assert_eq!(res.messages.len(), 2);
-        // Unresolved targets are pending, not devices.
-        assert!(r.devices().is_empty());
-        assert_eq!(r.pending().len(), 2);
-        assert_eq!(
-            serde_json::to_string(&r.pending()["127.0.0.10:9000"]).unwrap(),
-            r#"{"id":null,"status":"offline","poll_error":null}"#
-        );
-        let many = vec!["127.0.0.1"; MAX_ADD + 2].join(",");
-        assert_eq!(r.add_list(&many).problems.len(), 2);
-        assert!(r.add_list("").messages[0].contains("no address"));
-    }
-
-    #[test]
-    fn registry_holds_at_most_max_targets() {
-        let r = registry();
-        let ports = (1..=u16::MAX).take(MAX_TARGETS);
-        for port in ports {
-            let t = Target::ip("127.0.0.10".parse().unwrap(), port);
-            assert_eq!(r.add_target(t, Source::Manual), Ok(()));
-        }
-        assert_eq!(r.pending().len(), MAX_TARGETS);
-        let res = r.add_list("127.0.0.11, 127.0.0.10:1");
-        // A new address is refused; one already known is still "added" (nothing to do).
-        assert_eq!(res.problems, vec!["127.0.0.11"]);
-        assert_eq!(res.added, vec!["127.0.0.10:1"]);
-        assert!(
-            res.messages[0].contains("already polls"),
-            "{:?}",
-            res.messages
-        );
-        assert_eq!(r.pending().len(), MAX_TARGETS);
-    }
-
-    #[test]
-    fn devices_map_shape_and_statuses() {
-        let r = registry();
-        let t = Target::parse("127.0.0.10", false).unwrap();
-        r.add_target(t.clone(), Source::Flag).unwrap();
-        let ip = Some("127.0.0.10".parse().unwrap());
-        let (delay, write) = r.apply(&t, ip, answered("running"), 100.0);
-        assert_eq!(delay, Duration::from_secs(5));
-        assert!(write.is_some(), "a new device is persisted");
-        let map = r.devices();
-        let d = &map[ID];
-        assert_eq!(d["name"], "ETHOSCOPE_001");
-        assert_eq!(d["ip"], "127.0.0.10");
-        assert_eq!(d["port"], 9000);
-        assert_eq!(d["status"], "running");
-        assert_eq!(d["last_seen"], 100.0);
-        assert_eq!(d["time"], 1.0);
-        assert_eq!(d["databases"]["MariaDB"], json!({}));
-        // The daemons' parser accepts it.
-        let (devs, problems) = etho_model::device::parse_device_map(&Value::Object(map)).unwrap();
-        assert_eq!((devs.len(), problems.len()), (1, 0));
-
-        // Same status a second later: nothing to persist.
-        assert!(r.apply(&t, ip, answered("running"), 101.0).1.is_none());
-        let refused = || PollReport::Unreachable {
-            refused: true,
-            error: "/id: connection refused".into(),
-        };
-        let (_, w) = r.apply(&t, ip, refused(), 105.0);
-        assert_eq!(w.unwrap().status, "unreached");
-        assert_eq!(r.devices()[ID]["status"], "unreached");
-        assert_eq!(r.devices()[ID]["poll_error"], "/id: connection refused");
-        r.apply(&t, ip, refused(), 110.0);
-        let (delay, w) = r.apply(&t, ip, refused(), 115.0);
-        assert_eq!(w.unwrap().status, "offline");
-        assert_eq!(delay, Duration::from_secs(30));
-        let d = &r.devices()[ID];
-        assert_eq!(d["status"], "offline");
-        // Last good answer kept, with when it was seen.
-        assert_eq!(d["last_seen"], 101.0);
-        assert_eq!(d["name"], "ETHOSCOPE_001");
-        // Busy: /id answers, /data does not.
-        r.apply(&t, ip, answered("stopped"), 120.0);
-        r.apply(
-            &t,
-            ip,
-            PollReport::IdOnly {
-                id: ID.into(),
-                error: "/data: no answer within 3s".into(),
-            },
-            125.0,
-        );
-        assert_eq!(r.devices()[ID]["status"], "busy");
-    }
-
-    /// The polling view the health reads: since when the device answers, what it last said it
-    /// was doing and since when, kept while it does not answer.
-    #[test]
-    fn sightings_follow_polls() {
-        let r = registry();
-        let t = Target::parse("127.0.0.10", false).unwrap();
-        let ip = Some("127.0.0.10".parse().unwrap());
-        assert!(r.sightings().is_empty());
-        r.apply(&t, ip, answered("running"), 100.0);
-        r.apply(&t, ip, answered("running"), 105.0);
-        let s = &r.sightings()[ID];
-        assert_eq!(s.link, Link::Online { since: 100.0 });
-        assert_eq!(
-            (s.reported.as_deref(), s.activity_since, s.device_time),
-            (Some("running"), Some(100.0), Some(1.0))
-        );
-        assert_eq!(s.mariadb, etho_model::device::DatabaseReport::Absent);
-        r.apply(&t, ip, answered("stopped"), 110.0);
-        assert_eq!(r.sightings()[ID].activity_since, Some(110.0));
-        let refused = PollReport::Unreachable {
-            refused: true,
-            error: "/id: connection refused".into(),
-        };
-        r.apply(&t, ip, refused, 115.0);
-        let s = &r.sightings()[ID];
-        assert_eq!(s.link, Link::Unreached { since: 115.0 });
-        assert_eq!(
-            (s.reported.as_deref(), s.activity_since),
-            (Some("stopped"), Some(110.0))
-        );
-        // Busy devices are not reachable for the health either.
-        r.apply(
-            &t,
-            ip,
-            PollReport::IdOnly {
-                id: ID.into(),
-                error: "/data: no answer within 3s".into(),
-            },
-            120.0,
-        );
-        assert_eq!(r.sightings()[ID].link, Link::Busy { since: 120.0 });
-    }
-
-    #[test]
-    fn hostile_devices_are_flagged_not_listed() {
-        let r = registry();
-        let t = Target::parse("127.0.0.66", false).unwrap();
-        r.add_target(t.clone(), Source::Manual).unwrap();
-        r.apply(&t, None, answered("running"), 1.0);
-        assert_eq!(r.devices().len(), 1);
-        let (_, w) = r.apply(
-            &t,
-            None,
-            PollReport::Rejected {
-                id: Some(ID.into()),
-                reason: Rejection::BadName("\"../../x\"".into()),
-            },
-            2.0,
-        );
-        assert!(w.is_none());
-        assert!(r.devices().is_empty());
-        let rej = r.rejected();
-        assert_eq!(
-            serde_json::to_string(&rej).unwrap(),
-            format!(
-                r#"{{"127.0.0.66:9000":{{"ip":"127.0.0.66","port":9000,"id":"{ID}","status":"rejected","reason":"device reports an invalid name \"../../x\"","last_seen":2.0}}}}"#
-            ),
-            "the wire shape the page reads"
-        );
-        assert_eq!(rej["127.0.0.66:9000"]["status"], "rejected");
-        assert!(rej["127.0.0.66:9000"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("invalid name"));
-        // Becoming valid again lists it again.
-        r.apply(&t, None, answered("running"), 3.0);
-        assert_eq!(r.devices().len(), 1);
-        assert!(r.rejected().is_empty());
-    }
-
-    #[test]
-    fn one_id_on_two_addresses_shows_the_latest() {
-        let r = registry();
-        let a = Target::parse("127.0.0.10", false).unwrap();
-        let b = Target::parse("127.0.0.20", false).unwrap();
-        r.apply(
-            &a,
-            Some("127.0.0.10".parse().unwrap()),
-            answered("running"),
-            1.0,
-        );
-        r.apply(
-            &b,
-            Some("127.0.0.20".parse().unwrap()),
-            answered("running"),
-            2.0,
-        );
-        assert_eq!(r.devices()[ID]["ip"], "127.0.0.20");
-        assert_eq!(r.devices().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn registry_persists_across_restarts() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = DiscoveryConfig {
-            poll_interval: Duration::from_secs(3600),
-            device_timeout: Duration::from_millis(200),
-            ..DiscoveryConfig::default()
-        };
-        {
-            let r = Arc::new(DeviceRegistry::new(config.clone(), dir.path()).unwrap());
-            let guard = r.start();
-            assert!(
-                !dir.path().join("devices.sqlite").exists(),
-                "no file before there is something to keep"
-            );
-            let t = Target::parse("127.0.0.10:1", false).unwrap();
-            let (_, w) = r.apply(&t, None, answered("running"), 50.0);
-            r.persist_device(w.unwrap()).await;
-            r.add_list("127.0.0.11:1");
-            // The manual target is saved by the supervisor: wait for it (bounded).
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                let n: i64 = lock(&r.store)
-                    .get(None)
-                    .unwrap()
-                    .query_row("SELECT COUNT(*) FROM targets", [], |row| row.get(0))
-                    .unwrap();
-                if n == 1 {
-                    break;
-                }
-                assert!(std::time::Instant::now() < deadline, "target never saved");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            guard.stop();
-        }
-        let r = Arc::new(DeviceRegistry::new(config, dir.path()).unwrap());
-        let _guard = r.start();
-        let d = &r.devices()[ID];
-        assert_eq!(d["status"], "offline");
-        assert_eq!(d["name"], "ETHOSCOPE_001");
-        assert_eq!(d["last_seen"], 50.0);
-        assert_eq!(d["port"], 1);
-        assert!(r.pending().contains_key("127.0.0.11:1"));
-        // A restarted node still knows the device was running when last heard.
-        let s = &r.sightings()[ID];
-        assert_eq!(
-            s.link,
-            Link::Offline {
-                last_seen: Some(50.0)
-            }
-        );
-        assert_eq!(
-            (s.reported.as_deref(), s.activity_since),
-            (Some("running"), Some(50.0))
-        );
-    }
-}
+mod tests;

@@ -536,11 +536,44 @@ async fn expired_cache_fetches_again() {
     let mysql = stub(json_stub(&mysql_fixture())).await;
     let rsync = stub(json_stub(&rsync_fixture())).await;
     let node = start_node(&mysql.url, &rsync.url, Duration::ZERO).await;
-    for n in 1..=3 {
+    get_status(&node).await;
+    assert_eq!(mysql.hits.load(Ordering::SeqCst), 1);
+    // Past the TTL, requests start refreshes (one at a time) and get the kept reply meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mysql.hits.load(Ordering::SeqCst) < 4 || rsync.hits.load(Ordering::SeqCst) < 4 {
+        assert!(Instant::now() < deadline, "refreshes stopped");
         get_status(&node).await;
-        assert_eq!(mysql.hits.load(Ordering::SeqCst), n);
-        assert_eq!(rsync.hits.load(Ordering::SeqCst), n);
     }
+}
+
+/// Defect 6: with one daemon hung, every refresh takes the whole daemon timeout; requests are
+/// answered from the last completed reply meanwhile, and only the very first one waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_daemon_costs_freshness_not_latency() {
+    let mysql = hanging_stub().await;
+    let rsync = stub(json_stub(&rsync_fixture())).await;
+    let node = start_node(&mysql.url, &rsync.url, Duration::from_secs(1)).await;
+    let (first, _, _) = get_status(&node).await;
+    assert!(
+        first >= TIMEOUT,
+        "nothing kept yet: the first request waits ({first:?})"
+    );
+    let mut slow = 0;
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < TIMEOUT * 2 {
+        let (elapsed, text, _) = get_status(&node).await;
+        assert!(text.starts_with(&format!(r#"{{"mysql_backup":{MYSQL_UNAVAILABLE},"#)));
+        if elapsed > Duration::from_millis(100) {
+            slow += 1;
+        }
+        n += 1;
+    }
+    assert!(n >= 10 && slow == 0, "{slow} of {n} requests waited");
+    assert!(
+        mysql.hits.load(Ordering::SeqCst) >= 2,
+        "refreshes kept running behind the kept reply"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

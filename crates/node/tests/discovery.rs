@@ -1,5 +1,6 @@
 //! Discovery against a simulated fleet on loopback: statuses, hostile devices, unplugging,
-//! `POST /device/add`, and the registry surviving a restart.
+//! `POST /device/add`, and the registry surviving a restart; and `--devices-from` against a stub
+//! of upstream's node serving its recorded `/devices`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -31,7 +32,15 @@ impl Node {
 }
 
 async fn start_node(state_dir: &std::path::Path, devices: Vec<String>) -> Node {
-    let config = NodeConfig {
+    start_node_with(state_dir, devices, |_| {}).await
+}
+
+async fn start_node_with(
+    state_dir: &std::path::Path,
+    devices: Vec<String>,
+    tweak: impl FnOnce(&mut NodeConfig),
+) -> Node {
+    let mut config = NodeConfig {
         state_dir: state_dir.to_path_buf(),
         discovery: DiscoveryConfig {
             devices,
@@ -44,9 +53,11 @@ async fn start_node(state_dir: &std::path::Path, devices: Vec<String>) -> Node {
             },
             mdns: false,
             persist: true,
+            ..DiscoveryConfig::default()
         },
         ..NodeConfig::default()
     };
+    tweak(&mut config);
     let state = AppState::new(config).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
@@ -256,4 +267,133 @@ async fn node_discovers_polls_and_flags_devices() {
     .await;
     node.shutdown().await;
     fleet.stop().await;
+}
+
+/// A stub of upstream's node: `/devices` serves a recorded list, `/moved/devices` redirects to a
+/// canary that counts what reaches it.
+struct Upstream {
+    base: String,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    moved_hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    canary_hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn upstream(fixture: &'static str) -> Upstream {
+    use axum::routing::get;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let counter = |n: &Arc<AtomicUsize>| {
+        let n = Arc::clone(n);
+        move || {
+            n.fetch_add(1, Ordering::SeqCst);
+        }
+    };
+    let (hits, moved_hits, canary_hits) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let canary = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let canary_url = format!("http://{}/devices", canary.local_addr().unwrap());
+    let count = counter(&canary_hits);
+    let canary_app = axum::Router::new().fallback(move || {
+        count();
+        async { axum::Json(serde_json::json!({})) }
+    });
+    tokio::spawn(async move { axum::serve(canary, canary_app).await });
+    let (count, count_moved) = (counter(&hits), counter(&moved_hits));
+    let app = axum::Router::new()
+        .route(
+            "/devices",
+            get(move || {
+                count();
+                async move { ([("content-type", "application/json")], fixture) }
+            }),
+        )
+        .route(
+            "/moved/devices",
+            get(move || {
+                count_moved();
+                let to = canary_url.clone();
+                async move { axum::response::Redirect::temporary(&to) }
+            }),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Upstream {
+        base,
+        hits,
+        moved_hits,
+        canary_hits,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_come_from_upstreams_node() {
+    use std::sync::atomic::Ordering;
+    let recorded = include_str!("../../model/tests/fixtures/head-node-devices.json");
+    let theirs: Map<String, Value> = serde_json::from_str(recorded).unwrap();
+    let up = upstream(recorded).await;
+    let state = tempfile::tempdir().unwrap();
+    let from = etho_node::ServiceUrl::node(&format!("{}/devices", up.base)).unwrap();
+    let node = start_node_with(state.path(), vec![], |c| {
+        c.discovery.devices_from = Some(from);
+        c.discovery.results_dir = Some("/ethoscope_data/results".into());
+    })
+    .await;
+    let m = wait_for(
+        "upstream's devices",
+        &format!("{}/devices", node.base),
+        |m| m.len() == theirs.len(),
+    )
+    .await;
+    for (id, entry) in &theirs {
+        let ours = &m[id];
+        for key in ["name", "ip", "status", "backup_path"] {
+            assert_eq!(ours[key], entry[key], "{id}: {key}");
+        }
+        assert_eq!(ours["port"], 9000);
+        assert!(ours.get("ping").is_none() && ours.get("status_details").is_none());
+    }
+    let (valid, problems) = etho_model::device::parse_device_map(&Value::Object(m)).unwrap();
+    assert_eq!((valid.len(), problems.len()), (theirs.len(), 0));
+    // Nothing is polled or added by hand in this mode.
+    let resp: Value = client()
+        .post(format!("{}/device/add", node.base))
+        .body("127.0.0.10")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        resp["messages"][0]
+            .as_str()
+            .unwrap()
+            .contains("--devices-from"),
+        "{resp}"
+    );
+    assert!(up.hits.load(Ordering::SeqCst) >= 1);
+    node.shutdown().await;
+
+    // An upstream that redirects is not followed: the canary never hears from the node.
+    let moved = etho_node::ServiceUrl::node(&format!("{}/moved/devices", up.base)).unwrap();
+    let node = start_node_with(state.path(), vec![], |c| {
+        c.discovery.devices_from = Some(moved)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while up.moved_hits.load(Ordering::SeqCst) < 3 {
+        assert!(Instant::now() < deadline, "the node stopped asking");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        up.canary_hits.load(Ordering::SeqCst),
+        0,
+        "a redirect was followed"
+    );
+    assert!(get_map(&format!("{}/devices", node.base)).await.is_empty());
+    node.shutdown().await;
 }

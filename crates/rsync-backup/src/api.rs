@@ -23,7 +23,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use etho_daemon::Daemon;
-use etho_model::size::format_bytes;
 use etho_model::status::DeviceStatus;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -31,6 +30,7 @@ use serde_json::{json, Value};
 
 use crate::config::Kind;
 use crate::engine::RsyncEngine;
+use crate::wire::{DiskUsageSummary, SyncedTree};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -130,18 +130,9 @@ async fn service_get(State(state): State<ApiState>) -> Json<Value> {
     }))
 }
 
-/// One device tree's `synced` entry.
-#[derive(Serialize)]
-struct TreeView {
-    local_files: u64,
-    directory: String,
-    disk_usage_bytes: u64,
-    disk_usage_human: String,
-}
-
 enum SyncedEntry<'a> {
     /// From the size index.
-    Fresh(TreeView),
+    Fresh(SyncedTree),
     /// As persisted by the last job (the index does not know the tree yet).
     Stored(&'a Value),
 }
@@ -197,33 +188,9 @@ impl Serialize for DeviceView<'_> {
 }
 
 #[derive(Serialize)]
-struct Total {
-    total_files: u64,
-    total_size_bytes: u64,
-    total_size_human: String,
-}
-
-impl Total {
-    fn new(files: u64, bytes: u64) -> Total {
-        Total {
-            total_files: files,
-            total_size_bytes: bytes,
-            total_size_human: format_bytes(bytes),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct Summary {
-    results: Total,
-    videos: Total,
-    combined: Total,
-}
-
-#[derive(Serialize)]
 struct StatusDoc<'a> {
     devices: BTreeMap<&'a str, DeviceView<'a>>,
-    disk_usage_summary: Summary,
+    disk_usage_summary: DiskUsageSummary,
 }
 
 fn build<'a>(snapshot: &'a BTreeMap<String, DeviceStatus>, engine: &RsyncEngine) -> StatusDoc<'a> {
@@ -244,12 +211,7 @@ fn build<'a>(snapshot: &'a BTreeMap<String, DeviceStatus>, engine: &RsyncEngine)
                 (Some(size), _) => {
                     totals[i].0 += size.files;
                     totals[i].1 += size.bytes;
-                    SyncedEntry::Fresh(TreeView {
-                        local_files: size.files,
-                        directory: engine.tree_dir(kind, id),
-                        disk_usage_bytes: size.bytes,
-                        disk_usage_human: format_bytes(size.bytes),
-                    })
+                    SyncedEntry::Fresh(engine.synced_tree(kind, id, size))
                 }
                 (None, Some(v)) => {
                     totals[i].0 += v.get("local_files").and_then(Value::as_u64).unwrap_or(0);
@@ -273,14 +235,10 @@ fn build<'a>(snapshot: &'a BTreeMap<String, DeviceStatus>, engine: &RsyncEngine)
         }
         devices.insert(id.as_str(), DeviceView { status, synced });
     }
-    let [(rf, rb), (vf, vb)] = totals;
+    let [results, videos] = totals;
     StatusDoc {
         devices,
-        disk_usage_summary: Summary {
-            results: Total::new(rf, rb),
-            videos: Total::new(vf, vb),
-            combined: Total::new(rf + vf, rb + vb),
-        },
+        disk_usage_summary: DiskUsageSummary::new(results, videos),
     }
 }
 
@@ -364,10 +322,10 @@ mod tests {
             files: 3,
             bytes: 1234,
         };
-        st.engine.sizes().begin_update(Kind::Videos, id);
         st.engine
             .sizes()
-            .end_update(Kind::Videos, id, SizeChange::Absolute(size));
+            .begin_update(Kind::Videos, id)
+            .finish(SizeChange::Absolute(size));
         let sized = st.status_bytes();
         let d = doc(&sized);
         assert_eq!(
@@ -389,6 +347,36 @@ mod tests {
         assert_eq!(
             rescanned["disk_usage_summary"]["videos"]["total_files"],
             json!(0)
+        );
+    }
+    /// The wire text of `GET /status`, key order included: a device whose videos the index
+    /// knows, whose results only the stored `synced` has (with a key a foreign writer added), the
+    /// health facts after the seed's fields (none known yet), and the summary over both.
+    #[test]
+    fn status_body_wire_shape() {
+        let work = tempfile::tempdir().unwrap();
+        let st = state(work.path());
+        st.engine
+            .sizes()
+            .begin_update(Kind::Videos, ID)
+            .finish(SizeChange::Absolute(TreeSize {
+                files: 2,
+                bytes: 3_145_728,
+            }));
+        let mut entry = DeviceStatus::new("ETHOSCOPE_042", "running");
+        entry.synced = json!({
+            "results": {"local_files": 4, "directory": "/old/results", "disk_usage_bytes": 4096, "disk_usage_human": "4.0 KB"},
+            "other": {"x": 1},
+        });
+        entry.extra.insert("metadata".into(), json!({}));
+        let snapshot: BTreeMap<String, DeviceStatus> = [(ID.to_string(), entry)].into();
+        let body = String::from_utf8(status_body(&snapshot, &st.engine)).unwrap();
+        let videos = st.engine.tree_dir(Kind::Videos, ID);
+        assert_eq!(
+            body,
+            format!(
+                r#"{{"devices":{{"{ID}":{{"name":"ETHOSCOPE_042","status":"running","started":0,"ended":0,"processing":false,"count":0,"synced":{{"results":{{"local_files":4,"directory":"/old/results","disk_usage_bytes":4096,"disk_usage_human":"4.0 KB"}},"videos":{{"local_files":2,"directory":"{videos}","disk_usage_bytes":3145728,"disk_usage_human":"3.0 MB"}},"other":{{"x":1}}}},"progress":{{}},"metadata":{{}},"last_success":null,"last_success_started":null,"failures":0,"interval_s":null,"newest_copied_at":null,"experiment":null}}}},"disk_usage_summary":{{"results":{{"total_files":4,"total_size_bytes":4096,"total_size_human":"4.0 KB"}},"videos":{{"total_files":2,"total_size_bytes":3145728,"total_size_human":"3.0 MB"}},"combined":{{"total_files":6,"total_size_bytes":3149824,"total_size_human":"3.0 MB"}}}}}}"#
+            )
         );
     }
 }

@@ -6,7 +6,10 @@
 //!   (files are owned by the node's user, and special files are never created).
 //! - `--safe-links`: symlinks pointing out of the device's tree (absolute or `../` escapes) are
 //!   not copied, so nothing in the archive points at `/etc` or at another device.
-//! - `--chmod=ugo-s,u+rwX`: no set-id bits from a device; the archive stays readable by us.
+//! - `--chmod` ([`chmod_spec`]): no set-id bits and no group or world write from a device, and
+//!   the daemon's `--umask` (default 027) applied to what `-p` would copy, so a device cannot make
+//!   an archive file writable by others (or readable by everyone when the operator says not);
+//!   the archive stays readable by us.
 //! - excludes: the hidden `.cache/` directories (upstream unpickled a cache file from there) and
 //!   SQLite's `-shm` (an index SQLite rebuilds). A database's `-wal` and `-journal` *are* copied,
 //!   into staging only: the newest committed rows of a WAL database live in its `-wal`
@@ -31,7 +34,11 @@
 //! - `--out-format='%i %l %n' --info=progress2 --stats -v`: what [`crate::parse`] reads.
 //! - ssh: `BatchMode=yes` (never prompt), `ConnectTimeout`, `ServerAliveInterval=30`, host keys
 //!   pinned in our own known-hosts file with `StrictHostKeyChecking=accept-new` (upstream used
-//!   `StrictHostKeyChecking=no` and `/dev/null`), and only the configured key.
+//!   `StrictHostKeyChecking=no` and `/dev/null`), and only the configured key. Keys are pinned
+//!   per machine id (`HostKeyAlias=<machine id>`), not per address: another machine answering
+//!   with a device's id from any address fails verification, and a device whose address changes
+//!   keeps its key. (An `rsync://` daemon has no host key: there, only the node's one address per
+//!   machine id stands between a device's archive and an impostor.)
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -58,6 +65,8 @@ pub struct TransferPaths {
     pub partial: PathBuf,
     /// rsync's temporary files (absolute).
     pub temp: PathBuf,
+    /// The name the device's ssh host key is pinned under (its machine id).
+    pub host_key_alias: Option<String>,
 }
 
 /// A configuration that cannot be turned into a safe command line.
@@ -74,6 +83,9 @@ pub enum CommandError {
     /// A bandwidth limit rsync would not understand.
     #[error("invalid --bwlimit {0:?}: expected a number with an optional K, M or G suffix")]
     BadBwlimit(String),
+    /// A host key alias that is not a plain name (machine ids are 32 hex characters).
+    #[error("host key alias {0:?} is not a plain name")]
+    BadAlias(String),
 }
 
 /// Checks a `--bwlimit` value: digits, optionally a fraction, optionally one unit letter.
@@ -107,8 +119,12 @@ fn quote_for_rsync_e(what: &'static str, path: &Path) -> Result<String, CommandE
     }
 }
 
-/// The `-e` value for ssh sources.
-pub fn ssh_command(config: &RsyncBackupConfig) -> Result<String, CommandError> {
+/// The `-e` value for ssh sources; with `host_key_alias`, the host key is looked up and pinned
+/// under that name instead of the address.
+pub fn ssh_command(
+    config: &RsyncBackupConfig,
+    host_key_alias: Option<&str>,
+) -> Result<String, CommandError> {
     let ssh = &config.ssh;
     let mut parts = vec![quote_for_rsync_e("ssh program", Path::new(&ssh.program))?];
     if let Some(port) = ssh.port {
@@ -123,6 +139,16 @@ pub fn ssh_command(config: &RsyncBackupConfig) -> Result<String, CommandError> {
     ));
     parts.push("-o ServerAliveInterval=30".to_string());
     parts.push("-o StrictHostKeyChecking=accept-new".to_string());
+    if let Some(alias) = host_key_alias {
+        if alias.is_empty()
+            || !alias
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(CommandError::BadAlias(alias.to_string()));
+        }
+        parts.push(format!("-o HostKeyAlias={alias}"));
+    }
     parts.push(format!(
         "-o UserKnownHostsFile={}",
         quote_for_rsync_e("known hosts", &ssh.known_hosts)?
@@ -137,8 +163,29 @@ fn dir_arg(flag: &str, path: &Path) -> OsString {
     s
 }
 
-/// Flags every pass shares.
-const COMMON: [&str; 11] = [
+/// The `--chmod` value for a daemon with this umask: set-uid, set-gid and sticky bits off, group
+/// and world write always off, the umask's bits off, and owner read/write (search on
+/// directories) on.
+pub fn chmod_spec(umask: u32) -> String {
+    let mask = umask | 0o022;
+    let mut parts = vec!["ugo-st".to_string()];
+    for (class, shift) in [('u', 6), ('g', 3), ('o', 0)] {
+        let bits = (mask >> shift) & 0o7;
+        if bits != 0 {
+            let letters: String = [(4, 'r'), (2, 'w'), (1, 'x')]
+                .iter()
+                .filter(|(bit, _)| bits & bit != 0)
+                .map(|(_, l)| *l)
+                .collect();
+            parts.push(format!("{class}-{letters}"));
+        }
+    }
+    parts.push("u+rwX".to_string());
+    format!("--chmod={}", parts.join(","))
+}
+
+/// Flags every pass shares (then [`chmod_spec`]).
+const COMMON: [&str; 10] = [
     "-rlpt",
     "-v",
     "--partial",
@@ -147,7 +194,6 @@ const COMMON: [&str; 11] = [
     // is unchanged and whose mtime is in the same second as already copied, so the last
     // write to a live database could stay unbacked forever.
     "--modify-window=-1",
-    "--chmod=ugo-s,u+rwX",
     "--exclude=.cache/",
     "--exclude=*-shm",
     "--out-format=%i %l %n",
@@ -180,6 +226,7 @@ pub fn rsync_args(
     paths: &TransferPaths,
 ) -> Result<Vec<OsString>, CommandError> {
     let mut args: Vec<OsString> = COMMON.iter().map(OsString::from).collect();
+    args.push(chmod_spec(config.umask).into());
     if paths.itemize_unchanged {
         args.push("-ii".into());
     }
@@ -190,7 +237,12 @@ pub fn rsync_args(
     if let Some(stubs) = &paths.stubs {
         args.push(dir_slash("--compare-dest", stubs));
     }
-    transport_args(config, paths.transport, &mut args)?;
+    transport_args(
+        config,
+        paths.transport,
+        paths.host_key_alias.as_deref(),
+        &mut args,
+    )?;
     source_and_dest(&mut args, &paths.source, &paths.staging);
     Ok(args)
 }
@@ -210,6 +262,8 @@ pub struct RereadPaths {
     pub dest: PathBuf,
     /// rsync's temporary files.
     pub temp: PathBuf,
+    /// The name the device's ssh host key is pinned under (its machine id).
+    pub host_key_alias: Option<String>,
 }
 
 /// The argument list of a re-read pass: only the listed files, all read again.
@@ -224,7 +278,6 @@ pub fn reread_args(
         "-ii",
         "--safe-links",
         "--modify-window=-1",
-        "--chmod=ugo-s,u+rwX",
         "--from0",
         "--ignore-missing-args",
         "--out-format=%i %l %n",
@@ -233,11 +286,17 @@ pub fn reread_args(
     .iter()
     .map(OsString::from)
     .collect();
+    args.push(chmod_spec(config.umask).into());
     args.push(format!("--timeout={}", config.io_timeout.as_secs().max(1)).into());
     args.push(dir_arg("--files-from", &paths.list));
     args.push(dir_arg("--temp-dir", &paths.temp));
     args.push(dir_slash("--compare-dest", &paths.basis));
-    transport_args(config, paths.transport, &mut args)?;
+    transport_args(
+        config,
+        paths.transport,
+        paths.host_key_alias.as_deref(),
+        &mut args,
+    )?;
     source_and_dest(&mut args, &paths.source, &paths.dest);
     Ok(args)
 }
@@ -245,6 +304,7 @@ pub fn reread_args(
 fn transport_args(
     config: &RsyncBackupConfig,
     transport: Transport,
+    host_key_alias: Option<&str>,
     args: &mut Vec<OsString>,
 ) -> Result<(), CommandError> {
     if let Some(limit) = &config.bwlimit {
@@ -254,7 +314,7 @@ fn transport_args(
     match transport {
         Transport::Ssh => {
             args.push("-e".into());
-            args.push(ssh_command(config)?.into());
+            args.push(ssh_command(config, host_key_alias)?.into());
         }
         Transport::Daemon => {
             args.push(format!("--contimeout={}", config.connect_timeout.as_secs().max(1)).into());
@@ -290,6 +350,7 @@ mod tests {
             itemize_unchanged: true,
             partial: "/var/lib/etho/partial/results/0123".into(),
             temp: "/var/lib/etho/tmp/results/0123".into(),
+            host_key_alias: Some("0123456789abcdef0123456789abcdef".into()),
         }
     }
 
@@ -336,7 +397,7 @@ mod tests {
         let e = a.iter().position(|x| x == "-e").unwrap();
         assert_eq!(
             a[e + 1],
-            "ssh -i /etc/ethoscope/keys/id_rsa -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=30 -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=/var/lib/etho/known_hosts"
+            "ssh -i /etc/ethoscope/keys/id_rsa -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=30 -o StrictHostKeyChecking=accept-new -o HostKeyAlias=0123456789abcdef0123456789abcdef -o UserKnownHostsFile=/var/lib/etho/known_hosts"
         );
         assert!(!a.iter().any(|x| x.contains("StrictHostKeyChecking=no")));
         assert!(!a.iter().any(|x| x.contains("/dev/null")));
@@ -358,6 +419,7 @@ mod tests {
             basis: "/s/live-work/basis-2".into(),
             dest: "/s/live-work/pass-2".into(),
             temp: "/s/tmp".into(),
+            host_key_alias: None,
         };
         let a = strings(&reread_args(&config(), &p).unwrap());
         for must in [
@@ -378,6 +440,24 @@ mod tests {
     }
 
     #[test]
+    fn chmod_follows_the_umask_and_never_allows_group_or_world_write() {
+        for (umask, want) in [
+            (0o027, "--chmod=ugo-st,g-w,o-rwx,u+rwX"),
+            (0o022, "--chmod=ugo-st,g-w,o-w,u+rwX"),
+            (0o002, "--chmod=ugo-st,g-w,o-w,u+rwX"),
+            (0o077, "--chmod=ugo-st,g-rwx,o-rwx,u+rwX"),
+            (0o000, "--chmod=ugo-st,g-w,o-w,u+rwX"),
+        ] {
+            assert_eq!(chmod_spec(umask), want, "{umask:o}");
+        }
+        let a = strings(&rsync_args(&config(), &paths(Transport::Daemon)).unwrap());
+        assert!(
+            a.iter().any(|x| x == "--chmod=ugo-st,g-w,o-rwx,u+rwX"),
+            "{a:?}"
+        );
+    }
+
+    #[test]
     fn daemon_pull_has_no_ssh_and_a_connect_timeout() {
         let a = strings(&rsync_args(&config(), &paths(Transport::Daemon)).unwrap());
         assert!(!a.iter().any(|x| x == "-e"));
@@ -389,10 +469,13 @@ mod tests {
         let mut c = config();
         c.ssh.port = Some(2222);
         c.ssh.key = "/keys/my key".into();
-        let e = ssh_command(&c).unwrap();
+        let e = ssh_command(&c, None).unwrap();
         assert!(e.starts_with("ssh -p 2222 -i '/keys/my key' "), "{e}");
+        assert!(!e.contains("HostKeyAlias"));
+        assert!(ssh_command(&c, Some("a b")).is_err());
+        assert!(ssh_command(&c, Some("")).is_err());
         c.ssh.key = "/keys/it's".into();
-        assert!(ssh_command(&c).is_err());
+        assert!(ssh_command(&c, None).is_err());
     }
 
     #[test]

@@ -79,8 +79,6 @@ pub struct RsyncBackupConfig {
     pub io_timeout: Duration,
     /// Connection timeout (ssh `ConnectTimeout`, rsync `--contimeout`).
     pub connect_timeout: Duration,
-    /// Wall-clock limit of one device's job; the whole rsync process group is killed after it.
-    pub job_timeout: Duration,
     /// Engine state: staging, partial and temporary files (never inside the archive). Should be on
     /// the archive's filesystem so finished files are moved in by rename.
     pub state_dir: PathBuf,
@@ -88,7 +86,13 @@ pub struct RsyncBackupConfig {
     pub rescan_interval: Duration,
     /// The rsync executable.
     pub rsync_program: PathBuf,
+    /// The daemon's umask, also applied to the modes rsync copies from devices (with group and
+    /// world write always off).
+    pub umask: u32,
 }
+
+/// Default umask of the daemons: nothing for others, no group write.
+pub const DEFAULT_UMASK: u32 = 0o027;
 
 impl RsyncBackupConfig {
     /// A config with upstream's defaults for the given archive and state directories:
@@ -109,10 +113,10 @@ impl RsyncBackupConfig {
             bwlimit: None,
             io_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
-            job_timeout: Duration::from_secs(600),
             state_dir: state_dir.to_path_buf(),
             rescan_interval: Duration::from_secs(3600),
             rsync_program: PathBuf::from("rsync"),
+            umask: DEFAULT_UMASK,
         }
     }
 

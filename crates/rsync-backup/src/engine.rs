@@ -18,10 +18,11 @@
 //!    current or last experiment and its newest copied frame (`experiment`,
 //!    `newest_copied_at`).
 //!
-//! The job's wall-clock limit is enforced here (the rsync process group is killed) as well as by
-//! the scheduler's cancellation, and a dropped job kills its rsync too.
+//! The job's wall-clock limit is the scheduler's: it hands the job its deadline
+//! ([`JobContext::deadline`]) and cancels the job there. Every rsync run is bounded by that
+//! deadline too, so the whole rsync process group is killed on time even before the cancellation
+//! is seen, and a dropped job kills its rsync as well.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -32,25 +33,27 @@ use etho_daemon::{Engine, JobContext, JobOutcome};
 use etho_model::device::{
     is_valid_machine_id, DatabaseReport, DeviceInfo, Ineligible, WAITING_FOR_DATABASES,
 };
+use etho_model::error_chain;
 use etho_model::size::format_bytes;
 use etho_model::status::{CopiedExperiment, Progress, ProgressStatus};
 use futures::future::BoxFuture;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::command::{
     check_bwlimit, reread_args, rsync_args, ssh_command, CommandError, RereadPaths, TransferPaths,
 };
 use crate::config::{Kind, RsyncBackupConfig};
-use crate::live::{Live, LivePaths, LiveReport};
+use crate::live::{Live, LivePaths, LiveReport, PassPlan};
 use crate::parse::{
-    classify_exit, error_summary, exit_meaning, source_dir_missing, vanished_files, ExitClass,
-    Itemized, TransferState,
+    classify_exit, disk_full, error_summary, exit_meaning, source_dir_missing, vanished_files,
+    ExitClass, Itemized, TransferState,
 };
 use crate::promote::{promote, PromoteReport};
-use crate::runner::{kill_strays, run_rsync, RunEnd, RunResult};
+use crate::runner::{kill_strays, run_rsync, Limits, RunEnd, RunResult};
 use crate::sizes::{rescan, walk_tree, RescanInfo, SizeChange, SizeIndex, TreeSize};
 use crate::source::Transport;
+use crate::wire::{fields, EntryExtra, FinalExtra, LiveExtra, Synced, SyncedTree, TreeFigures};
 
 /// How often live progress is published at most.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
@@ -64,14 +67,16 @@ pub enum EngineError {
     /// A command-line problem (bwlimit, unquotable path).
     #[error(transparent)]
     Command(#[from] CommandError),
-    /// A directory that cannot be created or used.
-    #[error("{what} {path}: {source}")]
+    /// A directory that cannot be created or used (the message names it; the cause is the
+    /// `source`, so `{:#}` and `error_chain` do not print it twice).
+    #[error("{what} {}", .path.display())]
     Dir {
         /// Which directory.
         what: &'static str,
         /// Its path.
         path: PathBuf,
         /// The I/O error.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -111,6 +116,8 @@ impl RsyncEngine {
         if let Some(limit) = &config.bwlimit {
             check_bwlimit(limit)?;
         }
+        etho_daemon::config::private_dir(&config.state_dir)
+            .map_err(dir_error("state directory", &config.state_dir))?;
         config.state_dir = absolute("state directory", &config.state_dir)?;
         for sub in [
             "staging",
@@ -131,7 +138,7 @@ impl RsyncEngine {
             config.videos_dir = absolute("videos directory", &config.videos_dir)?;
         }
         if config.source.transport() == Transport::Ssh {
-            ssh_command(&config)?;
+            ssh_command(&config, None)?;
             if let Some(parent) = config.ssh.known_hosts.parent() {
                 fs::create_dir_all(parent).map_err(dir_error("known hosts directory", parent))?;
             }
@@ -239,19 +246,19 @@ impl RsyncEngine {
 
     /// `synced` for a device: one entry per tree the index knows, from `kinds` (and any other
     /// enabled tree the archive holds for it).
-    pub fn synced_for(&self, id: &str, kinds: &[Kind]) -> Value {
-        let mut out = Map::new();
+    pub fn synced_for(&self, id: &str, kinds: &[Kind]) -> Synced {
+        let mut synced = Synced::default();
         for kind in Kind::ALL {
             if !self.inner.config.enabled(kind) {
                 continue;
             }
             if let Some(size) = self.inner.sizes.get(kind, id) {
                 if kinds.contains(&kind) || size.files > 0 {
-                    out.insert(kind.as_str().to_string(), self.tree_json(kind, id, size));
+                    *synced.tree_mut(kind) = Some(self.synced_tree(kind, id, size));
                 }
             }
         }
-        Value::Object(out)
+        synced
     }
 
     /// The archive directory of one device tree, as shown in `synced`.
@@ -264,14 +271,14 @@ impl RsyncEngine {
             .into_owned()
     }
 
-    /// `{local_files, directory, disk_usage_bytes, disk_usage_human}` of one device tree.
-    pub fn tree_json(&self, kind: Kind, id: &str, size: TreeSize) -> Value {
-        json!({
-            "local_files": size.files,
-            "directory": self.tree_dir(kind, id),
-            "disk_usage_bytes": size.bytes,
-            "disk_usage_human": format_bytes(size.bytes),
-        })
+    /// One device tree's entry in `synced`.
+    pub fn synced_tree(&self, kind: Kind, id: &str, size: TreeSize) -> SyncedTree {
+        SyncedTree {
+            local_files: size.files,
+            directory: self.tree_dir(kind, id),
+            disk_usage_bytes: size.bytes,
+            disk_usage_human: format_bytes(size.bytes),
+        }
     }
 
     /// Backs up one device (what [`Engine::run`] runs).
@@ -286,11 +293,13 @@ impl RsyncEngine {
         if kinds.is_empty() {
             return JobOutcome::warning(format!("No valid backup types for device {}", device.id));
         }
-        let deadline = started + config.job_timeout;
+        // The scheduler's deadline; what it leaves of the job's time is what messages call the
+        // job timeout.
+        let timeout = ctx.deadline().saturating_duration_since(started);
         let mut trees = Vec::new();
         for (i, kind) in kinds.iter().enumerate() {
             let step = format!("{}/{}", i + 1, kinds.len());
-            let outcome = self.sync_tree(&device, *kind, &step, &ctx, deadline).await;
+            let outcome = self.sync_tree(&device, *kind, &step, &ctx, timeout).await;
             let stop = outcome.stopped;
             trees.push(outcome);
             if stop {
@@ -313,8 +322,8 @@ impl RsyncEngine {
         }
         // Nothing measured yet (e.g. the first job after a restart failed before the rescan
         // finished): keep the stored `synced` rather than blanking it.
-        let synced = Some(self.synced_for(&device.id, &kinds))
-            .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()));
+        let synced = self.synced_for(&device.id, &kinds);
+        let synced = (!synced.is_empty()).then(|| Value::Object(fields(&synced)));
         finish(&trees, notes, synced, started.elapsed())
     }
 
@@ -339,6 +348,7 @@ impl RsyncEngine {
             itemize_unchanged: kind == Kind::Results,
             partial: self.state_path("partial", kind, id),
             temp: self.state_path("tmp", kind, id),
+            host_key_alias: Some(id.clone()),
         }
     }
 
@@ -366,16 +376,16 @@ impl RsyncEngine {
         kind: Kind,
         step: &str,
         ctx: &JobContext,
-        deadline: Instant,
+        timeout: Duration,
     ) -> TreeOutcome {
-        let config = &self.inner.config;
         let id = device.id.clone();
         let paths = self.transfer_paths(device, kind);
-        ctx.report(Progress {
-            status: Some(ProgressStatus::Running),
-            message: Some(format!("{} ({step}): starting transfer", kind.title())),
-            extra: phase_fields(kind, step, &TransferState::default()),
-        });
+        ctx.report(tree_progress(
+            kind,
+            step,
+            format!("{} ({step}): starting transfer", kind.title()),
+            &TransferState::default(),
+        ));
         let (prep_paths, live_paths) = (paths.clone(), self.live_paths(&paths, kind, &id));
         let prepared = tokio::task::spawn_blocking(move || {
             prepare_dirs(&prep_paths)?;
@@ -383,29 +393,79 @@ impl RsyncEngine {
             Ok(Live::new(live_paths, kind == Kind::Results))
         })
         .await
-        .unwrap_or_else(|e| Err(format!("preparing directories failed: {e}")));
+        .unwrap_or_else(|source| {
+            Err(TreeError::Task {
+                what: "preparing directories",
+                source,
+            })
+        });
         let live = match prepared {
             Ok(live) => live,
-            Err(msg) => return TreeOutcome::error(kind, msg),
+            Err(e) => return TreeOutcome::failed(kind, &e),
         };
-        let run = match self
-            .first_pass(&paths, &live, kind, step, ctx, deadline)
-            .await
-        {
+        let run = match self.first_pass(&paths, &live, kind, step, ctx).await {
+            Ok(run) if run.end == RunEnd::Cancelled => return TreeOutcome::cancelled(kind),
             Ok(run) => run,
-            Err(outcome) => return outcome,
+            Err(e) => return TreeOutcome::failed(kind, &e),
         };
-        let live = match self
-            .live_step(device, live, &run, &paths, ctx, deadline)
-            .await
-        {
+        let live = match self.live_step(device, live, &run, &paths, ctx).await {
             Ok(live) => live,
-            Err(msg) => return TreeOutcome::error(kind, msg),
+            Err(e) => return TreeOutcome::failed(kind, &e),
         };
         let (report, live_report, copied) = self.promote_tree(kind, &id, &paths, live, ctx).await;
-        let mut outcome = describe(kind, &id, config, run, report, &live_report);
+        // The disk is full: what rsync kept of the file it was receiving would keep it full (and
+        // starve the MySQL mirror on the same filesystem) until the next attempt.
+        let disk_note = if disk_full(&run.stderr) {
+            Some(self.free_partial(kind, &paths).await)
+        } else {
+            None
+        };
+        let unsafe_links = &run.state.unsafe_symlinks;
+        if !unsafe_links.is_empty() {
+            tracing::warn!(
+                device = %id,
+                "{}: symlinks pointing outside the device's tree were not copied: {}",
+                kind.title(),
+                list(unsafe_links, 10)
+            );
+        }
+        let mut outcome = describe(kind, &id, timeout, run, report, &live_report);
         outcome.copied = copied.filter(|_| kind == Kind::Results);
-        outcome
+        match disk_note {
+            Some(note) => outcome.disk_full(note),
+            None => outcome,
+        }
+    }
+
+    /// After a full disk: removes rsync's partial and temporary files of this transfer (the
+    /// archive's good copies and the whole files already staged are kept) and says how much space
+    /// is left.
+    async fn free_partial(&self, kind: Kind, paths: &TransferPaths) -> String {
+        let root = self.inner.config.archive_root(kind).to_path_buf();
+        let dirs = [paths.partial.clone(), paths.temp.clone()];
+        let done = tokio::task::spawn_blocking(move || {
+            let mut removed = 0u64;
+            for dir in &dirs {
+                removed += empty_dir(dir);
+            }
+            (removed, free_space(&root))
+        })
+        .await;
+        let (removed, free) = done.unwrap_or((0, None));
+        let free = match free {
+            Some((avail, total)) => format!(
+                "{} free of {} on {}",
+                format_bytes(avail),
+                format_bytes(total),
+                self.inner.config.archive_root(kind).display()
+            ),
+            None => "free space unknown".to_string(),
+        };
+        format!(
+            "the node's disk is full ({free}); the partial file ({}) was removed so the space \
+             is not held until the next attempt",
+            format_bytes(removed)
+        )
     }
 
     /// The tree's rsync run, with live progress.
@@ -416,48 +476,44 @@ impl RsyncEngine {
         kind: Kind,
         step: &str,
         ctx: &JobContext,
-        deadline: Instant,
-    ) -> Result<RunResult, TreeOutcome> {
+    ) -> Result<RunResult, TreeError> {
         let config = &self.inner.config;
-        let args =
-            rsync_args(config, paths).map_err(|e| TreeOutcome::error(kind, e.to_string()))?;
+        let args = rsync_args(config, paths)?;
         tracing::debug!("rsync {:?}", args);
         let keep = live.item_filter();
         let mut last_report = Instant::now() - REPORT_EVERY;
         let mut last_file: Option<String> = None;
-        let run = run_rsync(
-            &config.rsync_program,
-            &args,
-            deadline,
-            &ctx.cancel,
-            &keep,
-            |st| {
-                let file_changed = st.current_file != last_file;
-                if file_changed || last_report.elapsed() >= REPORT_EVERY {
-                    last_report = Instant::now();
-                    last_file = st.current_file.clone();
-                    ctx.report(Progress {
-                        status: Some(ProgressStatus::Running),
-                        message: Some(live_message(kind, step, st)),
-                        extra: phase_fields(kind, step, st),
-                    });
-                }
-            },
-        )
-        .await
-        .map_err(|e| {
-            TreeOutcome::error(
-                kind,
-                format!("cannot run {}: {e}", config.rsync_program.display()),
-            )
-        })?;
-        if run.end == RunEnd::Cancelled {
-            let mut o =
-                TreeOutcome::error(kind, "cancelled; the transfer resumes next cycle".into());
-            o.stopped = true;
-            return Err(o);
-        }
-        Ok(run)
+        let on_update = |st: &TransferState| {
+            let file_changed = st.current_file != last_file;
+            if file_changed || last_report.elapsed() >= REPORT_EVERY {
+                last_report = Instant::now();
+                last_file = st.current_file.clone();
+                ctx.report(tree_progress(kind, step, live_message(kind, step, st), st));
+            }
+        };
+        self.run(&args, ctx, &keep, on_update).await
+    }
+
+    /// Runs rsync with `args` within the job's deadline and cancellation.
+    async fn run(
+        &self,
+        args: &[std::ffi::OsString],
+        ctx: &JobContext,
+        keep: &(dyn Fn(&Itemized) -> bool + Send + Sync),
+        on_update: impl FnMut(&TransferState),
+    ) -> Result<RunResult, TreeError> {
+        let config = &self.inner.config;
+        let program = &config.rsync_program;
+        let limits = Limits {
+            deadline: ctx.deadline(),
+            stall: Some(config.io_timeout),
+        };
+        run_rsync(program, args, limits, &ctx.cancel, keep, on_update)
+            .await
+            .map_err(|source| TreeError::Spawn {
+                program: program.clone(),
+                source,
+            })
     }
 
     /// Decides for every database the first pass brought, re-reads the ones not proven
@@ -469,53 +525,21 @@ impl RsyncEngine {
         first: &RunResult,
         paths: &TransferPaths,
         ctx: &JobContext,
-        deadline: Instant,
-    ) -> Result<Live, String> {
-        let config = &self.inner.config;
+    ) -> Result<Live, TreeError> {
         let vanished = vanished_files(&first.stderr);
         let items = first.items.clone();
-        let source_base = config.source.base(device);
+        let source_base = self.inner.config.source.base(device);
         let mut live = blocking(live, move |l| l.first_pass(&items, &vanished)).await?;
-        while !ctx.cancel.is_cancelled() && Instant::now() < deadline {
+        // A device that stopped sending data would stall every re-read too.
+        let stalled = matches!(first.end, RunEnd::Stalled(_));
+        while !stalled && !ctx.cancel.is_cancelled() && Instant::now() < ctx.deadline() {
             let (l, plan) = blocking_with(live, |l| l.plan_reread()).await?;
             live = l;
-            let plan = match plan {
-                Ok(Some(plan)) => plan,
-                Ok(None) => break,
-                Err(e) => return Err(format!("cannot prepare a re-read: {e}")),
+            let Some(plan) = plan.map_err(TreeError::Reread)? else {
+                break;
             };
-            let args = reread_args(
-                config,
-                &RereadPaths {
-                    source: source_base.clone(),
-                    transport: paths.transport,
-                    list: plan.list.clone(),
-                    basis: plan.basis.clone(),
-                    dest: plan.dest.clone(),
-                    temp: paths.temp.clone(),
-                },
-            )
-            .map_err(|e| e.to_string())?;
-            let all = |_: &Itemized| true;
-            let run = run_rsync(
-                &config.rsync_program,
-                &args,
-                deadline,
-                &ctx.cancel,
-                &all,
-                |_| {},
-            )
-            .await
-            .map_err(|e| format!("cannot run {}: {e}", config.rsync_program.display()))?;
-            if !matches!(run.end, RunEnd::Exited(0 | 24)) {
-                let why = match run.end {
-                    RunEnd::Exited(code) => format!(
-                        "rsync code {code} ({}): {}",
-                        exit_meaning(code),
-                        error_summary(&run.stderr)
-                    ),
-                    other => format!("{other:?}"),
-                };
+            let run = self.reread(&source_base, paths, &plan, ctx).await?;
+            if let Some(why) = reread_failure(&run) {
                 tracing::warn!("re-read pass {} failed: {why}", plan.pass);
                 live = blocking(live, move |l| l.reread_failed(why)).await?;
                 break;
@@ -525,6 +549,29 @@ impl RsyncEngine {
         }
         let cancel = ctx.cancel.clone();
         blocking(live, move |l| l.build_all(&cancel)).await
+    }
+
+    /// One re-read pass: rsync of just the files `plan` lists.
+    async fn reread(
+        &self,
+        source_base: &str,
+        paths: &TransferPaths,
+        plan: &PassPlan,
+        ctx: &JobContext,
+    ) -> Result<RunResult, TreeError> {
+        let args = reread_args(
+            &self.inner.config,
+            &RereadPaths {
+                source: source_base.to_string(),
+                transport: paths.transport,
+                list: plan.list.clone(),
+                basis: plan.basis.clone(),
+                dest: plan.dest.clone(),
+                temp: paths.temp.clone(),
+                host_key_alias: paths.host_key_alias.clone(),
+            },
+        )?;
+        self.run(&args, ctx, &|_: &Itemized| true, |_| {}).await
     }
 
     /// Moves the staged files into the archive, records the database copies that got there, and
@@ -538,84 +585,134 @@ impl RsyncEngine {
         ctx: &JobContext,
     ) -> (PromoteReport, LiveReport, Option<CopiedExperiment>) {
         // Promote whatever is complete, whatever rsync's exit: staged files are whole copies.
-        let sizes = Arc::clone(&self.inner.sizes);
+        let sizes = &self.inner.sizes;
         let known = sizes.has(kind, id);
-        sizes.begin_update(kind, id);
+        // The update is finished on the blocking thread, once the files really moved: aborting
+        // this job does not stop the promotion, and a panic in it drops the update unfinished.
+        let update = sizes.begin_update(kind, id);
         let cancel = ctx.cancel.clone();
         let (staging, archive_dir) = (paths.staging.clone(), paths.archive.clone());
         let done = tokio::task::spawn_blocking(move || {
             let report = promote(&staging, &archive_dir, &|| cancel.is_cancelled());
             live.commit();
-            let change = if known {
+            update.finish(if known {
                 SizeChange::Delta(report.delta)
             } else {
                 SizeChange::Absolute(walk_tree(&archive_dir).unwrap_or_default())
-            };
-            (
-                report,
-                live.report().clone(),
-                change,
-                live.newest_experiment(),
-            )
+            });
+            (report, live.report().clone(), live.newest_experiment())
         })
         .await;
-        let (report, live_report, change, copied) = done.unwrap_or_else(|e| {
+        done.unwrap_or_else(|e| {
             let r = PromoteReport {
                 errors: vec![format!("promotion task failed: {e}")],
                 ..PromoteReport::default()
             };
-            (
-                r,
-                LiveReport::default(),
-                SizeChange::Delta(Default::default()),
-                None,
-            )
-        });
-        sizes.end_update(kind, id, change);
-        (report, live_report, copied)
+            (r, LiveReport::default(), None)
+        })
     }
 }
 
+/// Why a re-read pass did not complete (its databases are then held), or `None`: rsync's exit
+/// 0, or 24 (a file vanished, which the live step itself looks at).
+fn reread_failure(run: &RunResult) -> Option<String> {
+    match run.end {
+        RunEnd::Exited(0 | 24) => None,
+        RunEnd::Exited(code) => Some(format!(
+            "rsync code {code} ({}): {}",
+            exit_meaning(code),
+            error_summary(&run.stderr)
+        )),
+        RunEnd::Stalled(after) => Some(format!(
+            "the device stopped sending data (nothing for {} s)",
+            seconds(after)
+        )),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+/// Why a tree's step failed before rsync's outcome could be judged. The message is the error
+/// with its causes ([`error_chain`]).
+#[derive(Debug, thiserror::Error)]
+enum TreeError {
+    /// A directory of the transfer could not be created.
+    #[error("cannot create {}", .path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The device's archive directory is a symlink (an older tool could have planted one).
+    #[error("refusing to write through symlink {}: replace it by a directory", .0.display())]
+    SymlinkArchive(PathBuf),
+    /// The device's archive directory is a file.
+    #[error("{} exists and is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// A blocking step panicked or was cancelled.
+    #[error("{what} failed")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The files of a re-read pass could not be prepared.
+    #[error("cannot prepare a re-read")]
+    Reread(#[source] std::io::Error),
+    /// The rsync command line could not be built.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// rsync could not be started.
+    #[error("cannot run {}", .program.display())]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Runs `f` on `live` on a blocking thread and hands `live` back.
-async fn blocking(live: Live, f: impl FnOnce(&mut Live) + Send + 'static) -> Result<Live, String> {
+async fn blocking(
+    live: Live,
+    f: impl FnOnce(&mut Live) + Send + 'static,
+) -> Result<Live, TreeError> {
     blocking_with(live, f).await.map(|(l, ())| l)
 }
 
 async fn blocking_with<T: Send + 'static>(
     mut live: Live,
     f: impl FnOnce(&mut Live) -> T + Send + 'static,
-) -> Result<(Live, T), String> {
+) -> Result<(Live, T), TreeError> {
     tokio::task::spawn_blocking(move || {
         let out = f(&mut live);
         (live, out)
     })
     .await
-    .map_err(|e| format!("database step failed: {e}"))
+    .map_err(|source| TreeError::Task {
+        what: "database step",
+        source,
+    })
 }
 
-fn prepare_dirs(paths: &TransferPaths) -> Result<(), String> {
+fn prepare_dirs(paths: &TransferPaths) -> Result<(), TreeError> {
+    let create = |dir: &Path| {
+        fs::create_dir_all(dir).map_err(|source| TreeError::Create {
+            path: dir.to_path_buf(),
+            source,
+        })
+    };
     if let Some(root) = paths.archive.parent() {
-        fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        create(root)?;
     }
     match fs::symlink_metadata(&paths.archive) {
         Ok(m) if m.is_dir() => {}
         Ok(m) if m.file_type().is_symlink() => {
-            return Err(format!(
-                "refusing to write through symlink {}: replace it by a directory",
-                paths.archive.display()
-            ))
+            return Err(TreeError::SymlinkArchive(paths.archive.clone()))
         }
-        Ok(_) => {
-            return Err(format!(
-                "{} exists and is not a directory",
-                paths.archive.display()
-            ))
-        }
-        Err(_) => fs::create_dir(&paths.archive)
-            .map_err(|e| format!("cannot create {}: {e}", paths.archive.display()))?,
+        Ok(_) => return Err(TreeError::NotADirectory(paths.archive.clone())),
+        Err(_) => create(&paths.archive)?,
     }
     for dir in [&paths.staging, &paths.partial] {
-        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        create(dir)?;
     }
     // An rsync orphaned by a SIGKILLed daemon must not keep writing next to the new one.
     let mut dest = paths.staging.as_os_str().to_owned();
@@ -624,25 +721,48 @@ fn prepare_dirs(paths: &TransferPaths) -> Result<(), String> {
     // rsync's temporary files of a killed run are useless (the data went to the partial dir if
     // rsync had the chance); start clean.
     let _ = fs::remove_dir_all(&paths.temp);
-    fs::create_dir_all(&paths.temp)
-        .map_err(|e| format!("cannot create {}: {e}", paths.temp.display()))?;
-    Ok(())
+    create(&paths.temp)
 }
 
-fn phase_fields(kind: Kind, step: &str, st: &TransferState) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("phase".into(), json!(kind.as_str()));
-    m.insert("step".into(), json!(step));
-    m.insert("percent".into(), json!(f64::from(st.percent)));
-    m.insert("bytes_transferred".into(), json!(st.bytes_transferred));
-    m.insert(
-        "bytes_transferred_human".into(),
-        json!(format_bytes(st.bytes_transferred)),
-    );
-    m.insert("speed".into(), json!(st.speed));
-    m.insert("current_file".into(), json!(st.current_file));
-    m.insert("files_transferred".into(), json!(st.files_transferred));
-    m
+/// Removes everything below `dir` (kept itself); returns the bytes of the files removed.
+fn empty_dir(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => {
+                removed += walk_tree(&path).map(|t| t.bytes).unwrap_or(0);
+                let _ = fs::remove_dir_all(&path);
+            }
+            _ => {
+                removed += e.metadata().map(|m| m.len()).unwrap_or(0);
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+    removed
+}
+
+/// Space available to us and total size of the filesystem holding `path`.
+fn free_space(path: &Path) -> Option<(u64, u64)> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    let block = st.fragment_size();
+    Some((
+        st.blocks_available().saturating_mul(block),
+        st.blocks().saturating_mul(block),
+    ))
+}
+
+/// A running job's `progress` while it copies one tree.
+fn tree_progress(kind: Kind, step: &str, message: String, st: &TransferState) -> Progress {
+    Progress {
+        status: Some(ProgressStatus::Running),
+        message: Some(message),
+        extra: fields(&LiveExtra::new(kind, step, st)),
+    }
 }
 
 fn live_message(kind: Kind, step: &str, st: &TransferState) -> String {
@@ -667,6 +787,17 @@ enum Level {
     Success,
     Warning,
     Error,
+}
+
+impl Level {
+    /// The status word of a tree in `progress.trees`.
+    fn word(self) -> &'static str {
+        match self {
+            Level::Success => "success",
+            Level::Warning => "warning",
+            Level::Error => "error",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -694,6 +825,29 @@ impl TreeOutcome {
             copied: None,
         }
     }
+
+    fn failed(kind: Kind, error: &TreeError) -> TreeOutcome {
+        TreeOutcome::error(kind, error_chain(error))
+    }
+
+    /// The node's disk filled up: an error whatever rsync's exit said, with `note` (the space
+    /// left, the partial file removed), and the job stops (the next tree would fill it again).
+    fn disk_full(self, note: String) -> TreeOutcome {
+        TreeOutcome {
+            level: Level::Error,
+            message: format!("{}; {note}", self.message),
+            stopped: true,
+            ..self
+        }
+    }
+
+    /// The job was cancelled during the tree's first pass: the job stops here.
+    fn cancelled(kind: Kind) -> TreeOutcome {
+        TreeOutcome {
+            stopped: true,
+            ..TreeOutcome::error(kind, "cancelled; the transfer resumes next cycle".into())
+        }
+    }
 }
 
 fn list(items: &[String], max: usize) -> String {
@@ -713,7 +867,7 @@ fn list(items: &[String], max: usize) -> String {
 fn describe_end(
     kind: Kind,
     id: &str,
-    config: &RsyncBackupConfig,
+    timeout: Duration,
     run: &RunResult,
 ) -> (Level, Option<String>, bool) {
     match run.end {
@@ -758,11 +912,30 @@ fn describe_end(
             Level::Error,
             Some(format!(
                 "timed out after {} s (job timeout); rsync was stopped and the transfer resumes next cycle",
-                config.job_timeout.as_secs()
+                seconds(timeout)
+            )),
+            true,
+        ),
+        RunEnd::Stalled(after) => (
+            Level::Error,
+            Some(format!(
+                "device stopped sending data: nothing received for {} s (--io-timeout); rsync was \
+                 stopped and the transfer resumes next cycle",
+                seconds(after)
             )),
             true,
         ),
         RunEnd::Cancelled => (Level::Error, Some("cancelled".into()), true),
+    }
+}
+
+/// A duration in whole seconds, or tenths below one second.
+fn seconds(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs >= 1.0 {
+        format!("{secs:.0}")
+    } else {
+        format!("{secs:.1}")
     }
 }
 
@@ -808,39 +981,26 @@ fn describe_live(live: &LiveReport) -> Vec<String> {
     parts
 }
 
-/// Turns one tree's rsync run, database step and promotion into an outcome.
+/// Turns one tree's rsync run, database step and promotion into an outcome (pure).
 fn describe(
     kind: Kind,
     id: &str,
-    config: &RsyncBackupConfig,
+    timeout: Duration,
     run: RunResult,
     report: PromoteReport,
     live: &LiveReport,
 ) -> TreeOutcome {
-    let title = kind.title();
-    let (mut level, end_msg, stopped) = describe_end(kind, id, config, &run);
-    let mut parts: Vec<String> = end_msg.into_iter().collect();
-    let live_parts = describe_live(live);
-    if !live_parts.is_empty() {
-        level = level.max(Level::Warning);
-        parts.extend(live_parts);
-    }
-    if !report.errors.is_empty() {
-        level = level.max(Level::Warning);
-        let n = report.errors.len();
-        parts.push(format!(
-            "{n} entr{} not moved into the archive: {}",
-            plural(n, "y", "ies"),
-            list(&report.errors, 3)
-        ));
-    }
+    let (end_level, end_msg, stopped) = describe_end(kind, id, timeout, &run);
+    let warnings = describe_warnings(live, &report);
+    let level = if warnings.is_empty() {
+        end_level
+    } else {
+        end_level.max(Level::Warning)
+    };
+    let mut parts: Vec<String> = end_msg.into_iter().chain(warnings).collect();
+    // Noted, not a warning: refusing them is the policy working.
     let unsafe_links = &run.state.unsafe_symlinks;
     if !unsafe_links.is_empty() {
-        tracing::warn!(
-            device = %id,
-            "{title}: symlinks pointing outside the device's tree were not copied: {}",
-            list(unsafe_links, 10)
-        );
         parts.push(format!(
             "{} symlink{} pointing outside the device's tree not copied ({})",
             unsafe_links.len(),
@@ -869,6 +1029,7 @@ fn describe(
             format_bytes(bytes)
         ),
     };
+    let title = kind.title();
     let message = if parts.is_empty() {
         format!("{title}: {copied}")
     } else {
@@ -883,6 +1044,20 @@ fn describe(
         stopped,
         copied: None,
     }
+}
+
+/// What makes a tree a warning besides rsync's end: databases not used, entries not promoted.
+fn describe_warnings(live: &LiveReport, report: &PromoteReport) -> Vec<String> {
+    let mut parts = describe_live(live);
+    if !report.errors.is_empty() {
+        let n = report.errors.len();
+        parts.push(format!(
+            "{n} entr{} not moved into the archive: {}",
+            plural(n, "y", "ies"),
+            list(&report.errors, 3)
+        ));
+    }
+    parts
 }
 
 fn finish(
@@ -908,38 +1083,22 @@ fn finish(
         )),
         Level::Error => JobOutcome::error(format!("Backup failed after {secs:.1}s: {body}")),
     };
-    let files: u64 = trees.iter().map(|t| t.files).sum();
-    let bytes: u64 = trees.iter().map(|t| t.bytes).sum();
-    outcome
-        .progress
-        .extra
-        .insert("files_transferred".into(), json!(files));
-    outcome
-        .progress
-        .extra
-        .insert("bytes_transferred".into(), json!(bytes));
-    outcome
-        .progress
-        .extra
-        .insert("duration_s".into(), json!((secs * 10.0).round() / 10.0));
-    let per_tree: BTreeMap<&str, Value> = trees
-        .iter()
-        .map(|t| {
-            let status = match t.level {
-                Level::Success => "success",
-                Level::Warning => "warning",
-                Level::Error => "error",
-            };
-            (
-                t.kind.as_str(),
-                json!({"status": status, "files_transferred": t.files, "bytes_transferred": t.bytes}),
-            )
-        })
-        .collect();
-    outcome.progress.extra.insert(
-        "trees".into(),
-        serde_json::to_value(per_tree).unwrap_or_default(),
-    );
+    outcome.progress.extra = fields(&FinalExtra {
+        files_transferred: trees.iter().map(|t| t.files).sum(),
+        bytes_transferred: trees.iter().map(|t| t.bytes).sum(),
+        duration_s: (secs * 10.0).round() / 10.0,
+        trees: trees
+            .iter()
+            .map(|t| {
+                let figures = TreeFigures {
+                    status: t.level.word(),
+                    files_transferred: t.files,
+                    bytes_transferred: t.bytes,
+                };
+                (t.kind.as_str(), figures)
+            })
+            .collect(),
+    });
     outcome.synced = synced;
     outcome.copied = trees.iter().find_map(|t| t.copied.clone());
     outcome
@@ -965,9 +1124,7 @@ impl Engine for RsyncEngine {
     }
 
     fn default_extra(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("metadata".into(), json!({}));
-        m
+        fields(&EntryExtra::default())
     }
 
     fn run(&self, device: DeviceInfo, ctx: JobContext) -> BoxFuture<'static, JobOutcome> {
@@ -980,11 +1137,21 @@ impl Engine for RsyncEngine {
 mod tests {
     use super::*;
     use crate::live::Held;
+    use serde_json::json;
 
     const ID: &str = "0123456789abcdef0123456789abcdef";
 
-    fn config() -> RsyncBackupConfig {
-        RsyncBackupConfig::new(Path::new("/a/r"), Path::new("/a/v"), Path::new("/s"))
+    /// The scheduler's default job timeout.
+    const TIMEOUT: Duration = Duration::from_secs(600);
+
+    /// An engine with its archive roots and state under `work`.
+    fn engine_in(work: &Path) -> RsyncEngine {
+        RsyncEngine::new(RsyncBackupConfig::new(
+            &work.join("results"),
+            &work.join("videos"),
+            &work.join("state"),
+        ))
+        .unwrap()
     }
 
     fn run(end: RunEnd, stderr: &[&str]) -> RunResult {
@@ -1009,11 +1176,10 @@ mod tests {
 
     #[test]
     fn exit_codes_become_levels_and_messages() {
-        let c = config();
         let ok = describe(
             Kind::Results,
             ID,
-            &c,
+            TIMEOUT,
             run(RunEnd::Exited(0), &[]),
             copied(2),
             &LiveReport::default(),
@@ -1024,7 +1190,7 @@ mod tests {
         let vanished = describe(
             Kind::Videos,
             ID,
-            &c,
+            TIMEOUT,
             run(RunEnd::Exited(24), &[]),
             copied(1),
             &LiveReport::default(),
@@ -1039,7 +1205,7 @@ mod tests {
         let failed = describe(
             Kind::Videos,
             ID,
-            &c,
+            TIMEOUT,
             run(
                 RunEnd::Exited(255),
                 &[
@@ -1062,7 +1228,7 @@ mod tests {
         let timed_out = describe(
             Kind::Results,
             ID,
-            &c,
+            TIMEOUT,
             run(RunEnd::TimedOut, &[]),
             copied(0),
             &LiveReport::default(),
@@ -1074,7 +1240,6 @@ mod tests {
 
     #[test]
     fn missing_trees_rejected_dbs_and_unsafe_links() {
-        let c = config();
         let missing = [format!(
             "rsync: [sender] change_dir \"/videos/{ID}\" (in ethoscope_data) failed: No such file or directory (2)"
         )];
@@ -1082,7 +1247,7 @@ mod tests {
         let v = describe(
             Kind::Videos,
             ID,
-            &c,
+            TIMEOUT,
             run(RunEnd::Exited(23), &missing),
             copied(0),
             &LiveReport::default(),
@@ -1096,7 +1261,7 @@ mod tests {
         let r = describe(
             Kind::Results,
             ID,
-            &c,
+            TIMEOUT,
             run(RunEnd::Exited(23), &missing_r),
             copied(0),
             &LiveReport::default(),
@@ -1127,7 +1292,7 @@ mod tests {
         };
         let mut rr = run(RunEnd::Exited(0), &[]);
         rr.state.unsafe_symlinks = vec!["etc".into()];
-        let o = describe(Kind::Results, ID, &c, rr, copied(1), &live);
+        let o = describe(Kind::Results, ID, TIMEOUT, rr, copied(1), &live);
         assert_eq!(o.level, Level::Warning);
         assert!(o.message.contains(
             "1 database copy failed a check and was not used (the last good copy is kept; read again next cycle): E/ts/x.db (failed the integrity check (integrity_check: malformed))"
@@ -1138,6 +1303,26 @@ mod tests {
         assert!(o
             .message
             .contains("1 symlink pointing outside the device's tree not copied (etc)"));
+    }
+
+    /// Symlinks out of the device's tree are refused by policy: noted, not a warning.
+    #[test]
+    fn refused_symlinks_alone_are_a_note() {
+        let mut rr = run(RunEnd::Exited(0), &[]);
+        rr.state.unsafe_symlinks = vec!["etc".into(), "shadow".into()];
+        let o = describe(
+            Kind::Results,
+            ID,
+            TIMEOUT,
+            rr,
+            copied(1),
+            &LiveReport::default(),
+        );
+        assert_eq!(o.level, Level::Success, "{}", o.message);
+        assert_eq!(
+            o.message,
+            "Results: 1 file copied (2.0 KB); 2 symlinks pointing outside the device's tree not copied (etc, shadow)"
+        );
     }
 
     #[test]
@@ -1186,5 +1371,127 @@ mod tests {
             Some("Backup completed with warnings in 0.1s: Videos: no changes; results: waiting for the device's database list")
         );
         assert_eq!(o.progress.extra["duration_s"].to_string(), "0.1");
+    }
+    /// The scheduler aborts a job that outlives its grace period, wherever it is. Aborted while
+    /// it promotes, the job's size update still ends with what was moved (the promotion runs
+    /// to its end on its blocking thread): the tree is not left busy, so rescans keep measuring
+    /// it, and its size is what the archive holds.
+    #[tokio::test]
+    async fn a_job_aborted_mid_promotion_leaves_a_size_that_rescans_keep_true() {
+        use futures::FutureExt;
+        let work = tempfile::tempdir().unwrap();
+        let engine = engine_in(work.path());
+        let device = DeviceInfo::from_entry(
+            ID,
+            &json!({"id": ID, "name": "ETHOSCOPE_001", "ip": "127.0.0.1", "status": "running"}),
+        )
+        .unwrap();
+        let kind = Kind::Videos;
+        let paths = engine.transfer_paths(&device, kind);
+        prepare_dirs(&paths).unwrap();
+        for i in 0..300 {
+            let file = paths.staging.join(format!("d{}/{i}.h264", i % 7));
+            fs::create_dir_all(file.parent().unwrap()).unwrap();
+            fs::write(&file, vec![7u8; i]).unwrap();
+        }
+        engine.rescan().await;
+        assert!(engine.sizes().has(kind, ID));
+        let live = Live::new(engine.live_paths(&paths, kind, ID), false);
+        let ctx = JobContext::detached(ID);
+        let job = engine.promote_tree(kind, ID, &paths, live, &ctx);
+        // One poll starts the promotion; dropping the future is what aborting the task does.
+        assert!(
+            job.now_or_never().is_none(),
+            "the promotion finished at once"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while engine.sizes().updating(kind, ID) {
+            assert!(Instant::now() < deadline, "the tree stayed busy");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let on_disk = walk_tree(&paths.archive).unwrap();
+        assert_eq!(on_disk.files, 300);
+        assert_eq!(engine.sizes().get(kind, ID), Some(on_disk));
+        let info = engine.rescan().await;
+        assert_eq!(info.skipped_busy, 0);
+        assert_eq!(engine.sizes().get(kind, ID), Some(on_disk));
+    }
+    /// The wire text of a running job's `progress`, key order included (as the `json!` literals
+    /// it was first built with wrote it).
+    #[test]
+    fn live_progress_wire_shape() {
+        let st = TransferState {
+            files_transferred: 3,
+            bytes_transferred: 1_572_864,
+            percent: 42,
+            speed: "1.00MB/s".into(),
+            current_file: Some("ETHOSCOPE_001/2025-07-10_10-00-00/a.h264".into()),
+            ..TransferState::default()
+        };
+        let p = tree_progress(
+            Kind::Videos,
+            "2/2",
+            live_message(Kind::Videos, "2/2", &st),
+            &st,
+        );
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"status":"running","message":"Videos (2/2): 42% - 1.5 MB at 1.00MB/s, 3 files, current: ETHOSCOPE_001/2025-07-10_10-00-00/a.h264","phase":"videos","step":"2/2","percent":42.0,"bytes_transferred":1572864,"bytes_transferred_human":"1.5 MB","speed":"1.00MB/s","current_file":"ETHOSCOPE_001/2025-07-10_10-00-00/a.h264","files_transferred":3}"#
+        );
+        let start = tree_progress(
+            Kind::Results,
+            "1/2",
+            "Results (1/2): starting transfer".into(),
+            &TransferState::default(),
+        );
+        assert_eq!(
+            serde_json::to_string(&start).unwrap(),
+            r#"{"status":"running","message":"Results (1/2): starting transfer","phase":"results","step":"1/2","percent":0.0,"bytes_transferred":0,"bytes_transferred_human":"0 B","speed":"","current_file":null,"files_transferred":0}"#
+        );
+    }
+
+    /// The wire text of a finished job's `progress` and `synced`, key order included.
+    #[tokio::test]
+    async fn finished_job_wire_shape() {
+        let t = |kind, level, files, bytes| TreeOutcome {
+            kind,
+            level,
+            message: format!("{kind}: ok"),
+            files,
+            bytes,
+            stopped: false,
+            copied: None,
+        };
+        let work = tempfile::tempdir().unwrap();
+        let engine = engine_in(work.path());
+        let videos = engine.inner.config.videos_dir.join(ID);
+        fs::create_dir_all(&videos).unwrap();
+        fs::write(videos.join("a.h264"), vec![0u8; 1536]).unwrap();
+        engine.rescan().await;
+        let synced = fields(&engine.synced_for(ID, &[Kind::Results, Kind::Videos]));
+        let o = finish(
+            &[
+                t(Kind::Results, Level::Warning, 2, 20),
+                t(Kind::Videos, Level::Success, 1, 1536),
+            ],
+            vec![],
+            Some(Value::Object(synced)),
+            Duration::from_millis(1234),
+        );
+        assert_eq!(
+            serde_json::to_string(&o.progress).unwrap(),
+            r#"{"status":"warning","message":"Backup completed with warnings in 1.2s: results: ok; videos: ok","files_transferred":3,"bytes_transferred":1556,"duration_s":1.2,"trees":{"results":{"status":"warning","files_transferred":2,"bytes_transferred":20},"videos":{"status":"success","files_transferred":1,"bytes_transferred":1536}}}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&o.synced).unwrap(),
+            format!(
+                r#"{{"videos":{{"local_files":1,"directory":"{}","disk_usage_bytes":1536,"disk_usage_human":"1.5 KB"}}}}"#,
+                videos.display()
+            )
+        );
+        assert_eq!(
+            serde_json::to_string(&engine.default_extra()).unwrap(),
+            r#"{"metadata":{}}"#
+        );
     }
 }

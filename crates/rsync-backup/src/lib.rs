@@ -15,6 +15,7 @@
 //! - [`promote`] moves staged files into the archive.
 //! - [`sizes`] keeps the per-device size index (job deltas plus a periodic parallel rescan).
 //! - [`api`] serves `GET /status` and `GET /` from memory.
+//! - [`wire`] holds the daemon's JSON documents as serialisable structs.
 //!
 //! What it does not do: discover devices, schedule, persist status (`etho-daemon`), install
 //! ssh keys on devices (the node), or delete anything from the archive.
@@ -29,6 +30,7 @@ pub mod promote;
 pub mod runner;
 pub mod sizes;
 pub mod source;
+pub mod wire;
 
 pub use config::{Kind, RsyncBackupConfig, SshConfig};
 pub use engine::{EngineError, RsyncEngine};

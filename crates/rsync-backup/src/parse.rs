@@ -429,9 +429,32 @@ pub fn source_dir_missing(stderr: &[String], kind: &str, id: &str) -> bool {
     })
 }
 
+/// True when stderr says the node's disk is full (`write failed on "…": No space left on device
+/// (28)`): the receiving side, not the device, ran out of space.
+pub fn disk_full(stderr: &[String]) -> bool {
+    stderr
+        .iter()
+        .any(|l| l.contains("No space left on device") && !l.contains("[sender]"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_full_lines() {
+        let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(disk_full(&lines(&[
+            "rsync: [receiver] write failed on \"/state/tmp/results/x/.a.h264.Xy12ab\": No space left on device (28)",
+            "rsync error: error in file IO (code 11) at receiver.c(381) [receiver=3.2.7]",
+        ])));
+        assert!(!disk_full(&lines(&[
+            "rsync: [sender] read errors mapping \"a\": No space left on device (28)"
+        ])));
+        assert!(!disk_full(&lines(&[
+            "rsync error: some files/attrs were not transferred (code 23)"
+        ])));
+    }
 
     /// Output of `rsync -rlpt -v --out-format='%i %l %n' --info=progress2 --stats` pulling a small
     /// tree with a 3 MB file, as captured (`\r` redraws included).

@@ -28,10 +28,12 @@ use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::sizes::SizeDelta;
+use etho_model::error_chain;
+use tokio_util::sync::CancellationToken;
 
-/// The 16-byte header of every SQLite 3 database file.
-const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+use crate::live::check::{self, CheckFailure};
+use crate::live::format::DB_MAGIC;
+use crate::sizes::SizeDelta;
 
 /// Suffix of the hidden temporary name used only by the cross-filesystem fallback.
 pub const CROSS_DEVICE_TMP_SUFFIX: &str = ".etho-backup-tmp";
@@ -58,48 +60,36 @@ pub fn is_sqlite_file(path: &Path) -> bool {
     let mut head = [0u8; 16];
     fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut head))
-        .map(|()| &head == SQLITE_MAGIC)
-        .unwrap_or(false)
+        .is_ok_and(|()| &head == DB_MAGIC)
 }
 
-/// Runs `PRAGMA quick_check` on a database file without modifying it or creating companions.
-/// `Ok(())` when SQLite answers `ok`; otherwise its first complaints.
-pub fn quick_check(path: &Path) -> Result<(), String> {
-    use rusqlite::{Connection, OpenFlags};
-    let uri = format!("file:{}?immutable=1", uri_escape(&path.to_string_lossy()));
-    let conn = Connection::open_with_flags(
-        &uri,
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_URI
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| format!("cannot open: {e}"))?;
-    let mut stmt = conn
-        .prepare("PRAGMA quick_check(5)")
-        .map_err(|e| e.to_string())?;
-    let rows: Result<Vec<String>, _> = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .map_err(|e| e.to_string())?
-        .collect();
-    let rows = rows.map_err(|e| e.to_string())?;
-    if rows.len() == 1 && rows[0] == "ok" {
-        Ok(())
-    } else if rows.is_empty() {
-        Err("quick_check returned nothing".to_string())
-    } else {
-        Err(rows.join("; "))
-    }
+/// Runs `PRAGMA quick_check` on a database file without modifying it or creating companions:
+/// `Ok(())` when SQLite answers `ok`; otherwise its first complaints
+/// ([`CheckFailure::Integrity`]), or why it could not read the file.
+pub fn quick_check(path: &Path) -> Result<(), CheckFailure> {
+    check::integrity(path, "quick_check", &CancellationToken::new())
 }
 
-fn uri_escape(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for c in path.chars() {
-        match c {
-            '%' | '?' | '#' => out.push_str(&format!("%{:02X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
+/// Why an archive directory could not be made a real directory.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveDirError {
+    /// `rel` has a component other than a plain name (`..`, `/`).
+    #[error("refusing odd path component in {}", .0.display())]
+    OddComponent(PathBuf),
+    /// A regular file (or other non-directory) stands where the device has a directory.
+    #[error("{}: the archive holds a file where the device has a directory", .0.display())]
+    FileInTheWay(PathBuf),
+    /// A file operation failed.
+    #[error("cannot {what} {}", .path.display())]
+    Io {
+        /// `create`, `inspect`, `replace symlink`.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Promotes everything under `staging` into `archive`. `cancelled` is polled between entries.
@@ -149,7 +139,7 @@ fn promote_dir(
             let staged_dir = staging_root.join(&rel_path);
             match ensure_archive_dir(archive_root, &rel_path) {
                 Ok(target) => copy_dir_attrs(&staged_dir, &target),
-                Err(err) => report.errors.push(err),
+                Err(err) => report.errors.push(error_chain(&err)),
             }
             // Only succeeds when everything inside was promoted.
             let _ = fs::remove_dir(&staged_dir);
@@ -187,7 +177,7 @@ fn promote_entry(
     let parent = match ensure_archive_dir(archive_root, parent_rel) {
         Ok(p) => p,
         Err(err) => {
-            report.errors.push(err);
+            report.errors.push(error_chain(&err));
             return;
         }
     };
@@ -289,11 +279,15 @@ fn copy_into_place(staged: &Path, target: &Path, is_file: bool) -> io::Result<()
 /// Makes `archive_root/rel` a real directory, component by component, without following any
 /// symlink below `archive_root`: a symlink (which can only have come from an older tool) is
 /// replaced by a directory. A regular file in the way is an error (no data is deleted).
-pub fn ensure_archive_dir(archive_root: &Path, rel: &Path) -> Result<PathBuf, String> {
+pub fn ensure_archive_dir(archive_root: &Path, rel: &Path) -> Result<PathBuf, ArchiveDirError> {
+    let io_error = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ArchiveDirError::Io { what, path, source }
+    };
     let mut path = archive_root.to_path_buf();
     for comp in rel.components() {
         let Component::Normal(name) = comp else {
-            return Err(format!("refusing odd path component in {}", rel.display()));
+            return Err(ArchiveDirError::OddComponent(rel.to_path_buf()));
         };
         path.push(name);
         match fs::symlink_metadata(&path) {
@@ -305,19 +299,13 @@ pub fn ensure_archive_dir(archive_root: &Path, rel: &Path) -> Result<PathBuf, St
                 );
                 fs::remove_file(&path)
                     .and_then(|()| fs::create_dir(&path))
-                    .map_err(|e| format!("cannot replace symlink {}: {e}", path.display()))?;
+                    .map_err(io_error("replace symlink", &path))?;
             }
-            Ok(_) => {
-                return Err(format!(
-                    "{}: the archive holds a file where the device has a directory",
-                    path.display()
-                ))
-            }
+            Ok(_) => return Err(ArchiveDirError::FileInTheWay(path)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&path)
-                    .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+                fs::create_dir(&path).map_err(io_error("create", &path))?;
             }
-            Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+            Err(e) => return Err(io_error("inspect", &path)(e)),
         }
     }
     Ok(path)

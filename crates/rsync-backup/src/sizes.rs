@@ -7,7 +7,10 @@
 //! - each device's `results/<id>` and `videos/<id>` size is one entry of a [`SizeIndex`], read
 //!   under a short read lock by `GET /status`;
 //! - a job adjusts its device's entries by what it promoted ([`SizeDelta`]), so sizes are right
-//!   the moment a job ends;
+//!   the moment a job ends. The update is a guard ([`SizeUpdate`]): a job that never finishes it
+//!   (aborted or panicking while it promotes) still ends it when the guard drops, and the tree is
+//!   marked stale, so the next rescan measures it and the next job does not add a delta to a
+//!   size it cannot trust;
 //! - a periodic full rescan ([`scan_root`], parallel, stat-only on regular files) corrects any
 //!   drift (files removed by hand, ...). A rescan never overwrites an entry a job changed while
 //!   it was walking (each entry carries a version).
@@ -22,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use etho_model::device::is_valid_machine_id;
@@ -124,6 +127,18 @@ struct Entry {
     version: u64,
     /// Jobs currently promoting into this tree.
     busy: u32,
+    /// An update ended without its change (the job stopped mid-promotion): the size is a guess
+    /// until the next rescan measures the tree.
+    stale: bool,
+}
+
+impl Entry {
+    const NEW: Entry = Entry {
+        size: TreeSize { files: 0, bytes: 0 },
+        version: 0,
+        busy: 0,
+        stale: false,
+    };
 }
 
 /// When and how the last full rescan ran.
@@ -209,38 +224,58 @@ impl SizeIndex {
         self.read().rescan.clone()
     }
 
-    /// A job is about to change a tree: rescans in flight will not overwrite it.
-    pub fn begin_update(&self, kind: Kind, id: &str) {
+    /// A job is about to change a tree: rescans in flight will not overwrite it until the
+    /// returned guard is finished with the change, or dropped.
+    pub fn begin_update(self: &Arc<Self>, kind: Kind, id: &str) -> SizeUpdate {
         let mut w = self.write();
-        let e = w.entries.entry((kind, id.to_string())).or_insert(Entry {
-            size: TreeSize::default(),
-            version: 0,
-            busy: 0,
-        });
+        let e = w
+            .entries
+            .entry((kind, id.to_string()))
+            .or_insert(Entry::NEW);
         e.version += 1;
         e.busy += 1;
+        SizeUpdate {
+            index: Arc::clone(self),
+            kind,
+            id: id.to_string(),
+            change: None,
+        }
     }
 
-    /// A job finished changing a tree. `known_before` tells whether the entry had a real size
-    /// before the job (otherwise the caller passes a freshly measured `absolute` size).
-    pub fn end_update(&self, kind: Kind, id: &str, change: SizeChange) {
+    /// Ends an update: applies `change`, or without one marks the tree stale.
+    fn end_update(&self, kind: Kind, id: &str, change: Option<SizeChange>) {
         let mut w = self.write();
         let e = w.entries.entry((kind, id.to_string())).or_insert(Entry {
-            size: TreeSize::default(),
-            version: 0,
             busy: 1,
+            ..Entry::NEW
         });
-        e.size = match change {
-            SizeChange::Delta(d) => e.size.apply(d),
-            SizeChange::Absolute(s) => s,
-        };
+        match change {
+            Some(SizeChange::Delta(d)) => e.size = e.size.apply(d),
+            Some(SizeChange::Absolute(s)) => {
+                e.size = s;
+                e.stale = false;
+            }
+            None => e.stale = true,
+        }
         e.version += 1;
         e.busy = e.busy.saturating_sub(1);
     }
 
-    /// Whether a tree has a measured size (from a rescan or a job).
+    /// Whether a job is changing the tree now.
+    pub fn updating(&self, kind: Kind, id: &str) -> bool {
+        self.read()
+            .entries
+            .get(&(kind, id.to_string()))
+            .is_some_and(|e| e.busy > 0)
+    }
+
+    /// Whether a tree has a measured size (from a rescan or a job) that a job's delta can be
+    /// added to: not one an unfinished update left stale.
     pub fn has(&self, kind: Kind, id: &str) -> bool {
-        self.read().entries.contains_key(&(kind, id.to_string()))
+        self.read()
+            .entries
+            .get(&(kind, id.to_string()))
+            .is_some_and(|e| !e.stale)
     }
 
     /// Snapshot of entry versions, taken before a rescan walks.
@@ -273,6 +308,7 @@ impl SizeIndex {
                         skipped += 1;
                     } else {
                         e.size = *size;
+                        e.stale = false;
                     }
                 }
                 None => {
@@ -283,8 +319,7 @@ impl SizeIndex {
                             key,
                             Entry {
                                 size: *size,
-                                version: 0,
-                                busy: 0,
+                                ..Entry::NEW
                             },
                         );
                     }
@@ -298,6 +333,7 @@ impl SizeIndex {
                 && before.0.get(&(*k, id.clone())) == Some(&e.version)
             {
                 e.size = TreeSize::default();
+                e.stale = false;
             }
         }
         skipped
@@ -306,6 +342,34 @@ impl SizeIndex {
     /// Records a finished rescan.
     pub fn set_rescan_info(&self, info: RescanInfo) {
         self.write().rescan = info;
+    }
+}
+
+/// A job's update of one tree's size, from [`SizeIndex::begin_update`]. [`SizeUpdate::finish`]
+/// applies the job's change; dropped unfinished (the job was aborted or panicked while it
+/// promoted), it still ends the update, and marks the tree stale: the next rescan measures it
+/// (a tree left busy would never be rescanned again), and until then jobs measure it instead of
+/// adding their delta to a size that missed part of a promotion.
+#[must_use = "the update ends when the guard is finished or dropped"]
+#[derive(Debug)]
+pub struct SizeUpdate {
+    index: Arc<SizeIndex>,
+    kind: Kind,
+    id: String,
+    change: Option<SizeChange>,
+}
+
+impl SizeUpdate {
+    /// Applies the job's change and ends the update.
+    pub fn finish(mut self, change: SizeChange) {
+        self.change = Some(change);
+    }
+}
+
+impl Drop for SizeUpdate {
+    fn drop(&mut self) {
+        self.index
+            .end_update(self.kind, &self.id, self.change.take());
     }
 }
 
@@ -384,18 +448,14 @@ mod tests {
 
     #[test]
     fn rescan_does_not_clobber_concurrent_job_updates() {
-        let idx = SizeIndex::new();
+        let idx = Arc::new(SizeIndex::new());
         let before = idx.versions();
         // A job for A runs while the rescan walks.
-        idx.begin_update(Kind::Results, A);
-        idx.end_update(
-            Kind::Results,
-            A,
-            SizeChange::Absolute(TreeSize {
+        idx.begin_update(Kind::Results, A)
+            .finish(SizeChange::Absolute(TreeSize {
                 files: 3,
                 bytes: 30,
-            }),
-        );
+            }));
         let measured: BTreeMap<String, TreeSize> = [
             (
                 A.to_string(),
@@ -439,15 +499,11 @@ mod tests {
         );
         assert_eq!(idx.get(Kind::Results, B), Some(TreeSize::default()));
         // Deltas apply on top and saturate.
-        idx.begin_update(Kind::Results, A);
-        idx.end_update(
-            Kind::Results,
-            A,
-            SizeChange::Delta(SizeDelta {
+        idx.begin_update(Kind::Results, A)
+            .finish(SizeChange::Delta(SizeDelta {
                 files: -10,
                 bytes: 5,
-            }),
-        );
+            }));
         assert_eq!(
             idx.get(Kind::Results, A),
             Some(TreeSize {
@@ -460,21 +516,19 @@ mod tests {
 
     #[test]
     fn every_change_bumps_the_version_and_reads_do_not() {
-        let idx = SizeIndex::new();
+        let idx = Arc::new(SizeIndex::new());
         let mut last = idx.version();
         let mut changed = |idx: &SizeIndex, what: &str| {
             let v = idx.version();
             assert!(v > last, "{what} must bump the version ({last} -> {v})");
             last = v;
         };
-        idx.begin_update(Kind::Videos, A);
+        let update = idx.begin_update(Kind::Videos, A);
         changed(&idx, "begin_update");
-        idx.end_update(
-            Kind::Videos,
-            A,
-            SizeChange::Delta(SizeDelta { files: 1, bytes: 9 }),
-        );
+        update.finish(SizeChange::Delta(SizeDelta { files: 1, bytes: 9 }));
         changed(&idx, "end_update (job delta)");
+        drop(idx.begin_update(Kind::Videos, A));
+        changed(&idx, "an update dropped unfinished");
         let before = idx.versions();
         let measured: BTreeMap<String, TreeSize> =
             [(B.to_string(), TreeSize { files: 2, bytes: 4 })].into();
@@ -491,5 +545,48 @@ mod tests {
         );
         let _ = idx.rescan_info();
         assert_eq!(idx.version(), v, "reads leave the version alone");
+    }
+    /// A job that stops mid-promotion (its task aborted or panicking) drops its update
+    /// unfinished: the tree is no longer busy, so the next rescan measures it, and until then a
+    /// job measures it rather than adding a delta to a size that missed part of a promotion.
+    #[test]
+    fn an_unfinished_update_leaves_the_tree_to_the_next_rescan() {
+        let idx = Arc::new(SizeIndex::new());
+        let size = |files, bytes| TreeSize { files, bytes };
+        idx.begin_update(Kind::Results, A)
+            .finish(SizeChange::Absolute(size(2, 20)));
+        assert!(idx.has(Kind::Results, A));
+        let before = idx.versions();
+        let update = idx.begin_update(Kind::Results, A);
+        assert!(idx.updating(Kind::Results, A));
+        // A rescan that walked while the job promoted leaves the tree alone.
+        let measured: BTreeMap<String, TreeSize> = [(A.to_string(), size(3, 25))].into();
+        assert_eq!(idx.commit_rescan(Kind::Results, &measured, &before), 1);
+        drop(update);
+        assert!(
+            !idx.updating(Kind::Results, A),
+            "the tree stays busy for good"
+        );
+        assert!(
+            !idx.has(Kind::Results, A),
+            "a stale size is no base for a delta"
+        );
+        assert_eq!(
+            idx.get(Kind::Results, A),
+            Some(size(2, 20)),
+            "shown until measured"
+        );
+        // The next rescan measures it.
+        let before = idx.versions();
+        let measured: BTreeMap<String, TreeSize> = [(A.to_string(), size(4, 41))].into();
+        assert_eq!(idx.commit_rescan(Kind::Results, &measured, &before), 0);
+        assert_eq!(idx.get(Kind::Results, A), Some(size(4, 41)));
+        assert!(idx.has(Kind::Results, A));
+        // A job's first measurement also clears the mark.
+        drop(idx.begin_update(Kind::Videos, B));
+        assert!(!idx.has(Kind::Videos, B));
+        idx.begin_update(Kind::Videos, B)
+            .finish(SizeChange::Absolute(size(1, 1)));
+        assert!(idx.has(Kind::Videos, B));
     }
 }

@@ -286,15 +286,15 @@ struct Setup {
 impl Setup {
     /// A device served by `rsync --daemon`.
     fn new(n: u8) -> Setup {
-        Setup::with(n, false).unwrap()
+        Setup::with(n, false)
     }
 
-    /// A device reached over ssh (`None` without sshd).
-    fn ssh(n: u8) -> Option<Setup> {
+    /// A device reached over ssh (fails without sshd).
+    fn ssh(n: u8) -> Setup {
         Setup::with(n, true)
     }
 
-    fn with(n: u8, ssh: bool) -> Option<Setup> {
+    fn with(n: u8, ssh: bool) -> Setup {
         let work = tempfile::tempdir().unwrap();
         let id = machine_id(n);
         let name = format!("ETHOSCOPE_{n:03}");
@@ -306,7 +306,7 @@ impl Setup {
         fs::create_dir_all(tree.results()).unwrap();
         fs::create_dir_all(tree.videos()).unwrap();
         let (server, mut c) = if ssh {
-            let sshd = TestSshd::start()?;
+            let sshd = TestSshd::start();
             let source = format!("{}@{{ip}}:{}", current_user(), tree.data.display());
             let mut c = engine_config(work.path(), &source);
             c.ssh.key = sshd.client_key.clone();
@@ -320,13 +320,13 @@ impl Setup {
         c.backup_videos = false;
         let engine = RsyncEngine::new(c).unwrap();
         let dev = device(&id, &name, "127.0.0.1", true);
-        Some(Setup {
+        Setup {
             work,
             tree,
             _server: server,
             engine,
             dev,
-        })
+        }
     }
 
     fn db(&self, ts: &str) -> PathBuf {
@@ -626,10 +626,7 @@ async fn live_writers_get_fresh_consistent_copies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement (60 s): freshness over ssh"]
 async fn live_writers_over_ssh() {
-    let Some(s) = Setup::ssh(0x55) else {
-        panic!("needs /usr/sbin/sshd");
-    };
-    live_writers(&s, false).await;
+    live_writers(&Setup::ssh(0x55), false).await;
 }
 
 async fn live_writers(s: &Setup, assert_fresh: bool) {

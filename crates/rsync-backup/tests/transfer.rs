@@ -472,11 +472,12 @@ async fn job_timeout_kills_the_whole_process_group() {
     let rsyncd = RsyncDaemon::start(&data).unwrap();
     let mut c = engine_config(work.path(), &rsyncd.url());
     c.bwlimit = Some("500".into());
-    c.job_timeout = Duration::from_secs(2);
     let engine = etho_rsync_backup::RsyncEngine::new(c).unwrap();
     let started = Instant::now();
+    // The scheduler's deadline, 2 s away; nothing cancels the job: the engine itself stops rsync.
+    let job_ctx = ctx(&id).with_deadline(Instant::now() + Duration::from_secs(2));
     let out = engine
-        .backup(device(&id, "ETHOSCOPE_011", "127.0.0.1", true), ctx(&id))
+        .backup(device(&id, "ETHOSCOPE_011", "127.0.0.1", true), job_ctx)
         .await;
     let took = started.elapsed();
     assert_eq!(out.status(), ProgressStatus::Error, "{}", msg(&out));
@@ -934,6 +935,7 @@ async fn rsync_orphaned_by_a_killed_daemon_is_stopped_by_the_next_job() {
         itemize_unchanged: false,
         partial: state.join("partial/videos").join(&id),
         temp: state.join("tmp/videos").join(&id),
+        host_key_alias: Some(id.clone()),
     };
     for d in [&paths.staging, &paths.partial, &paths.temp, &paths.archive] {
         fs::create_dir_all(d).unwrap();

@@ -114,7 +114,7 @@ impl ArchiveService {
     /// Prepares the snapshot directory (removing what a previous run left there).
     pub fn new(config: ArchiveConfig) -> anyhow::Result<ArchiveService> {
         use anyhow::Context;
-        std::fs::create_dir_all(&config.tmp_dir)
+        crate::store::private_dir(&config.tmp_dir)
             .with_context(|| format!("cannot create {}", config.tmp_dir.display()))?;
         if let Ok(entries) = std::fs::read_dir(&config.tmp_dir) {
             for entry in entries.flatten() {

@@ -16,7 +16,6 @@
 //! and one small read beside the counts that read every page anyway.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
@@ -52,13 +51,19 @@ pub fn last_t_sql(quoted_table: &str) -> String {
 }
 
 /// Why a copy was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, thiserror::Error)]
 pub enum CheckFailure {
     /// The job was cancelled before or during the check.
+    #[error("the check was cancelled")]
     Cancelled,
     /// SQLite could not open or read it.
-    Unreadable(String),
+    #[error("unreadable: {0}")]
+    Unreadable(#[source] rusqlite::Error),
+    /// The thread reading the table figures panicked.
+    #[error("unreadable: table figures failed")]
+    FiguresFailed,
     /// integrity_check / quick_check complained.
+    #[error("failed the integrity check ({check}: {detail})")]
     Integrity {
         /// Which check.
         check: &'static str,
@@ -66,8 +71,10 @@ pub enum CheckFailure {
         detail: String,
     },
     /// A table of the last good copy is missing.
+    #[error("table {0} of the last good copy is missing")]
     MissingTable(String),
     /// A table has fewer rows than in the last good copy.
+    #[error("table {table} has {now} rows, fewer than the {before} of the last good copy")]
     FewerRows {
         /// Table.
         table: String,
@@ -77,6 +84,10 @@ pub enum CheckFailure {
         now: u64,
     },
     /// A table's largest id went down.
+    #[error(
+        "table {table}'s largest id is {}, below the {before} of the last good copy",
+        .now.map_or("none".to_string(), |v| v.to_string())
+    )]
     LowerMaxId {
         /// Table.
         table: String,
@@ -85,30 +96,6 @@ pub enum CheckFailure {
         /// Now (`None`: no rows).
         now: Option<i64>,
     },
-}
-
-impl fmt::Display for CheckFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CheckFailure::Cancelled => f.write_str("the check was cancelled"),
-            CheckFailure::Unreadable(e) => write!(f, "unreadable: {e}"),
-            CheckFailure::Integrity { check, detail } => {
-                write!(f, "failed the integrity check ({check}: {detail})")
-            }
-            CheckFailure::MissingTable(t) => {
-                write!(f, "table {t} of the last good copy is missing")
-            }
-            CheckFailure::FewerRows { table, before, now } => write!(
-                f,
-                "table {table} has {now} rows, fewer than the {before} of the last good copy"
-            ),
-            CheckFailure::LowerMaxId { table, before, now } => write!(
-                f,
-                "table {table}'s largest id is {}, below the {before} of the last good copy",
-                now.map_or("none".to_string(), |v| v.to_string())
-            ),
-        }
-    }
 }
 
 /// Compares a copy's figures with the last good copy's (pure).
@@ -140,10 +127,6 @@ pub fn compare(
     Ok(())
 }
 
-fn unreadable(e: rusqlite::Error) -> CheckFailure {
-    CheckFailure::Unreadable(e.to_string())
-}
-
 /// Opens a single-file database read-only without creating or reading companions.
 pub fn open_immutable(path: &Path) -> rusqlite::Result<Connection> {
     let mut escaped = String::new();
@@ -169,9 +152,8 @@ pub fn inspect(path: &Path, cancel: &CancellationToken) -> Result<Inspection, Ch
     if cancel.is_cancelled() {
         return Err(CheckFailure::Cancelled);
     }
-    let size = std::fs::metadata(path)
-        .map_err(|e| CheckFailure::Unreadable(e.to_string()))?
-        .len();
+    // A file that cannot be stat'ed cannot be opened either: SQLite says why.
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
     let check = if size <= INTEGRITY_CHECK_MAX_BYTES {
         "integrity_check"
     } else {
@@ -184,12 +166,10 @@ pub fn inspect(path: &Path, cancel: &CancellationToken) -> Result<Inspection, Ch
                     let _stop = stop_on(&c, cancel);
                     table_stats(&c)
                 })
-                .map_err(unreadable)
+                .map_err(CheckFailure::Unreadable)
         });
         let checked = integrity(path, check, cancel);
-        let stats = stats
-            .join()
-            .unwrap_or_else(|_| Err(CheckFailure::Unreadable("table figures failed".into())));
+        let stats = stats.join().unwrap_or(Err(CheckFailure::FiguresFailed));
         (checked, stats)
     });
     if cancel.is_cancelled() {
@@ -235,17 +215,19 @@ impl Drop for StopOn {
     }
 }
 
-fn integrity(
+/// Runs `PRAGMA <check>(5)` (`integrity_check` or `quick_check`) on a single-file database
+/// opened read-only ([`open_immutable`]); `cancel` interrupts it.
+pub fn integrity(
     path: &Path,
     check: &'static str,
     cancel: &CancellationToken,
 ) -> Result<(), CheckFailure> {
-    let conn = open_immutable(path).map_err(unreadable)?;
+    let conn = open_immutable(path).map_err(CheckFailure::Unreadable)?;
     let _stop = stop_on(&conn, cancel);
     let rows: Vec<String> = conn
         .prepare(&format!("PRAGMA {check}(5)"))
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .map_err(unreadable)?;
+        .map_err(CheckFailure::Unreadable)?;
     if rows == ["ok"] {
         return Ok(());
     }

@@ -513,6 +513,51 @@ impl Live {
         cancel: &CancellationToken,
     ) -> Result<Pending, BuildOutcome> {
         let failed = |e: &dyn std::fmt::Display| BuildOutcome::Failed(e.to_string());
+        let inputs = self.build_inputs(set, base)?;
+        let work = self.paths.work.join("build");
+        let started = std::time::Instant::now();
+        let built = build::build(&work, &inputs.raw, cancel).map_err(|e| failed(&e))?;
+        let build_time = started.elapsed();
+        let inspection = self.verify(set, &built, cancel)?;
+        tracing::debug!(
+            "{}: built from {:?} in {:.3} s, checked in {:.3} s",
+            set.rel,
+            base,
+            build_time.as_secs_f64(),
+            (started.elapsed() - build_time).as_secs_f64()
+        );
+        let attrs = DeviceAttrs {
+            size: 0,
+            mtime: inputs.newest.unwrap_or_else(std::time::SystemTime::now),
+            mode: inputs.mode,
+        };
+        let size = self
+            .stage(&set.rel, &built, &attrs)
+            .map_err(|e| failed(&e))?;
+        let db_mode = match set.view.db {
+            DbView::Received(m) | DbView::Same(m) => m,
+            _ => set.record.as_ref().map_or(format::DbMode::Wal, |r| r.mode),
+        };
+        Ok(Pending {
+            rel: set.rel.clone(),
+            record: Record {
+                mode: db_mode,
+                wal: set.view.wal.salts(),
+                hot_journal: inputs.raw.journal.is_some(),
+                tables: inspection.tables,
+                date_time: inspection.date_time,
+            },
+            attrs: (size, attrs.mtime),
+            stub: inputs.stub,
+            wal: set.raw.wal.clone(),
+            journal: set.raw.journal.clone(),
+        })
+    }
+
+    /// What a copy of `set` is built from (per `base`), and what it takes from the device's file:
+    /// the stub of the file read, the mode, and the newest modification time of the files used.
+    fn build_inputs(&self, set: &DbSet, base: Base) -> Result<BuildInputs, BuildOutcome> {
+        let failed = |e: &dyn std::fmt::Display| BuildOutcome::Failed(e.to_string());
         let archived = below(&self.paths.archive, &set.rel).map_err(|e| failed(&e))?;
         let base_path = match base {
             Base::Read => set.raw.db.clone(),
@@ -544,51 +589,25 @@ impl Live {
             base_disposable: base == Base::Read && !base_path.starts_with(&self.paths.archive),
             base: base_path,
             base_is_last_good: base == Base::LastGood,
-            wal: wal.clone(),
-            journal: journal.clone(),
+            wal,
+            journal,
         };
-        let work = self.paths.work.join("build");
-        let started = std::time::Instant::now();
-        let built = build::build(&work, &raw, cancel).map_err(|e| failed(&e))?;
-        let build_time = started.elapsed();
-        let inspection = self.verify(set, &built, cancel)?;
-        tracing::debug!(
-            "{}: built from {:?} in {:.3} s, checked in {:.3} s",
-            set.rel,
-            base,
-            build_time.as_secs_f64(),
-            (started.elapsed() - build_time).as_secs_f64()
-        );
-        let staged = below(&self.paths.staging, &set.rel).map_err(|e| failed(&e))?;
-        store::make_parent(&staged).map_err(|e| failed(&e))?;
-        fs::rename(&built.path, &staged).map_err(|e| failed(&e))?;
-        let mtime = newest.unwrap_or_else(std::time::SystemTime::now);
-        DeviceAttrs {
-            size: 0,
-            mtime,
-            mode,
-        }
-        .apply_time_and_mode(&staged)
-        .map_err(|e| failed(&e))?;
-        let size = fs::metadata(&staged).map_err(|e| failed(&e))?.len();
-        let db_mode = match set.view.db {
-            DbView::Received(m) | DbView::Same(m) => m,
-            _ => set.record.as_ref().map_or(format::DbMode::Wal, |r| r.mode),
-        };
-        Ok(Pending {
-            rel: set.rel.clone(),
-            record: Record {
-                mode: db_mode,
-                wal: set.view.wal.salts(),
-                hot_journal: journal.is_some(),
-                tables: inspection.tables,
-                date_time: inspection.date_time,
-            },
-            attrs: (size, mtime),
+        Ok(BuildInputs {
+            raw,
             stub,
-            wal: set.raw.wal.clone(),
-            journal: set.raw.journal.clone(),
+            mode,
+            newest,
         })
+    }
+
+    /// Puts a checked copy in staging in place of the raw database, with the device's time and
+    /// mode; returns its size.
+    fn stage(&self, rel: &str, built: &Built, attrs: &DeviceAttrs) -> io::Result<u64> {
+        let staged = below(&self.paths.staging, rel)?;
+        store::make_parent(&staged)?;
+        fs::rename(&built.path, &staged)?;
+        attrs.apply_time_and_mode(&staged)?;
+        Ok(fs::metadata(&staged)?.len())
     }
 
     fn verify(
@@ -684,6 +703,15 @@ impl Live {
 enum BuildOutcome {
     Rejected(String),
     Failed(String),
+}
+
+/// What [`Live::build_inputs`] found.
+struct BuildInputs {
+    raw: RawSet,
+    /// The device file's attributes, when the copy was built from a fresh read.
+    stub: Option<DeviceAttrs>,
+    mode: u32,
+    newest: Option<std::time::SystemTime>,
 }
 
 fn rejected_reason(failure: &CheckFailure, kept: Option<PathBuf>) -> String {

@@ -196,10 +196,40 @@ pub fn excluded(rel: &str) -> bool {
         || rel.contains("/.cache")
 }
 
-/// Asserts `archive` is byte-identical (contents, modes, mtimes, symlinks, directories) to
-/// `source` minus the excluded files.
+/// The mode a device file gets in the archive with the daemon's umask: chmod's
+/// `ugo-st,go-w,<umask bits>-,u+rwX`, computed here independently of the engine.
+pub fn archived_mode(source: u32, umask: u32) -> u32 {
+    let mut mode = source & 0o777 & !(umask | 0o022);
+    mode |= 0o600;
+    if source & 0o111 != 0 {
+        mode |= 0o100;
+    }
+    mode
+}
+
+/// [`listing`] of a device tree as the archive must hold it: modes as [`archived_mode`] with the
+/// default umask.
+pub fn archived_listing(source: &Path) -> BTreeMap<String, Node> {
+    listing(source, &excluded)
+        .into_iter()
+        .map(|(k, n)| match n {
+            Node::File { data, mode, mtime } => (
+                k,
+                Node::File {
+                    data,
+                    mode: archived_mode(mode, etho_rsync_backup::config::DEFAULT_UMASK),
+                    mtime,
+                },
+            ),
+            other => (k, other),
+        })
+        .collect()
+}
+
+/// Asserts `archive` is byte-identical (contents, mtimes, symlinks, directories; modes as the
+/// default umask leaves them) to `source` minus the excluded files.
 pub fn assert_mirror(source: &Path, archive: &Path) {
-    let want = listing(source, &excluded);
+    let want = archived_listing(source);
     let got = listing(archive, &|_| false);
     let want_keys: Vec<_> = want.keys().collect();
     let got_keys: Vec<_> = got.keys().collect();
@@ -242,7 +272,6 @@ pub fn engine_config(work: &Path, source: &str) -> RsyncBackupConfig {
     c.source = source.parse().unwrap();
     c.connect_timeout = Duration::from_secs(3);
     c.io_timeout = Duration::from_secs(30);
-    c.job_timeout = Duration::from_secs(60);
     c
 }
 
@@ -250,8 +279,9 @@ pub fn engine(work: &Path, source: &str) -> RsyncEngine {
     RsyncEngine::new(engine_config(work, source)).unwrap()
 }
 
+/// A job context as the scheduler gives it, with a 60 s deadline.
 pub fn ctx(id: &str) -> JobContext {
-    JobContext::detached(id)
+    JobContext::detached(id).with_deadline(Instant::now() + Duration::from_secs(60))
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes.
@@ -325,8 +355,10 @@ pub async fn stub_node(devices: Value) -> (SocketAddr, tokio::task::JoinHandle<(
     (addr, handle)
 }
 
-/// A private sshd on a free loopback port accepting one generated client key, for the ssh pull
-/// test. Killed on drop.
+/// A private sshd on a free loopback port (on 127.0.0.1, .2 and .3, for devices that move)
+/// accepting one generated client key, for the ssh pull tests. Killed on drop. The ssh transport is the production one, so a machine without sshd
+/// fails these tests (as the end-to-end test fails without mariadbd) rather than passing them
+/// silently; `scripts/test` installs openssh-server.
 pub struct TestSshd {
     child: Child,
     pub port: u16,
@@ -337,16 +369,15 @@ pub struct TestSshd {
 pub const SSHD: &str = "/usr/sbin/sshd";
 
 impl TestSshd {
-    /// `None` when sshd is not installed or cannot run here.
-    pub fn start() -> Option<TestSshd> {
-        if !Path::new(SSHD).exists() {
-            eprintln!("skipping: {SSHD} not installed");
-            return None;
-        }
+    /// Starts one; panics when sshd is not installed or cannot run here.
+    pub fn start() -> TestSshd {
+        assert!(
+            Path::new(SSHD).exists(),
+            "the ssh transport tests need {SSHD} (apt-get install openssh-server)"
+        );
         // sshd's privilege separation directory.
-        if fs::create_dir_all("/run/sshd").is_err() {
-            eprintln!("skipping: cannot create /run/sshd");
-            return None;
+        if let Err(e) = fs::create_dir_all("/run/sshd") {
+            panic!("the ssh transport tests need /run/sshd for sshd: {e}");
         }
         let dir = tempfile::tempdir().unwrap();
         let keygen = |name: &str| {
@@ -370,7 +401,8 @@ impl TestSshd {
             fs::write(
                 &config,
                 format!(
-                    "ListenAddress 127.0.0.1:{port}\nHostKey {d}/host_key\nPidFile none\nUsePAM no\n\
+                    "ListenAddress 127.0.0.1:{port}\nListenAddress 127.0.0.2:{port}\n\
+                     ListenAddress 127.0.0.3:{port}\nHostKey {d}/host_key\nPidFile none\nUsePAM no\n\
                      StrictModes no\nPermitRootLogin yes\nPubkeyAuthentication yes\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                      AuthorizedKeysFile {d}/authorized_keys\nLogLevel ERROR\n",
@@ -394,12 +426,12 @@ impl TestSshd {
                     break;
                 }
                 if banner(port) {
-                    return Some(TestSshd {
+                    return TestSshd {
                         child,
                         port,
                         client_key: dir.path().join("client_key"),
                         dir,
-                    });
+                    };
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
@@ -410,7 +442,7 @@ impl TestSshd {
             }
             eprintln!("sshd attempt {attempt} on port {port} failed");
         }
-        None
+        panic!("{SSHD} did not start on a loopback port (5 attempts)");
     }
 
     /// Replaces the host key (as a device re-flashed or impersonated would) and restarts.
