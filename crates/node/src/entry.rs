@@ -341,6 +341,11 @@ impl Entry {
             experiment: fields.announced_filename().map(str::to_string),
             mariadb: fields.mariadb_report(),
             sqlite: fields.sqlite_report(),
+            conflict: doc
+                .get("conflict")
+                .and_then(|c| c.get("reason"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
         }
     }
 

@@ -294,6 +294,26 @@ fn an_impostor_makes_a_conflict_not_a_takeover() {
     assert!(r.rejected().is_empty());
 }
 
+/// The health reads the conflict: a conflicted id is not backed up, and its reason says why.
+#[test]
+fn a_conflict_reaches_the_sighting() {
+    let r = registry();
+    let a = add(&r, "127.0.0.10");
+    let b = add(&r, "127.0.0.20");
+    feed(&r, &a, answered("running"), 1.0);
+    assert_eq!(r.sightings()[ID].conflict, None);
+    feed(&r, &b, answered("running"), 2.0);
+    let s = &r.sightings()[ID];
+    let reason = s.conflict.as_deref().unwrap();
+    assert!(
+        reason.contains("claimed by 127.0.0.10:9000 and 127.0.0.20:9000")
+            && reason.contains("nothing is backed up"),
+        "{reason}"
+    );
+    // Its own last word is still what the bound address reported.
+    assert_eq!(s.reported.as_deref(), Some("running"));
+}
+
 /// The polling view the health reads: since when the device answers, what it last said it
 /// was doing and since when, kept while it does not answer.
 #[test]
