@@ -208,7 +208,7 @@ async fn simulated_lab_is_backed_up_completely() {
 
     // Both daemons run with the default --umask 027: nothing they wrote is for others, and
     // their state directories are private.
-    assert_private(root, &[&results, &videos]);
+    assert_private(root, &[results, videos]);
 
     // 5. Unplug a MariaDB device: reported offline, its backup stays intact while the others
     //    keep being backed up.

@@ -389,7 +389,7 @@ async fn health_follows_the_lab() {
     // 3. The MySQL daemon comes back with its last success, and the device is safe again.
     let restart = Instant::now();
     lab.procs
-        .push(Proc::spawn("mysql-backup-2", &mysql_cmd, &logs));
+        .push(Proc::spawn("mysql-backup-2", &mysql_cmd, logs));
     let daemon = format!("http://127.0.0.1:{}/status", setup.mysql_port);
     let first_answer = loop {
         lab.procs.last_mut().unwrap().check_alive();
