@@ -569,6 +569,21 @@ pub async fn run(
     let rsync: crate::rsync_backup::Args = unit_args(settings_source, "rsync-backup")?;
     let engine = crate::rsync_backup::engine_config(&rsync)?;
     let min_free = args.min_free_gib.saturating_mul(1 << 30);
+    let mirror = crate::mysql_backup::mirror_config(&mysql)?;
+    rows.extend(local_rows(&engine, &mirror.results_dir, min_free));
+    rows.extend(node_rows(&engine, &mysql, timeout, args.max_clock_skew as f64).await?);
+    rows.extend(daemon_rows(&mysql, &rsync, timeout).await?);
+    print!("{}", render(&rows));
+    Ok(if rows.iter().any(|r| r.status == Status::Fail) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The node's own directories (free space, writable) and, with ssh, the key and pinned hosts.
+fn local_rows(engine: &RsyncBackupConfig, mysql_results: &Path, min_free: u64) -> Vec<Verdict> {
+    let mut rows = Vec::new();
     rows.push(dir_verdict(
         "results dir",
         &engine.results_dir,
@@ -581,12 +596,11 @@ pub async fn run(
         &probe_dir(&engine.videos_dir),
         min_free,
     ));
-    let mirror = crate::mysql_backup::mirror_config(&mysql)?;
-    if mirror.results_dir != engine.results_dir {
+    if mysql_results != engine.results_dir {
         rows.push(dir_verdict(
             "mysql results dir",
-            &mirror.results_dir,
-            &probe_dir(&mirror.results_dir),
+            mysql_results,
+            &probe_dir(mysql_results),
             min_free,
         ));
     }
@@ -605,6 +619,17 @@ pub async fn run(
             });
         rows.push(known_hosts_verdict(&engine.ssh.known_hosts, pinned));
     }
+    rows
+}
+
+/// Whether the node answers `/devices`, then each device's rows.
+async fn node_rows(
+    engine: &RsyncBackupConfig,
+    mysql: &crate::mysql_backup::Args,
+    timeout: Duration,
+    max_skew: f64,
+) -> anyhow::Result<Vec<Verdict>> {
+    let mut rows = Vec::new();
     let node = NodeClient::new(&mysql.common.server, timeout)?;
     let found = node.fetch().await;
     rows.push(node_verdict(
@@ -617,19 +642,19 @@ pub async fn run(
     if let Ok(found) = &found {
         let client = http_client(timeout)?;
         for device in &found.devices {
-            rows.extend(
-                device_rows(
-                    device,
-                    &engine,
-                    &mysql,
-                    &client,
-                    timeout,
-                    args.max_clock_skew as f64,
-                )
-                .await,
-            );
+            rows.extend(device_rows(device, engine, mysql, &client, timeout, max_skew).await);
         }
     }
+    Ok(rows)
+}
+
+/// Whether each backup daemon answers its `GET /status`.
+async fn daemon_rows(
+    mysql: &crate::mysql_backup::Args,
+    rsync: &crate::rsync_backup::Args,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Verdict>> {
+    let mut rows = Vec::new();
     let client = http_client(timeout)?;
     for (what, unit, url) in [
         (
@@ -646,12 +671,7 @@ pub async fn run(
         let result = get_json(&client, &url, timeout).await.map(|_| ());
         rows.push(status_verdict(what, unit, &url, &result));
     }
-    print!("{}", render(&rows));
-    Ok(if rows.iter().any(|r| r.status == Status::Fail) {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(rows)
 }
 
 /// The per-device rows; devices the daemons would not attempt get one `skip` row.

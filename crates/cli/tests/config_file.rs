@@ -77,7 +77,7 @@ fn file_then_flags_then_errors() {
     for (body, want) in [
         (
             "[mysql-backup]\ninterval = 60\nintervall = 5\n",
-            format!("etho-backup: {f}:3: mysql-backup.intervall: unknown key; [mysql-backup] takes port, results-dir, listen, server, configuration, debug, interval, max-jobs, job-timeout, ethoscope, mysql-port, mysql-user, mysql-password, state-dir\n"),
+            format!("etho-backup: {f}:3: mysql-backup.intervall: unknown key; [mysql-backup] takes port, results-dir, listen, server, configuration, debug, interval, max-jobs, job-timeout, ethoscope, umask, mysql-port, mysql-user, mysql-password, state-dir\n"),
         ),
         (
             "[mysql-backup]\n\ndebug = \"yes\"\n",

@@ -25,12 +25,8 @@ async fn simulated_lab_is_backed_up_completely() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let logs = root.join("logs");
-    let results = root.join("backup/results");
-    let videos = root.join("backup/videos");
-    for d in [&logs, &results, &videos] {
-        std::fs::create_dir_all(d).unwrap();
-    }
+    let setup = LabSetup::new(root);
+    let (logs, results, videos) = (&setup.logs, &setup.results, &setup.videos);
 
     // The fleet: two MariaDB trackers, two SQLite trackers, one video recorder.
     let roles = [
@@ -62,17 +58,20 @@ async fn simulated_lab_is_backed_up_completely() {
     })
     .await
     .unwrap();
+    let maria = fleet.mariadb().unwrap().clone();
+
     // The node and both daemons, as separate processes with short intervals.
-    let lab_procs = LabProcesses::spawn(&fleet, root, &[]);
-    let mut lab = Lab {
-        client: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap(),
-        node: format!("http://127.0.0.1:{}", lab_procs.node_port),
-        procs: lab_procs.procs,
-    };
+    let source = fleet.rsync_source_template().unwrap();
+    let procs = vec![
+        Proc::spawn(
+            "node",
+            &setup.node_args(&fleet.device_addresses(), &[]),
+            logs,
+        ),
+        Proc::spawn("mysql-backup", &setup.mysql_args(maria.port, "2"), logs),
+        Proc::spawn("rsync-backup", &setup.rsync_args(&source, "2"), logs),
+    ];
+    let mut lab = setup.lab(procs);
     let devs: Vec<_> = fleet.devices().to_vec();
     let ids: Vec<String> = devs.iter().map(|d| d.id().to_string()).collect();
     let is_mariadb = |i: usize| devs[i].spec().role == Role::Tracker(DbKind::MariaDb);
@@ -209,7 +208,7 @@ async fn simulated_lab_is_backed_up_completely() {
 
     // Both daemons run with the default --umask 027: nothing they wrote is for others, and
     // their state directories are private.
-    assert_private(root, &[&results, &videos]);
+    assert_private(root, &[results, videos]);
 
     // 5. Unplug a MariaDB device: reported offline, its backup stays intact while the others
     //    keep being backed up.

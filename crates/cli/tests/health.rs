@@ -37,6 +37,7 @@ const UNPLUGGED: usize = 2;
 const DENIED: usize = 3;
 const MYSQL_INTERVAL: f64 = 20.0;
 const RSYNC_INTERVAL: f64 = 5.0;
+/// The node's --poll-interval (LabSetup::node_args).
 const POLL: f64 = 0.5;
 const LAG_WARN: f64 = 30.0;
 const AT_RISK: f64 = 50.0;
@@ -148,33 +149,6 @@ fn check_accuracy(name: &str, exposure: f64, newest: f64, read_at: f64, interval
     exposure - truth
 }
 
-fn mysql_args(
-    port: u16,
-    node: &str,
-    results: &std::path::Path,
-    maria_port: u16,
-    state: &std::path::Path,
-) -> Vec<String> {
-    [
-        "mysql-backup",
-        "-p",
-        &port.to_string(),
-        "-i",
-        node,
-        "-r",
-        &results.display().to_string(),
-        "--interval",
-        &(MYSQL_INTERVAL as u64).to_string(),
-        "--mysql-port",
-        &maria_port.to_string(),
-        "--state-dir",
-        &state.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_the_lab() {
     if !etho_sim::mariadbd_installed() || !rsync_installed() {
@@ -183,12 +157,8 @@ async fn health_follows_the_lab() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let logs = root.join("logs");
-    let results = root.join("backup/results");
-    let videos = root.join("backup/videos");
-    for d in [&logs, &results, &videos] {
-        std::fs::create_dir_all(d).unwrap();
-    }
+    let setup = LabSetup::new(root);
+    let logs = &setup.logs;
     let roles = [
         Role::Tracker(DbKind::MariaDb),
         Role::Tracker(DbKind::Sqlite),
@@ -218,72 +188,26 @@ async fn health_follows_the_lab() {
     .unwrap();
     let maria_port = fleet.mariadb().unwrap().port;
 
-    let node_port = free_port();
-    let mysql_port = free_port();
-    let rsync_port = free_port();
-    let node_addr = format!("127.0.0.1:{node_port}");
-    let s = |v: &str| v.to_string();
-    let mut node_args = vec![
-        s("node"),
-        s("--listen"),
-        node_addr.clone(),
-        s("--mysql-backup-url"),
-        format!("http://127.0.0.1:{mysql_port}"),
-        s("--rsync-backup-url"),
-        format!("http://127.0.0.1:{rsync_port}"),
-        s("--daemon-timeout"),
-        s("2"),
-        s("--state-dir"),
-        root.join("state/node").display().to_string(),
-        s("--poll-interval"),
-        POLL.to_string(),
-        s("--device-timeout"),
-        s("1"),
-        s("--no-archive"),
-        s("--lag-warn"),
-        LAG_WARN.to_string(),
-        s("--at-risk-after"),
-        AT_RISK.to_string(),
-    ];
-    for d in fleet.device_addresses() {
-        node_args.push(s("--device"));
-        node_args.push(d);
-    }
-    let mysql_state = root.join("state/mysql");
-    let mysql_cmd = mysql_args(mysql_port, &node_addr, &results, maria_port, &mysql_state);
+    let (lag_warn, at_risk) = (LAG_WARN.to_string(), AT_RISK.to_string());
+    let node_args = setup.node_args(
+        &fleet.device_addresses(),
+        &[
+            "--no-archive",
+            "--lag-warn",
+            &lag_warn,
+            "--at-risk-after",
+            &at_risk,
+        ],
+    );
+    let mysql_interval = (MYSQL_INTERVAL as u64).to_string();
+    let mysql_cmd = setup.mysql_args(maria_port, &mysql_interval);
+    let source = fleet.rsync_source_template().unwrap();
+    let rsync_cmd = setup.rsync_args(&source, &(RSYNC_INTERVAL as u64).to_string());
     let procs = vec![
-        Proc::spawn("node", &node_args, &logs),
-        Proc::spawn(
-            "rsync-backup",
-            &[
-                s("rsync-backup"),
-                s("-p"),
-                rsync_port.to_string(),
-                s("-i"),
-                node_addr.clone(),
-                s("-r"),
-                results.display().to_string(),
-                s("-v"),
-                videos.display().to_string(),
-                s("--source"),
-                fleet.rsync_source_template().unwrap(),
-                s("--interval"),
-                (RSYNC_INTERVAL as u64).to_string(),
-                s("--state-dir"),
-                root.join("state/rsync").display().to_string(),
-            ],
-            &logs,
-        ),
+        Proc::spawn("node", &node_args, logs),
+        Proc::spawn("rsync-backup", &rsync_cmd, logs),
     ];
-    let mut lab = Lab {
-        client: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap(),
-        node: format!("http://{node_addr}"),
-        procs,
-    };
+    let mut lab = setup.lab(procs);
     let devs: Vec<_> = fleet.devices().to_vec();
     let ids: Vec<String> = devs.iter().map(|d| d.id().to_string()).collect();
     let id = |i: usize| ids[i].as_str();
@@ -296,7 +220,7 @@ async fn health_follows_the_lab() {
     )
     .await;
     lab.procs
-        .push(Proc::spawn("mysql-backup", &mysql_cmd, &logs));
+        .push(Proc::spawn("mysql-backup", &mysql_cmd, logs));
 
     // Every device backed up once with a known newest frame, except the refused one.
     lab.wait_for(
@@ -465,8 +389,8 @@ async fn health_follows_the_lab() {
     // 3. The MySQL daemon comes back with its last success, and the device is safe again.
     let restart = Instant::now();
     lab.procs
-        .push(Proc::spawn("mysql-backup-2", &mysql_cmd, &logs));
-    let daemon = format!("http://127.0.0.1:{mysql_port}/status");
+        .push(Proc::spawn("mysql-backup-2", &mysql_cmd, logs));
+    let daemon = format!("http://127.0.0.1:{}/status", setup.mysql_port);
     let first_answer = loop {
         lab.procs.last_mut().unwrap().check_alive();
         if let Ok(r) = lab.client.get(&daemon).send().await {

@@ -140,7 +140,9 @@ fn daemon(
     };
     let mut config = DaemonConfig::new(node);
     config.scheduler = sched;
-    config.discovery_timeout = Duration::from_secs(2);
+    // Generous: one test reads a 35 MB list, which a debug build on a loaded 2-core machine
+    // has taken longer than 2 s to fetch and parse; no test here waits on a silent node.
+    config.discovery_timeout = Duration::from_secs(30);
     config.discovery_retry_delay = Duration::from_millis(20);
     (Daemon::new(Arc::new(engine), config).unwrap(), probe)
 }

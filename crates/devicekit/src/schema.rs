@@ -389,68 +389,22 @@ impl ExperimentSpec {
             ResultWriter::Sqlite => [ResultWriter::Sqlite, ResultWriter::MySql],
             ResultWriter::MySql => [ResultWriter::MySql, ResultWriter::Sqlite],
         };
-        let entries = [
-            (
-                "experimental_info",
-                entry(
-                    &["ethoscope.control.tracking.ExperimentalInformation"],
-                    &experimental_info,
-                ),
+        let mut entries = vec![(
+            "experimental_info",
+            entry(
+                &["ethoscope.control.tracking.ExperimentalInformation"],
+                &experimental_info,
             ),
-            (
-                "interactor",
-                entry(
-                    &[
-                        "ethoscope.stimulators.stimulators.DefaultStimulator",
-                        "ethoscope.stimulators.sleep_depriver_stimulators.SleepDepStimulator",
-                        "ethoscope.stimulators.sleep_depriver_stimulators.MiddleCrossingStimulator",
-                    ],
-                    "{}",
-                ),
-            ),
-            (
-                "roi_builder",
-                entry(
-                    &[
-                        "ethoscope.roi_builders.file_based_roi_builder.FileBasedROIBuilder",
-                        "ethoscope.roi_builders.target_roi_builder.TargetGridROIBuilder",
-                    ],
-                    "{}",
-                ),
-            ),
-            (
-                "tracker",
-                entry(
-                    &["ethoscope.trackers.adaptive_bg_tracker.AdaptiveBGModel"],
-                    "{}",
-                ),
-            ),
-            (
-                "drawer",
-                entry(
-                    &[
-                        "ethoscope.drawers.drawers.DefaultDrawer",
-                        "ethoscope.drawers.drawers.NullDrawer",
-                    ],
-                    "{}",
-                ),
-            ),
-            (
-                "camera",
-                entry(
-                    &[
-                        "ethoscope.hardware.input.cameras.OurPiCameraAsync",
-                        "ethoscope.hardware.input.cameras.MovieVirtualCamera",
-                        "ethoscope.hardware.input.cameras.V4L2Camera",
-                    ],
-                    "{}",
-                ),
-            ),
-            (
-                "result_writer",
-                entry(&[writers[0].class_path(), writers[1].class_path()], "{}"),
-            ),
-        ];
+        )];
+        entries.extend(
+            OPTION_CLASSES
+                .iter()
+                .map(|(key, classes)| (*key, entry(classes, "{}"))),
+        );
+        entries.push((
+            "result_writer",
+            entry(&[writers[0].class_path(), writers[1].class_path()], "{}"),
+        ));
         let items: Vec<String> = entries
             .iter()
             .map(|(key, value)| format!("('{key}', {value})"))
@@ -458,6 +412,45 @@ impl ExperimentSpec {
         format!("OrderedDict([{}])", items.join(", "))
     }
 }
+
+/// The option dict's entries between `experimental_info` and `result_writer`, in the
+/// firmware's order: each key with its possible classes, the default first.
+const OPTION_CLASSES: [(&str, &[&str]); 5] = [
+    (
+        "interactor",
+        &[
+            "ethoscope.stimulators.stimulators.DefaultStimulator",
+            "ethoscope.stimulators.sleep_depriver_stimulators.SleepDepStimulator",
+            "ethoscope.stimulators.sleep_depriver_stimulators.MiddleCrossingStimulator",
+        ],
+    ),
+    (
+        "roi_builder",
+        &[
+            "ethoscope.roi_builders.file_based_roi_builder.FileBasedROIBuilder",
+            "ethoscope.roi_builders.target_roi_builder.TargetGridROIBuilder",
+        ],
+    ),
+    (
+        "tracker",
+        &["ethoscope.trackers.adaptive_bg_tracker.AdaptiveBGModel"],
+    ),
+    (
+        "drawer",
+        &[
+            "ethoscope.drawers.drawers.DefaultDrawer",
+            "ethoscope.drawers.drawers.NullDrawer",
+        ],
+    ),
+    (
+        "camera",
+        &[
+            "ethoscope.hardware.input.cameras.OurPiCameraAsync",
+            "ethoscope.hardware.input.cameras.MovieVirtualCamera",
+            "ethoscope.hardware.input.cameras.V4L2Camera",
+        ],
+    ),
+];
 
 /// A UTC calendar time, split into fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -290,6 +290,9 @@ pub struct Sighting {
     pub mariadb: DatabaseReport,
     /// Whether it reports SQLite result files.
     pub sqlite: DatabaseReport,
+    /// Why its machine id is in conflict (two addresses claim it), when it is: the daemons do
+    /// not back up a conflicted id, so the reasons carry this sentence first.
+    pub conflict: Option<String>,
 }
 
 /// Whether a status word means an experiment is producing data (`running`, `recording`,
@@ -456,14 +459,17 @@ fn held_until(
 /// The health of one device. See the module docs for the rules.
 pub fn assess(mysql: &Side, rsync: &Side, ctx: &Context<'_>) -> Health {
     let expected = expected(ctx.device, mysql, rsync);
+    let conflict = ctx.device.and_then(|d| d.conflict.clone());
     if mysql.entry.is_none() && rsync.entry.is_none() {
+        let mut reasons: Vec<String> = conflict.into_iter().collect();
+        reasons.push("no backup service has reported this device yet".into());
         return Health {
             state: HealthState::Unknown,
             exposure_s: None,
             newest_copied_at: None,
             last_success: None,
             expected,
-            reasons: vec!["no backup service has reported this device yet".into()],
+            reasons,
         };
     }
     let now = ctx.now;
@@ -510,7 +516,7 @@ pub fn assess(mysql: &Side, rsync: &Side, ctx: &Context<'_>) -> Health {
     } else {
         HealthState::Safe
     };
-    let mut reasons = Vec::new();
+    let mut reasons: Vec<String> = conflict.into_iter().collect();
     link_reasons(&mut reasons, ctx, activity, exposure, lag_warn);
     for (service, side) in [(Service::MysqlBackup, mysql), (Service::RsyncBackup, rsync)] {
         let needed = daemons.iter().any(|(s, _)| *s == service);

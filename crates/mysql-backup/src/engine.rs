@@ -258,9 +258,11 @@ fn outcome_at(device: &DeviceInfo, report: &MirrorReport, now: i64) -> JobOutcom
 }
 
 /// The final status of a failed or refused job; the message carries the error's causes.
+/// `rows_behind` becomes unknown: the job did not measure it. The copy's `newest_copied_at` stays
+/// as the last finished job left it (what it holds did not change).
 pub fn outcome_of_error(device: &DeviceInfo, err: &MirrorError, secs: f64) -> JobOutcome {
     let text = error_chain(err);
-    if err.is_warning() {
+    let mut outcome = if err.is_warning() {
         JobOutcome::warning(format!(
             "Backup of device {} postponed after {secs:.1}s: {text}",
             device.id
@@ -270,7 +272,9 @@ pub fn outcome_of_error(device: &DeviceInfo, err: &MirrorError, secs: f64) -> Jo
             "Backup failed for device {} after {secs:.1}s: {text}",
             device.id
         ))
-    }
+    };
+    outcome.extra.insert("rows_behind".into(), Value::Null);
+    outcome
 }
 
 impl Engine for MysqlEngine {
@@ -493,6 +497,8 @@ mod tests {
         };
         let out = outcome_of_error(&device(), &err, 1.0);
         assert_eq!(out.status(), ProgressStatus::Warning);
+        assert_eq!(out.extra["rows_behind"], Value::Null);
+        assert_eq!(out.copied, None, "the copy's facts stay as they were");
         assert_eq!(
             out.progress.message.as_deref(),
             Some(

@@ -110,8 +110,8 @@ pub enum MirrorError {
     },
     /// The device gave a target that must not be written (bad file name, foreign machine id,
     /// unsafe name, a path leaving the results directory). Nothing was written.
-    #[error("refused to write the mirror: {0}")]
-    BadTarget(String),
+    #[error("refused to write the mirror")]
+    BadTarget(#[from] TargetError),
     /// Cannot reach or log in to the device's MariaDB.
     #[error("cannot connect to MariaDB at {addr} (database {db})")]
     Connect {
@@ -249,4 +249,82 @@ mod tests {
             .to_string()
             .contains("new experiment (none) while a.db"));
     }
+}
+
+/// Why a device-given experiment was not written: its names, or the place they lead to, are
+/// not safe. Each refusal names what the device gave (shortened), so a lab can fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The file name is not the firmware's `YYYY-MM-DD_HH-MM-SS_<machine id>.db`.
+    #[error("backup_filename {0:?} does not match YYYY-MM-DD_HH-MM-SS_<32 hex machine id>.db")]
+    FileName(String),
+    /// The file name carries another machine's id.
+    #[error("backup_filename {shown:?} names machine {named}, not this device ({machine_id})")]
+    ForeignMachine {
+        /// The file name, shortened.
+        shown: String,
+        /// The id in the file name.
+        named: String,
+        /// This device's id.
+        machine_id: String,
+    },
+    /// The device name is not letters, digits, `_` and `-`.
+    #[error("device name {0:?} is not a plain name (letters, digits, _ and -)")]
+    DeviceName(String),
+    /// The machine id is not a plain name.
+    #[error("machine id {0:?} is not a plain name")]
+    MachineId(String),
+    /// A component of the relative target is `..`, a root or a prefix.
+    #[error("path component {component} of {} is not a plain name", relative.display())]
+    Component {
+        /// The component, as Rust prints it.
+        component: String,
+        /// The relative target it is part of.
+        relative: PathBuf,
+    },
+    /// Something other than a directory (a symlink too) is where a directory goes.
+    #[error("{} exists and is not a directory (symlinks are not followed)", .0.display())]
+    NotADirectory(PathBuf),
+    /// A non-directory appeared where a directory was being created.
+    #[error("{} appeared and is not a directory", .0.display())]
+    AppearedNotADirectory(PathBuf),
+    /// The directory resolves outside the results directory.
+    #[error("{} resolves outside the results directory", .0.display())]
+    Outside(PathBuf),
+    /// Something other than a regular file is where the mirror goes.
+    #[error("{} exists and is not a regular file", .0.display())]
+    NotARegularFile(PathBuf),
+    /// The file system refused a step.
+    #[error("{what} {}", path.display())]
+    Io {
+        /// The step: `cannot create`, `cannot stat`, …
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database has no METADATA table.
+    #[error("{db} has no METADATA table, so the experiment file name is unknown")]
+    NoMetadata {
+        /// `<NAME>_db`.
+        db: String,
+    },
+    /// METADATA names no file.
+    #[error("{db} has no METADATA.backup_filename, so the experiment file name is unknown")]
+    NoFileName {
+        /// `<NAME>_db`.
+        db: String,
+    },
+    /// METADATA names several files.
+    #[error("{db} has {count} different METADATA.backup_filename values: {first:?}")]
+    ManyFileNames {
+        /// `<NAME>_db`.
+        db: String,
+        /// How many distinct values.
+        count: usize,
+        /// The first three.
+        first: Vec<String>,
+    },
 }

@@ -34,5 +34,5 @@ pub mod target;
 
 pub use config::MirrorConfig;
 pub use engine::MysqlEngine;
-pub use error::MirrorError;
+pub use error::{MirrorError, TargetError};
 pub use mirror::{mirror_device, Mirror, MirrorProgress, MirrorReport};

@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MirrorConfig;
 use crate::convert::{to_sqlite, value_size};
-use crate::error::{ConnectFailure, Inconsistency, MirrorError, NotReady};
+use crate::error::{ConnectFailure, Inconsistency, MirrorError, NotReady, TargetError};
 use crate::local::{self, Cmd, Fingerprint, Prepared, WriterSetup, WriterSummary};
 pub use crate::plan::TableReport;
 use crate::plan::{
@@ -156,20 +156,17 @@ fn is_missing_table(e: &mysql_async::Error) -> bool {
 /// METADATA table). Exactly one value names the file; anything else leaves it unknown.
 fn experiment_file(db: &str, names: Option<Vec<String>>) -> Result<String, MirrorError> {
     let Some(names) = names else {
-        return Err(MirrorError::BadTarget(format!(
-            "{db} has no METADATA table, so the experiment file name is unknown"
-        )));
+        return Err(TargetError::NoMetadata { db: db.to_string() }.into());
     };
     match names.as_slice() {
         [one] => Ok(one.clone()),
-        [] => Err(MirrorError::BadTarget(format!(
-            "{db} has no METADATA.backup_filename, so the experiment file name is unknown"
-        ))),
-        many => Err(MirrorError::BadTarget(format!(
-            "{db} has {} different METADATA.backup_filename values: {:?}",
-            many.len(),
-            many.iter().take(3).collect::<Vec<_>>()
-        ))),
+        [] => Err(TargetError::NoFileName { db: db.to_string() }.into()),
+        many => Err(TargetError::ManyFileNames {
+            db: db.to_string(),
+            count: many.len(),
+            first: many.iter().take(3).cloned().collect(),
+        }
+        .into()),
     }
 }
 
@@ -991,13 +988,11 @@ async fn behind(
     };
     match copy
         .remote
-        .indexed_integers(copy.cancel, "reading max ids after the copy", sql)
+        .indexed_integers(copy.cancel, "reading id bounds after the copy", sql)
         .await
     {
         Ok(bounds) => {
-            // A table whose bounds no longer fit the copy by id counts 0 here; the next job
-            // reports it as skipped.
-            let remote = bounds
+            let remote: HashMap<usize, Option<i64>> = bounds
                 .iter()
                 .map(|(i, b)| (*i, crate::plan::id_bounds(b).ok().flatten()))
                 .collect();
@@ -1057,8 +1052,9 @@ mod tests {
         ] {
             let err = experiment_file(db, names).unwrap_err();
             assert!(matches!(err, MirrorError::BadTarget(_)), "{err}");
-            assert!(err.to_string().contains(needle), "{err}");
-            assert!(err.to_string().contains(db), "{err}");
+            let text = etho_model::error_chain(&err);
+            assert!(text.contains(needle), "{text}");
+            assert!(text.contains(db), "{text}");
         }
     }
 

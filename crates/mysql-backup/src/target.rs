@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
-use crate::error::MirrorError;
+use crate::error::{MirrorError, TargetError};
 
 fn filename_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
@@ -58,27 +58,24 @@ pub fn plan_target(
     device_name: &str,
 ) -> Result<Target, MirrorError> {
     let shown: String = backup_filename.chars().take(120).collect();
-    let caps = filename_re().captures(backup_filename).ok_or_else(|| {
-        MirrorError::BadTarget(format!(
-            "backup_filename {shown:?} does not match YYYY-MM-DD_HH-MM-SS_<32 hex machine id>.db"
-        ))
-    })?;
+    let caps = filename_re()
+        .captures(backup_filename)
+        .ok_or_else(|| TargetError::FileName(shown.clone()))?;
     let (date, time, id) = (&caps[1], &caps[2], &caps[3]);
     if id != machine_id {
-        return Err(MirrorError::BadTarget(format!(
-            "backup_filename {shown:?} names machine {id}, not this device ({machine_id})"
-        )));
+        return Err(TargetError::ForeignMachine {
+            shown,
+            named: id.to_string(),
+            machine_id: machine_id.to_string(),
+        }
+        .into());
     }
     if !name_re().is_match(device_name) {
         let shown: String = device_name.chars().take(80).collect();
-        return Err(MirrorError::BadTarget(format!(
-            "device name {shown:?} is not a plain name (letters, digits, _ and -)"
-        )));
+        return Err(TargetError::DeviceName(shown).into());
     }
     if !name_re().is_match(machine_id) {
-        return Err(MirrorError::BadTarget(format!(
-            "machine id {machine_id:?} is not a plain name"
-        )));
+        return Err(TargetError::MachineId(machine_id.to_string()).into());
     }
     let date_time = format!("{date}_{time}");
     Ok(Target {
@@ -92,51 +89,43 @@ pub fn plan_target(
 /// absolute directory. `root` itself is created if missing (it is configured, not device-given).
 /// Every component of `relative` must be a normal name.
 pub fn create_dir_under(root: &Path, relative: &Path) -> Result<PathBuf, MirrorError> {
-    let io = |what: &str, p: &Path, e: std::io::Error| {
-        MirrorError::BadTarget(format!("{what} {}: {e}", p.display()))
+    let io = |what: &'static str, p: &Path, source: std::io::Error| TargetError::Io {
+        what,
+        path: p.to_path_buf(),
+        source,
     };
     fs::create_dir_all(root).map_err(|e| io("cannot create results directory", root, e))?;
     let root = fs::canonicalize(root).map_err(|e| io("cannot resolve", root, e))?;
     let mut dir = root.clone();
     for comp in relative.components() {
         let std::path::Component::Normal(name) = comp else {
-            return Err(MirrorError::BadTarget(format!(
-                "path component {comp:?} of {} is not a plain name",
-                relative.display()
-            )));
+            return Err(TargetError::Component {
+                component: format!("{comp:?}"),
+                relative: relative.to_path_buf(),
+            }
+            .into());
         };
         dir.push(name);
         match fs::symlink_metadata(&dir) {
             Ok(m) if m.file_type().is_dir() => {}
-            Ok(_) => {
-                return Err(MirrorError::BadTarget(format!(
-                    "{} exists and is not a directory (symlinks are not followed)",
-                    dir.display()
-                )))
-            }
+            Ok(_) => return Err(TargetError::NotADirectory(dir).into()),
             Err(e) if e.kind() == ErrorKind::NotFound => match fs::create_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                     let m = fs::symlink_metadata(&dir).map_err(|e| io("cannot stat", &dir, e))?;
                     if !m.file_type().is_dir() {
-                        return Err(MirrorError::BadTarget(format!(
-                            "{} appeared and is not a directory",
-                            dir.display()
-                        )));
+                        return Err(TargetError::AppearedNotADirectory(dir).into());
                     }
                 }
-                Err(e) => return Err(io("cannot create", &dir, e)),
+                Err(e) => return Err(io("cannot create", &dir, e).into()),
             },
-            Err(e) => return Err(io("cannot stat", &dir, e)),
+            Err(e) => return Err(io("cannot stat", &dir, e).into()),
         }
     }
     // Belt and braces: the result must still be inside the root.
     let real = fs::canonicalize(&dir).map_err(|e| io("cannot resolve", &dir, e))?;
     if !real.starts_with(&root) {
-        return Err(MirrorError::BadTarget(format!(
-            "{} resolves outside the results directory",
-            dir.display()
-        )));
+        return Err(TargetError::Outside(dir).into());
     }
     Ok(real)
 }
@@ -146,15 +135,14 @@ pub fn create_dir_under(root: &Path, relative: &Path) -> Result<PathBuf, MirrorE
 pub fn check_regular_or_missing(path: &Path) -> Result<(), MirrorError> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_file() => Ok(()),
-        Ok(_) => Err(MirrorError::BadTarget(format!(
-            "{} exists and is not a regular file",
-            path.display()
-        ))),
+        Ok(_) => Err(TargetError::NotARegularFile(path.to_path_buf()).into()),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(MirrorError::BadTarget(format!(
-            "cannot stat {}: {e}",
-            path.display()
-        ))),
+        Err(source) => Err(TargetError::Io {
+            what: "cannot stat",
+            path: path.to_path_buf(),
+            source,
+        }
+        .into()),
     }
 }
 
@@ -197,7 +185,12 @@ mod tests {
             assert!(plan_target(&good, ID, name).is_err(), "{name}");
         }
         let err = plan_target(&format!("2025-07-10_10-00-00_{other}.db"), ID, "E").unwrap_err();
-        assert!(err.to_string().contains(other), "{err}");
+        let text = etho_model::error_chain(&err);
+        assert!(
+            text.starts_with("refused to write the mirror: backup_filename"),
+            "{text}"
+        );
+        assert!(text.contains(other), "{text}");
     }
 
     #[test]

@@ -408,7 +408,11 @@ async fn hostile_file_names_and_device_names_write_nothing() {
     let dev = device(ID, NAME, &spec.backup_filename());
     let err = mirror.run(&dev, &cancel, &no_progress()).await.unwrap_err();
     assert!(matches!(err, MirrorError::BadTarget(_)), "{err}");
-    assert!(err.to_string().contains(OTHER_ID), "{err}");
+    assert!(
+        etho_model::error_chain(&err).contains(OTHER_ID),
+        "{}",
+        etho_model::error_chain(&err)
+    );
 
     // A traversal in the file name.
     for hostile in [
@@ -435,7 +439,8 @@ async fn hostile_file_names_and_device_names_write_nothing() {
         .await
         .unwrap();
     let err = mirror.run(&dev, &cancel, &no_progress()).await.unwrap_err();
-    assert!(err.to_string().contains("different"), "{err}");
+    let text = etho_model::error_chain(&err);
+    assert!(text.contains("different"), "{text}");
 
     assert!(
         files_under(results.path()).is_empty(),

@@ -6,11 +6,12 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use etho_model::device::EntryFields;
-use etho_model::health::{Link, Sighting};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
+
+use etho_model::device::EntryFields;
+use etho_model::health::{Link, Sighting};
 
 use crate::identity::{Age, Seen};
 use crate::poller::{NodeStatus, PollReport, PollState, Reach};
@@ -340,6 +341,11 @@ impl Entry {
             experiment: fields.announced_filename().map(str::to_string),
             mariadb: fields.mariadb_report(),
             sqlite: fields.sqlite_report(),
+            conflict: doc
+                .get("conflict")
+                .and_then(|c| c.get("reason"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
         }
     }
 

@@ -139,6 +139,7 @@ mod tests {
             experiment: Some(EXP.into()),
             mariadb: etho_model::device::DatabaseReport::Present,
             sqlite: etho_model::device::DatabaseReport::Absent,
+            conflict: None,
         };
         HashMap::from([(ID.to_string(), s)])
     }

@@ -67,11 +67,11 @@ pub struct NodeConfig {
     pub archive: Option<archive::ArchiveConfig>,
     /// Chat alerts (see [`alerts`]); `None` sends none.
     pub alerts: Option<alerts::AlertConfig>,
+    /// When a device's health is `at_risk` or `lagging` (see [`health`]).
+    pub health: etho_model::health::Thresholds,
     /// `--admin-token`: requests that change the registry must carry it
     /// (`Authorization: Bearer <token>`); confirming a conflicted address needs it.
     pub admin_token: Option<AdminToken>,
-    /// When a device's health is `at_risk` or `lagging` (see [`health`]).
-    pub health: etho_model::health::Thresholds,
 }
 
 /// The admin token; its `Debug` does not show it, so it never reaches a log.

@@ -329,15 +329,37 @@ impl Inner {
     }
 
     /// The `/devices` document of one id (whose claimants [`Inner::ids`] gave), from its bound
-    /// address when that one has it.
+    /// address when that one has it, with the entry it came from.
     fn device_doc(
         &self,
         id: &str,
         claimants: &[Claimant],
         results: Option<&Path>,
-    ) -> Option<Map<String, Value>> {
+    ) -> Option<(&Entry, Map<String, Value>)> {
         let verdict = identity::judge(self.bindings.get(id), claimants);
-        let (_, mut doc) = self.speaker(id, claimants, &verdict, results)?;
+        let bound = match &verdict {
+            Verdict::Held { binding, .. } => Some(&binding.target),
+            Verdict::Conflict { bound, .. } => Some(bound),
+            Verdict::Unclaimed => None,
+        };
+        let doc_of = |t: &Target| {
+            let e = self.entries.get(t)?;
+            (e.id.as_deref() == Some(id))
+                .then(|| e.device_json(t, results))
+                .flatten()
+                .map(|doc| (e, doc))
+        };
+        let (entry, mut doc) = bound.and_then(doc_of).or_else(|| {
+            // The bound address is gone or answers for another device: the latest answer.
+            let seen = |c: &&Claimant| {
+                let e = self.entries.get(&c.target);
+                e.and_then(|e| e.poll.last_seen).unwrap_or(f64::MIN)
+            };
+            let latest = claimants
+                .iter()
+                .max_by(|a, b| seen(a).total_cmp(&seen(b)))?;
+            doc_of(&latest.target)
+        })?;
         if let Verdict::Conflict { bound, others } = &verdict {
             let mut addresses = vec![bound.to_string()];
             addresses.extend(others.iter().map(Target::to_string));
@@ -349,41 +371,7 @@ impl Inner {
             });
             doc.insert("conflict".into(), conflict);
         }
-        Some(doc)
-    }
-
-    /// The address whose answer speaks for `id`, with its `/devices` document: the bound address
-    /// when it has the id's answer, else the latest answer among the claimants.
-    fn speaker<'a>(
-        &'a self,
-        id: &str,
-        claimants: &'a [Claimant],
-        verdict: &'a Verdict,
-        results: Option<&Path>,
-    ) -> Option<(&'a Target, Map<String, Value>)> {
-        let bound = match &verdict {
-            Verdict::Held { binding, .. } => Some(&binding.target),
-            Verdict::Conflict { bound, .. } => Some(bound),
-            Verdict::Unclaimed => None,
-        };
-        let doc_of = |t: &'a Target| {
-            let e = self.entries.get(t)?;
-            (e.id.as_deref() == Some(id))
-                .then(|| e.device_json(t, results))
-                .flatten()
-                .map(|doc| (t, doc))
-        };
-        bound.and_then(doc_of).or_else(|| {
-            // The bound address is gone or answers for another device: the latest answer.
-            let seen = |c: &&Claimant| {
-                let e = self.entries.get(&c.target);
-                e.and_then(|e| e.poll.last_seen).unwrap_or(f64::MIN)
-            };
-            let latest = claimants
-                .iter()
-                .max_by(|a, b| seen(a).total_cmp(&seen(b)))?;
-            doc_of(&latest.target)
-        })
+        Some((entry, doc))
     }
 }
 
@@ -468,29 +456,26 @@ impl DeviceRegistry {
             .ids()
             .into_iter()
             .filter_map(|(id, claimants)| {
-                let doc = inner.device_doc(id, &claimants, results)?;
+                let (_, doc) = inner.device_doc(id, &claimants, results)?;
                 Some((id.to_string(), Value::Object(doc)))
             })
             .collect()
     }
 
     /// What polling knows about every device of [`DeviceRegistry::devices`], by id, for the
-    /// health view: from the same address as its `/devices` entry. Empty with `--devices-from`
-    /// (the node does not poll the devices then).
+    /// health view: from the same address as its `/devices` entry, with its conflict if any.
+    /// Empty while the node relays upstream's list (it does not poll).
     pub fn sightings(&self) -> HashMap<String, Sighting> {
         if self.relay.is_some() {
             return HashMap::new();
         }
         let inner = lock(&self.inner);
-        let results = self.config.results_dir.as_deref();
         inner
             .ids()
             .into_iter()
             .filter_map(|(id, claimants)| {
-                let verdict = identity::judge(inner.bindings.get(id), &claimants);
-                let (target, doc) = inner.speaker(id, &claimants, &verdict, results)?;
-                let sighting = inner.entries.get(target)?.sighting(&doc);
-                Some((id.to_string(), sighting))
+                let (entry, doc) = inner.device_doc(id, &claimants, None)?;
+                Some((id.to_string(), entry.sighting(&doc)))
             })
             .collect()
     }

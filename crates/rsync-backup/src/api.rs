@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use etho_daemon::Daemon;
@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 
 use crate::config::Kind;
 use crate::engine::RsyncEngine;
-use crate::wire::{DiskUsageSummary, SyncedTree};
+use crate::wire::{DiskUsageSummary, ServiceDocument, SyncedTree};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -110,24 +110,26 @@ async fn status_get(State(state): State<ApiState>) -> impl IntoResponse {
     )
 }
 
-async fn service_get(State(state): State<ApiState>) -> Json<Value> {
+async fn service_get(State(state): State<ApiState>) -> Response {
     let service = state.daemon.status().service();
     let c = state.engine.config();
-    Json(json!({
-        "status": "running",
-        "last_backup": service.last_backup,
-        "service": state.daemon.engine_name(),
-        "started_at": service.started_at,
-        "cycle_number": service.cycle_number,
-        "last_cycle_start": service.last_cycle_start,
-        "last_cycle_end": service.last_cycle_end,
-        "active_jobs": state.daemon.live_jobs(),
-        "discovery": service.discovery,
-        "results_dir": c.backup_results.then(|| c.results_dir.to_string_lossy().into_owned()),
-        "videos_dir": c.backup_videos.then(|| c.videos_dir.to_string_lossy().into_owned()),
-        "source": c.source.to_string(),
-        "last_rescan": state.engine.sizes().rescan_info(),
-    }))
+    let root = |on: bool, dir: &std::path::Path| on.then(|| dir.to_string_lossy().into_owned());
+    Json(ServiceDocument {
+        status: "running",
+        last_backup: &service.last_backup,
+        service: state.daemon.engine_name(),
+        started_at: service.started_at,
+        cycle_number: service.cycle_number,
+        last_cycle_start: service.last_cycle_start,
+        last_cycle_end: service.last_cycle_end,
+        active_jobs: state.daemon.live_jobs(),
+        discovery: &service.discovery,
+        results_dir: root(c.backup_results, &c.results_dir),
+        videos_dir: root(c.backup_videos, &c.videos_dir),
+        source: c.source.to_string(),
+        last_rescan: state.engine.sizes().rescan_info(),
+    })
+    .into_response()
 }
 
 enum SyncedEntry<'a> {
@@ -350,8 +352,8 @@ mod tests {
         );
     }
     /// The wire text of `GET /status`, key order included: a device whose videos the index
-    /// knows, whose results only the stored `synced` has (with a key a foreign writer added), its
-    /// health facts after the seed's fields (none yet), and the summary over both.
+    /// knows, whose results only the stored `synced` has (with a key a foreign writer added), the
+    /// health facts after the seed's fields (none known yet), and the summary over both.
     #[test]
     fn status_body_wire_shape() {
         let work = tempfile::tempdir().unwrap();
@@ -377,6 +379,57 @@ mod tests {
             format!(
                 r#"{{"devices":{{"{ID}":{{"name":"ETHOSCOPE_042","status":"running","started":0,"ended":0,"processing":false,"count":0,"synced":{{"results":{{"local_files":4,"directory":"/old/results","disk_usage_bytes":4096,"disk_usage_human":"4.0 KB"}},"videos":{{"local_files":2,"directory":"{videos}","disk_usage_bytes":3145728,"disk_usage_human":"3.0 MB"}},"other":{{"x":1}}}},"progress":{{}},"metadata":{{}},"last_success":null,"last_success_started":null,"failures":0,"interval_s":null,"newest_copied_at":null,"experiment":null}}}},"disk_usage_summary":{{"results":{{"total_files":4,"total_size_bytes":4096,"total_size_human":"4.0 KB"}},"videos":{{"total_files":2,"total_size_bytes":3145728,"total_size_human":"3.0 MB"}},"combined":{{"total_files":6,"total_size_bytes":3149824,"total_size_human":"3.0 MB"}}}}}}"#
             )
+        );
+    }
+
+    #[tokio::test]
+    async fn the_service_document_keeps_its_keys_and_order() {
+        use tower::ServiceExt;
+        let work = tempfile::tempdir().unwrap();
+        let st = state(work.path());
+        let app = router(st.daemon.clone(), st.engine.clone());
+        let reply = app
+            .oneshot(
+                axum::http::Request::get("/")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), axum::http::StatusCode::OK);
+        let body = http_body_util::BodyExt::collect(reply.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let doc: serde_json::Map<String, Value> = serde_json::from_slice(&body).unwrap();
+        let keys: Vec<&str> = doc.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "status",
+                "last_backup",
+                "service",
+                "started_at",
+                "cycle_number",
+                "last_cycle_start",
+                "last_cycle_end",
+                "active_jobs",
+                "discovery",
+                "results_dir",
+                "videos_dir",
+                "source",
+                "last_rescan"
+            ]
+        );
+        assert_eq!(doc["status"], "running");
+        assert_eq!(doc["active_jobs"], 0);
+        assert_eq!(
+            doc["results_dir"],
+            json!(work.path().join("results").to_string_lossy())
+        );
+        assert_eq!(
+            doc["last_rescan"],
+            json!({"finished_at": null, "duration_s": null, "trees": 0, "skipped_busy": 0, "errors": []})
         );
     }
 }

@@ -1,5 +1,5 @@
 //! The daemon's own JSON: the engine's `progress` fields of a running and of a finished job, the
-//! entry's `synced` and `metadata`, and `GET /status`'s `disk_usage_summary`.
+//! entry's `synced` and `metadata`, `GET /status`'s `disk_usage_summary`, and `GET /`.
 //!
 //! Each is a serialisable struct whose field order is the wire order, with upstream's key names
 //! (the node and the dashboard read them), so a key cannot be misspelt in one place or change
@@ -176,4 +176,36 @@ impl DiskUsageSummary {
             combined: Total::new(rf + vf, rb + vb),
         }
     }
+}
+
+/// `GET /`: the service summary (upstream's keys, then the archive roots, the source template
+/// and the last rescan).
+#[derive(Debug, Serialize)]
+pub struct ServiceDocument<'a> {
+    /// Always `"running"`: a daemon that answers runs.
+    pub status: &'static str,
+    /// Newest job end, as text.
+    pub last_backup: &'a str,
+    /// The engine's name.
+    pub service: &'a str,
+    /// Epoch seconds the daemon started.
+    pub started_at: i64,
+    /// Cycles begun.
+    pub cycle_number: u64,
+    /// Epoch seconds the last cycle started.
+    pub last_cycle_start: Option<i64>,
+    /// Epoch seconds the last cycle ended.
+    pub last_cycle_end: Option<i64>,
+    /// Jobs running now.
+    pub active_jobs: usize,
+    /// How the last discovery went.
+    pub discovery: &'a etho_daemon::status::DiscoveryInfo,
+    /// The results archive root, when results are backed up.
+    pub results_dir: Option<String>,
+    /// The videos archive root, when videos are backed up.
+    pub videos_dir: Option<String>,
+    /// The source template (`rsync://{ip}:873/ethoscope_data`, `ssh://…`).
+    pub source: String,
+    /// When and how the last full rescan ran.
+    pub last_rescan: crate::sizes::RescanInfo,
 }

@@ -68,6 +68,9 @@ async fn a_frozen_device_ends_the_job_within_the_io_timeout() {
         .unwrap();
     let took = frozen.elapsed();
     let message = st.progress.message.clone().unwrap_or_default();
+    eprintln!(
+        "the job ended {took:?} after the device froze (--io-timeout {io_timeout:?}): {message}"
+    );
     assert!(
         took <= io_timeout + Duration::from_secs(10),
         "the job ended {took:?} after the device froze: {message}"

@@ -261,8 +261,12 @@ impl SimDevice {
                 stop.cancel();
             };
             let stopped = token.clone();
-            let serve = axum::serve(listener, crate::api::router(self.clone()))
-                .with_graceful_shutdown(async move { stopped.cancelled().await });
+            let serve = etho_http::serve(
+                listener,
+                crate::api::router(self.clone()),
+                DEVICE_SERVER_LIMITS,
+                async move { stopped.cancelled().await },
+            );
             let (served, ()) = tokio::join!(serve, switch);
             if let Err(err) = served {
                 tracing::warn!(device = %self.name(), "device HTTP server failed: {err}");
@@ -271,6 +275,13 @@ impl SimDevice {
         }
     }
 }
+
+/// A simulated device bounds its requests like every other server here; the timeout is long
+/// enough for a `slow:MS` fault to be slow rather than cut short (the node gives up after 3 s).
+const DEVICE_SERVER_LIMITS: etho_http::ServerLimits = etho_http::ServerLimits {
+    request_timeout: Duration::from_secs(60),
+    body_limit: 64 * 1024,
+};
 
 /// Binds `addr`, retrying for a while (a just-closed socket can linger briefly).
 async fn bind_retrying(addr: SocketAddr, shutdown: &CancellationToken) -> Option<TcpListener> {

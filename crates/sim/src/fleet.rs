@@ -115,6 +115,117 @@ fn common_free_port(ips: &[Ipv4Addr]) -> anyhow::Result<u16> {
     bail!("no port is free on all device addresses")
 }
 
+/// The fleet's MariaDB: none, a private `mariadbd` (`--mariadb auto`) or a server given by URL.
+#[derive(Default)]
+struct FleetMariaDb {
+    admin_opts: Option<Opts>,
+    info: Option<MariaDbInfo>,
+    server: Option<MariaDb>,
+}
+
+impl FleetMariaDb {
+    /// Starts or reaches the server when some device is a MariaDB tracker.
+    async fn start(config: &FleetConfig, data_dir: &Path) -> anyhow::Result<FleetMariaDb> {
+        let trackers = || {
+            config
+                .devices
+                .iter()
+                .filter(|d| d.role == Role::Tracker(DbKind::MariaDb))
+        };
+        if trackers().next().is_none() {
+            return Ok(FleetMariaDb::default());
+        }
+        match &config.mariadb {
+            MariaDbTarget::None => Ok(FleetMariaDb::default()),
+            MariaDbTarget::Auto => {
+                let server = MariaDbBuilder::new()
+                    .bind_addresses(trackers().map(|d| IpAddr::V4(d.identity.ip)))
+                    .datadir(data_dir.join("mariadb"))
+                    .start()
+                    .await
+                    .context("cannot start the private mariadbd")?;
+                let opts = server.admin_opts(None);
+                let version = server_version(&opts).await.unwrap_or_default();
+                Ok(FleetMariaDb {
+                    info: Some(MariaDbInfo {
+                        port: server.port(),
+                        version,
+                        private: true,
+                    }),
+                    admin_opts: Some(opts),
+                    server: Some(server),
+                })
+            }
+            MariaDbTarget::Url(url) => {
+                let opts = Opts::from_url(url)
+                    .map_err(|e| anyhow::anyhow!("invalid --mariadb URL: {e}"))?;
+                let opts: Opts = OptsBuilder::from_opts(opts).prefer_socket(false).into();
+                let version = server_version(&opts)
+                    .await
+                    .with_context(|| format!("cannot reach MariaDB at {url}"))?;
+                Ok(FleetMariaDb {
+                    info: Some(MariaDbInfo {
+                        port: opts.tcp_port(),
+                        version,
+                        private: false,
+                    }),
+                    admin_opts: Some(opts),
+                    server: None,
+                })
+            }
+        }
+    }
+}
+
+/// Creates each device's data root (`devices/<name>` with `results` and `videos`), in the
+/// order of `config.devices`.
+fn device_roots(config: &FleetConfig, data_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut roots = Vec::new();
+    for d in &config.devices {
+        let root = data_dir.join("devices").join(&d.identity.name);
+        for sub in ["results", "videos"] {
+            std::fs::create_dir_all(root.join(sub))
+                .with_context(|| format!("cannot create {}", root.display()))?;
+        }
+        roots.push(root);
+    }
+    Ok(roots)
+}
+
+/// How a device's rsync daemon is started, first and after every restart (refusing every
+/// client under the `rsync-denied` fault).
+fn rsyncd_options(spec: &crate::config::DeviceSpec, port: u16, data_dir: &Path) -> RsyncdOptions {
+    RsyncdOptions {
+        address: spec.identity.ip,
+        port: Some(port),
+        run_dir: Some(data_dir.join("rsyncd").join(&spec.identity.name)),
+        refuse_clients: spec.has_fault(crate::config::Fault::RsyncDenied),
+        ..RsyncdOptions::default()
+    }
+}
+
+/// One rsync daemon per device that is not configured offline, all on one port.
+async fn start_rsync_daemons(
+    config: &FleetConfig,
+    roots: &[PathBuf],
+    data_dir: &Path,
+    port: u16,
+) -> anyhow::Result<BTreeMap<String, RsyncDaemon>> {
+    let mut started = BTreeMap::new();
+    for (d, root) in config.devices.iter().zip(roots) {
+        if d.has_fault(crate::config::Fault::Offline) {
+            continue;
+        }
+        let options = rsyncd_options(d, port, data_dir);
+        let root = root.clone();
+        let daemon = tokio::task::spawn_blocking(move || RsyncDaemon::start_with(&root, options))
+            .await?
+            .with_context(|| format!("cannot start the rsync daemon of {}", d.identity.name))?;
+        started.insert(d.identity.name.clone(), daemon);
+    }
+    Ok(started)
+}
+
 impl Fleet {
     /// Starts every device: MariaDB (if any), rsync daemons, HTTP APIs, experiment drivers,
     /// mDNS. Every device that is not configured offline answers when this returns.
@@ -128,69 +239,8 @@ impl Fleet {
         let shutdown = CancellationToken::new();
 
         // MariaDB first: trackers need it from their first experiment.
-        let needs_mariadb = config
-            .devices
-            .iter()
-            .any(|d| d.role == Role::Tracker(DbKind::MariaDb));
-        let mut mariadb_server = None;
-        let (admin_opts, mariadb) = match (&config.mariadb, needs_mariadb) {
-            (_, false) | (MariaDbTarget::None, _) => (None, None),
-            (MariaDbTarget::Auto, true) => {
-                let binds = config
-                    .devices
-                    .iter()
-                    .filter(|d| d.role == Role::Tracker(DbKind::MariaDb))
-                    .map(|d| IpAddr::V4(d.identity.ip));
-                let server = MariaDbBuilder::new()
-                    .bind_addresses(binds)
-                    .datadir(data_dir.join("mariadb"))
-                    .start()
-                    .await
-                    .context("cannot start the private mariadbd")?;
-                let opts = server.admin_opts(None);
-                let port = server.port();
-                mariadb_server = Some(server);
-                let version = server_version(&opts).await.unwrap_or_default();
-                (
-                    Some(opts),
-                    Some(MariaDbInfo {
-                        port,
-                        version,
-                        private: true,
-                    }),
-                )
-            }
-            (MariaDbTarget::Url(url), true) => {
-                let opts = Opts::from_url(url)
-                    .map_err(|e| anyhow::anyhow!("invalid --mariadb URL: {e}"))?;
-                let opts: Opts = OptsBuilder::from_opts(opts).prefer_socket(false).into();
-                let version = server_version(&opts)
-                    .await
-                    .with_context(|| format!("cannot reach MariaDB at {url}"))?;
-                let port = opts.tcp_port();
-                (
-                    Some(opts),
-                    Some(MariaDbInfo {
-                        port,
-                        version,
-                        private: false,
-                    }),
-                )
-            }
-        };
-
-        // Device data roots.
-        let mut roots = Vec::new();
-        for d in &config.devices {
-            let root = data_dir.join("devices").join(&d.identity.name);
-            for sub in ["results", "videos"] {
-                std::fs::create_dir_all(root.join(sub))
-                    .with_context(|| format!("cannot create {}", root.display()))?;
-            }
-            roots.push(root);
-        }
-
-        // rsync daemons, one per device address, all on one port.
+        let db = FleetMariaDb::start(&config, &data_dir).await?;
+        let roots = device_roots(&config, &data_dir)?;
         let ips: Vec<Ipv4Addr> = config.devices.iter().map(|d| d.identity.ip).collect();
         let rsync = Arc::new(Mutex::new(BTreeMap::new()));
         let rsync_port = if config.rsync {
@@ -198,27 +248,7 @@ impl Fleet {
                 0 => common_free_port(&ips)?,
                 p => p,
             };
-            let mut started = BTreeMap::new();
-            for (d, root) in config.devices.iter().zip(&roots) {
-                if d.has_fault(crate::config::Fault::Offline) {
-                    continue;
-                }
-                let options = RsyncdOptions {
-                    address: d.identity.ip,
-                    port: Some(port),
-                    run_dir: Some(data_dir.join("rsyncd").join(&d.identity.name)),
-                    refuse_clients: d.has_fault(crate::config::Fault::RsyncDenied),
-                    ..RsyncdOptions::default()
-                };
-                let root = root.clone();
-                let daemon =
-                    tokio::task::spawn_blocking(move || RsyncDaemon::start_with(&root, options))
-                        .await?
-                        .with_context(|| {
-                            format!("cannot start the rsync daemon of {}", d.identity.name)
-                        })?;
-                started.insert(d.identity.name.clone(), daemon);
-            }
+            let started = start_rsync_daemons(&config, &roots, &data_dir, port).await?;
             *rsync.lock().unwrap_or_else(|e| e.into_inner()) = started;
             Some(port)
         } else {
@@ -236,10 +266,12 @@ impl Fleet {
         let mut devices = Vec::new();
         let mut tasks = Vec::new();
         for ((spec, root), listener) in config.devices.iter().zip(roots).zip(listeners) {
-            let version = match spec.role {
-                Role::Tracker(DbKind::MariaDb) => mariadb.as_ref().map(|m| m.version.clone()),
-                _ => None,
-            };
+            let is_mariadb = spec.role == Role::Tracker(DbKind::MariaDb);
+            let version = db
+                .info
+                .as_ref()
+                .filter(|_| is_mariadb)
+                .map(|m| m.version.clone());
             let dev = Arc::new(SimDevice::new(
                 spec.clone(),
                 root,
@@ -249,21 +281,12 @@ impl Fleet {
             ));
             let first = (!dev.control().offline).then_some(listener);
             tasks.push(tokio::spawn(dev.clone().run_http(first)));
-            let db = match spec.role {
-                Role::Tracker(DbKind::MariaDb) => admin_opts.clone(),
-                _ => None,
-            };
+            let admin = db.admin_opts.clone().filter(|_| is_mariadb);
             tasks.push(tokio::spawn(
-                Driver::new(dev.clone(), config.rates.clone(), db).run(),
+                Driver::new(dev.clone(), config.rates.clone(), admin).run(),
             ));
             if let Some(port) = rsync_port {
-                let options = RsyncdOptions {
-                    address: spec.identity.ip,
-                    port: Some(port),
-                    run_dir: Some(data_dir.join("rsyncd").join(&spec.identity.name)),
-                    refuse_clients: spec.has_fault(crate::config::Fault::RsyncDenied),
-                    ..RsyncdOptions::default()
-                };
+                let options = rsyncd_options(spec, port, &data_dir);
                 tasks.push(tokio::spawn(follow_rsync(
                     dev.clone(),
                     rsync.clone(),
@@ -281,9 +304,9 @@ impl Fleet {
             devices,
             tasks,
             shutdown,
-            mariadb,
-            mariadb_server,
-            admin_opts,
+            mariadb: db.info,
+            mariadb_server: db.server,
+            admin_opts: db.admin_opts,
             rsync_port,
             http_port,
             data_dir,

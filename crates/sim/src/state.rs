@@ -162,32 +162,49 @@ fn writer_type(role: Role) -> Value {
 pub fn info_json(dev: &Reported<'_>, st: &DeviceState, now: f64) -> Value {
     let running = matches!(st.status, RunStatus::Running | RunStatus::Recording);
     let db_name = format!("{}_db", dev.storage_name);
-    let mut info = Map::new();
-    info.insert("status".into(), json!(st.status.as_str()));
-    info.insert("time".into(), json!(st.time));
-    info.insert("error".into(), json!(st.error));
-    info.insert("log_file".into(), json!("/tmp/ethoscope_log.txt"));
-    info.insert("dbg_img".into(), json!("/tmp/ethoscope_dbg.png"));
-    info.insert(
-        "last_drawn_img".into(),
-        json!("/tmp/ethoscope_last_img.jpg"),
-    );
-    info.insert("db_name".into(), json!(db_name));
-    info.insert(
-        "monitor_info".into(),
-        json!({
+    let prev = st.previous.as_ref();
+    json!({
+        "status": st.status.as_str(),
+        "time": st.time,
+        "error": st.error,
+        "log_file": "/tmp/ethoscope_log.txt",
+        "dbg_img": "/tmp/ethoscope_dbg.png",
+        "last_drawn_img": "/tmp/ethoscope_last_img.jpg",
+        "db_name": db_name,
+        "monitor_info": {
             "last_positions": {},
             "last_time_stamp": st.last_time_stamp,
             "fps": if running { 2.0 } else { 0.0 },
-        }),
-    );
-    info.insert(
-        "experimental_info".into(),
-        match (&st.current, running) {
+        },
+        "experimental_info": match (&st.current, running) {
             (Some(e), true) => experiment_info(e),
             _ => json!({}),
         },
-    );
+        "database_info": database_info(dev, st, &db_name),
+        "id": dev.id,
+        "name": dev.name,
+        "version": {"id": FIRMWARE_VERSION, "date": "2026-01-01 00:00:00"},
+        "used_space": "12",
+        "backup_filename": st.current.as_ref().map(|e| e.backup_filename.clone()),
+        "previous_date_time": prev.map(|e| e.started as f64),
+        "previous_backup_filename": prev.map(|e| e.backup_filename.clone()),
+        "previous_user": prev.map(|e| e.user.clone()),
+        "previous_location": prev.map(|e| e.location.clone()),
+        "result_writer_type": writer_type(dev.role),
+        "sqlite_source_path": sqlite_source_path(dev, st),
+        "cache_file": format!("/ethoscope_data/cache/cache_{}.json", dev.id),
+        "interactor": {"name": "<class 'ethoscope.stimulators.stimulators.DefaultStimulator'>"},
+        "CPU_temp": 47.2,
+        "underpowered": false,
+        "current_timestamp": now,
+        "response_time": "0.01",
+        "light_schedule": {"hardware": false, "active": false, "lights_on": "08:00",
+                           "lights_off": "20:00", "led_on": false},
+    })
+}
+
+/// The info document's `database_info`; a MariaDB device also names its database and server.
+fn database_info(dev: &Reported<'_>, st: &DeviceState, db_name: &str) -> Value {
     let mut database_info = json!({
         "db_size_bytes": st.db_size_bytes,
         "table_counts": st.table_counts,
@@ -198,60 +215,19 @@ pub fn info_json(dev: &Reported<'_>, st: &DeviceState, now: f64) -> Value {
         database_info["db_name"] = json!(db_name);
         database_info["db_version"] = json!(dev.mariadb_version.unwrap_or("unknown"));
     }
-    info.insert("database_info".into(), database_info);
-    info.insert("id".into(), json!(dev.id));
-    info.insert("name".into(), json!(dev.name));
-    info.insert(
-        "version".into(),
-        json!({"id": FIRMWARE_VERSION, "date": "2026-01-01 00:00:00"}),
-    );
-    info.insert("used_space".into(), json!("12"));
-    info.insert(
-        "backup_filename".into(),
-        json!(st.current.as_ref().map(|e| e.backup_filename.clone())),
-    );
-    let prev = st.previous.as_ref();
-    info.insert(
-        "previous_date_time".into(),
-        json!(prev.map(|e| e.started as f64)),
-    );
-    info.insert(
-        "previous_backup_filename".into(),
-        json!(prev.map(|e| e.backup_filename.clone())),
-    );
-    info.insert("previous_user".into(), json!(prev.map(|e| e.user.clone())));
-    info.insert(
-        "previous_location".into(),
-        json!(prev.map(|e| e.location.clone())),
-    );
-    info.insert("result_writer_type".into(), writer_type(dev.role));
-    let sqlite_source = match (dev.role, &st.current) {
+    database_info
+}
+
+/// Where an SQLite tracker writes its current experiment, as the device names it.
+fn sqlite_source_path(dev: &Reported<'_>, st: &DeviceState) -> Value {
+    match (dev.role, &st.current) {
         (Role::Tracker(DbKind::Sqlite), Some(e)) => json!(device_path(&format!(
             "{}/{}",
             results_dir(dev.id, dev.storage_name, e),
             e.backup_filename
         ))),
         _ => Value::Null,
-    };
-    info.insert("sqlite_source_path".into(), sqlite_source);
-    info.insert(
-        "cache_file".into(),
-        json!(format!("/ethoscope_data/cache/cache_{}.json", dev.id)),
-    );
-    info.insert(
-        "interactor".into(),
-        json!({"name": "<class 'ethoscope.stimulators.stimulators.DefaultStimulator'>"}),
-    );
-    info.insert("CPU_temp".into(), json!(47.2));
-    info.insert("underpowered".into(), json!(false));
-    info.insert("current_timestamp".into(), json!(now));
-    info.insert("response_time".into(), json!("0.01"));
-    info.insert(
-        "light_schedule".into(),
-        json!({"hardware": false, "active": false, "lights_on": "08:00",
-               "lights_off": "20:00", "led_on": false}),
-    );
-    Value::Object(info)
+    }
 }
 
 /// `GET /data/databases/<id>`: SQLite files and the most recent MariaDB experiment.

@@ -105,6 +105,14 @@ async fn empty_ids_are_404_and_heads_scanner_falls_back_to_id() {
         assert_eq!(r.status(), StatusCode::OK);
         let v: Value = r.json().await.unwrap();
         assert!(v["error"].as_str().unwrap().contains("WrongMachineID"));
+        // The device's server bounds request bodies like every server of the project.
+        let r = client
+            .post(format!("{base}/id"))
+            .body(vec![b'x'; 100 * 1024])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
     fleet.stop().await;
 }

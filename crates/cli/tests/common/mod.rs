@@ -79,6 +79,126 @@ pub struct Lab {
     pub procs: Vec<Proc>,
 }
 
+/// Where a simulated lab's node and daemons keep their files under a temporary `root`, their
+/// ports, and their command lines (short polls, as the lab tests run them).
+pub struct LabSetup {
+    pub root: PathBuf,
+    pub logs: PathBuf,
+    pub results: PathBuf,
+    pub videos: PathBuf,
+    pub node_port: u16,
+    pub mysql_port: u16,
+    pub rsync_port: u16,
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+impl LabSetup {
+    /// Creates `logs`, `backup/results` and `backup/videos` under `root` and picks free ports.
+    pub fn new(root: &Path) -> LabSetup {
+        let setup = LabSetup {
+            root: root.to_path_buf(),
+            logs: root.join("logs"),
+            results: root.join("backup/results"),
+            videos: root.join("backup/videos"),
+            node_port: free_port(),
+            mysql_port: free_port(),
+            rsync_port: free_port(),
+        };
+        for d in [&setup.logs, &setup.results, &setup.videos] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        setup
+    }
+
+    pub fn node_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.node_port)
+    }
+
+    fn state(&self, what: &str) -> String {
+        self.root.join("state").join(what).display().to_string()
+    }
+
+    /// `etho-backup node` polling `devices` every 0.5 s, then `extra`.
+    pub fn node_args(&self, devices: &[String], extra: &[&str]) -> Vec<String> {
+        let mut args = strings(&["node", "--listen", &self.node_addr()]);
+        args.extend(strings(&[
+            "--mysql-backup-url",
+            &format!("http://127.0.0.1:{}", self.mysql_port),
+            "--rsync-backup-url",
+            &format!("http://127.0.0.1:{}", self.rsync_port),
+            "--daemon-timeout",
+            "2",
+            "--state-dir",
+            &self.state("node"),
+            "--poll-interval",
+            "0.5",
+            "--device-timeout",
+            "1",
+        ]));
+        for d in devices {
+            args.extend(strings(&["--device", d]));
+        }
+        args.extend(strings(extra));
+        args
+    }
+
+    /// `etho-backup mysql-backup` against the lab's MariaDB on `maria_port`.
+    pub fn mysql_args(&self, maria_port: u16, interval: &str) -> Vec<String> {
+        strings(&[
+            "mysql-backup",
+            "-p",
+            &self.mysql_port.to_string(),
+            "-i",
+            &self.node_addr(),
+            "-r",
+            &self.results.display().to_string(),
+            "--interval",
+            interval,
+            "--mysql-port",
+            &maria_port.to_string(),
+            "--state-dir",
+            &self.state("mysql"),
+        ])
+    }
+
+    /// `etho-backup rsync-backup` pulling from `source`.
+    pub fn rsync_args(&self, source: &str, interval: &str) -> Vec<String> {
+        strings(&[
+            "rsync-backup",
+            "-p",
+            &self.rsync_port.to_string(),
+            "-i",
+            &self.node_addr(),
+            "-r",
+            &self.results.display().to_string(),
+            "-v",
+            &self.videos.display().to_string(),
+            "--source",
+            source,
+            "--interval",
+            interval,
+            "--state-dir",
+            &self.state("rsync"),
+        ])
+    }
+
+    /// The lab around `procs`, asking the node.
+    pub fn lab(&self, procs: Vec<Proc>) -> Lab {
+        Lab {
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+            node: format!("http://{}", self.node_addr()),
+            procs,
+        }
+    }
+}
+
 impl Lab {
     pub async fn get(&mut self, path: &str) -> Value {
         for p in &mut self.procs {

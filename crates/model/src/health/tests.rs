@@ -55,6 +55,7 @@ fn tracker() -> Sighting {
         experiment: Some(EXP.into()),
         mariadb: DatabaseReport::Present,
         sqlite: DatabaseReport::Absent,
+        conflict: None,
     }
 }
 
@@ -488,6 +489,44 @@ fn reasons_name_the_device_and_quote_the_daemon() {
     assert!(h.reasons.is_empty(), "{:?}", h.reasons);
     assert_eq!(h.last_success, Some(ago(10.0)));
     assert_eq!(h.newest_copied_at, Some(ago(20.0)));
+
+    // A conflicted id is not backed up: the conflict comes first, whatever else applies.
+    let claimed = "machine id x is claimed by 127.0.0.10:9000 and 127.0.0.20:9000: nothing is \
+                   backed up under this id until ...";
+    let conflicted = Sighting {
+        conflict: Some(claimed.into()),
+        ..tracker()
+    };
+    let h = run(&case(
+        "conflict",
+        side(entry(Some(20.0), Some(10.0))),
+        Some(conflicted.clone()),
+    ));
+    assert_eq!(h.reasons, [claimed]);
+    let h = run(&case(
+        "conflict, stale",
+        side(entry(Some(400.0), Some(400.0))),
+        Some(conflicted.clone()),
+    ));
+    assert_eq!(h.state, HealthState::Stale);
+    assert_eq!(h.reasons[0], claimed);
+    assert!(
+        h.reasons[1..]
+            .iter()
+            .any(|r| r.starts_with("mysql-backup has not completed a backup")),
+        "{:?}",
+        h.reasons
+    );
+    let h = run(&case(
+        "conflict, never reported",
+        Side::default(),
+        Some(conflicted),
+    ));
+    assert_eq!(h.state, HealthState::Unknown);
+    assert_eq!(
+        h.reasons,
+        [claimed, "no backup service has reported this device yet"]
+    );
 }
 
 #[test]

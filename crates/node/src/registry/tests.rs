@@ -205,45 +205,6 @@ fn devices_map_shape_and_statuses() {
     assert_eq!(r.devices()[ID]["status"], "busy");
 }
 
-/// The polling view the health reads: since when the device answers, what it last said it
-/// was doing and since when, kept while it does not answer.
-#[test]
-fn sightings_follow_polls() {
-    use etho_model::health::Link;
-    let r = registry();
-    let t = target("127.0.0.10");
-    r.add_target(t.clone(), Source::Flag).unwrap();
-    assert!(r.sightings().is_empty());
-    feed(&r, &t, answered("running"), 100.0);
-    feed(&r, &t, answered("running"), 105.0);
-    let s = &r.sightings()[ID];
-    assert_eq!(s.link, Link::Online { since: 100.0 });
-    assert_eq!(
-        (s.reported.as_deref(), s.activity_since, s.device_time),
-        (Some("running"), Some(100.0), Some(1.0))
-    );
-    assert_eq!(
-        s.experiment.as_deref(),
-        Some(format!("2025-07-10_10-00-00_{ID}.db").as_str())
-    );
-    feed(&r, &t, answered("stopped"), 110.0);
-    assert_eq!(r.sightings()[ID].activity_since, Some(110.0));
-    feed(&r, &t, refused(), 115.0);
-    let s = &r.sightings()[ID];
-    assert_eq!(s.link, Link::Unreached { since: 115.0 });
-    assert_eq!(
-        (s.reported.as_deref(), s.activity_since),
-        (Some("stopped"), Some(110.0))
-    );
-    // Busy devices are not reachable for the health either.
-    let id_only = PollReport::IdOnly {
-        id: ID.into(),
-        error: "/data: no answer within 3s".into(),
-    };
-    feed(&r, &t, id_only, 120.0);
-    assert_eq!(r.sightings()[ID].link, Link::Busy { since: 120.0 });
-}
-
 #[test]
 fn entries_carry_upstreams_backup_path() {
     let r = DeviceRegistry::new(
@@ -331,6 +292,61 @@ fn an_impostor_makes_a_conflict_not_a_takeover() {
     );
     assert!(d.get("conflict").is_none());
     assert!(r.rejected().is_empty());
+}
+
+/// The health reads the conflict: a conflicted id is not backed up, and its reason says why.
+#[test]
+fn a_conflict_reaches_the_sighting() {
+    let r = registry();
+    let a = add(&r, "127.0.0.10");
+    let b = add(&r, "127.0.0.20");
+    feed(&r, &a, answered("running"), 1.0);
+    assert_eq!(r.sightings()[ID].conflict, None);
+    feed(&r, &b, answered("running"), 2.0);
+    let s = &r.sightings()[ID];
+    let reason = s.conflict.as_deref().unwrap();
+    assert!(
+        reason.contains("claimed by 127.0.0.10:9000 and 127.0.0.20:9000")
+            && reason.contains("nothing is backed up"),
+        "{reason}"
+    );
+    // Its own last word is still what the bound address reported.
+    assert_eq!(s.reported.as_deref(), Some("running"));
+}
+
+/// The polling view the health reads: since when the device answers, what it last said it
+/// was doing and since when, kept while it does not answer.
+#[test]
+fn sightings_follow_polls() {
+    use etho_model::health::Link;
+    let r = registry();
+    let t = add(&r, "127.0.0.10");
+    assert!(r.sightings().is_empty());
+    feed(&r, &t, answered("running"), 100.0);
+    feed(&r, &t, answered("running"), 105.0);
+    let s = &r.sightings()[ID];
+    assert_eq!(s.link, Link::Online { since: 100.0 });
+    assert_eq!(
+        (s.reported.as_deref(), s.activity_since, s.device_time),
+        (Some("running"), Some(100.0), Some(1.0))
+    );
+    assert_eq!(s.mariadb, etho_model::device::DatabaseReport::Absent);
+    feed(&r, &t, answered("stopped"), 110.0);
+    assert_eq!(r.sightings()[ID].activity_since, Some(110.0));
+    feed(&r, &t, refused(), 115.0);
+    let s = &r.sightings()[ID];
+    assert_eq!(s.link, Link::Unreached { since: 115.0 });
+    assert_eq!(
+        (s.reported.as_deref(), s.activity_since),
+        (Some("stopped"), Some(110.0))
+    );
+    // Busy devices are not reachable for the health either.
+    let busy = PollReport::IdOnly {
+        id: ID.into(),
+        error: "/data: no answer within 3s".into(),
+    };
+    feed(&r, &t, busy, 120.0);
+    assert_eq!(r.sightings()[ID].link, Link::Busy { since: 120.0 });
 }
 
 #[test]
