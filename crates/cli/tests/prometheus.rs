@@ -132,10 +132,22 @@ async fn prometheus_scrapes_the_lab_and_loads_the_rules() {
     })
     .await
     .unwrap();
-    let lab = LabProcesses::spawn(&fleet, root, &["--no-archive"]);
-    let mut procs = lab.procs;
+    // The node and both daemons, as processes cycling every 2 s.
+    let setup = LabSetup::new(root);
+    let maria_port = fleet.mariadb().expect("the lab has MariaDB devices").port;
+    let source = fleet.rsync_source_template().unwrap();
+    let node_args = setup.node_args(&fleet.device_addresses(), &["--no-archive"]);
+    let mut procs = vec![
+        Proc::spawn("node", &node_args, &setup.logs),
+        Proc::spawn(
+            "mysql-backup",
+            &setup.mysql_args(maria_port, "2"),
+            &setup.logs,
+        ),
+        Proc::spawn("rsync-backup", &setup.rsync_args(&source, "2"), &setup.logs),
+    ];
     let dir = root.join("prometheus");
-    let config = lab_config(&dir, lab.node_port, lab.mysql_port, lab.rsync_port);
+    let config = lab_config(&dir, setup.node_port, setup.mysql_port, setup.rsync_port);
     let mut prom = start_prometheus(&dir, &config);
     let client = reqwest::Client::builder()
         .no_proxy()
