@@ -12,6 +12,7 @@ import {
 import { COLUMNS, attentionCount, buildRows, isOffline, sortRows, visibleRows } from './devices.js';
 import { ARCHIVE_REFRESH_MS, archiveRefreshMs, archiveSection } from './archive.js';
 import { HISTORY_REFRESH_MS, historySection } from './history.js';
+import { el } from './dom.js';
 
 const POLL_INTERVAL_MS = 5000;
 const FETCH_TIMEOUT_MS = 4000;
@@ -40,20 +41,6 @@ let rows = [];
 
 // ---------------------------------------------------------------------------------------------
 // DOM helpers
-
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === 'class') node.className = value;
-    else if (key === 'text') node.textContent = value;
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) {
-    if (child === null || child === undefined || child === '') continue;
-    node.append(child); // strings become text nodes
-  }
-  return node;
-}
 
 function setText(node, text) {
   if (node.textContent !== text) node.textContent = text;

@@ -6,6 +6,7 @@
 // attribute values, and every link is built from path segments with encodeURIComponent.
 
 import { asNumber, asText, formatBytes, formatElapsed, isObject, own } from './backup-status.js';
+import { el } from './dom.js';
 
 /** How long one device's listing is reused before the drawer asks again. */
 export const ARCHIVE_REFRESH_MS = 30_000;
@@ -106,20 +107,6 @@ export function archiveView(doc, nowSeconds) {
   };
 }
 
-/** A DOM element with `class`, `text` and attributes, and its children (empty ones skipped). */
-export function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === 'class') node.className = value;
-    else if (key === 'text') node.textContent = value;
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) {
-    if (child === null || child === undefined || child === '') continue;
-    node.append(child);
-  }
-  return node;
-}
 
 /**
  * The drawer section for one device. `entry` is `{ doc, error, pending }` as app.js keeps it:

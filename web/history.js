@@ -6,7 +6,7 @@
 // that into DOM. Messages come from the daemons and are only ever set as text.
 
 import { asNumber, asText, formatBytes, formatElapsed, isObject, own } from './backup-status.js';
-import { el } from './archive.js';
+import { el } from './dom.js';
 
 /** How long one device's history is reused before the drawer asks again. */
 export const HISTORY_REFRESH_MS = 15_000;

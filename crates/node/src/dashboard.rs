@@ -86,7 +86,7 @@ macro_rules! asset {
 
 static INDEX: Asset = asset!("/", "index.html", HTML);
 
-static ASSETS: [Asset; 7] = [
+static ASSETS: [Asset; 8] = [
     asset!("/app.js", "app.js", JAVASCRIPT),
     asset!("/backup-status.js", "backup-status.js", JAVASCRIPT),
     asset!("/devices.js", "devices.js", JAVASCRIPT),
@@ -94,6 +94,7 @@ static ASSETS: [Asset; 7] = [
     asset!("/index.html", "index.html", HTML),
     asset!("/archive.js", "archive.js", JAVASCRIPT),
     asset!("/history.js", "history.js", JAVASCRIPT),
+    asset!("/dom.js", "dom.js", JAVASCRIPT),
 ];
 
 /// Routes of this module, merged into [`crate::app`]: `GET /` and the page's files.
