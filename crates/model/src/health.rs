@@ -32,35 +32,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::device::DatabaseReport;
+use crate::kind::BackupKind;
 use crate::merge::Service;
 use crate::status::{experiment_start, round_tenths, ProgressStatus};
-
-/// A backup a device needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backup {
-    /// Its MariaDB experiment database (the MySQL daemon's mirror).
-    Mysql,
-    /// Its SQLite result files (the rsync daemon's `results` tree).
-    Results,
-    /// Its videos tree (the rsync daemon's `videos` tree).
-    Videos,
-}
-
-impl Backup {
-    /// The daemon that makes this backup.
-    pub const fn service(self) -> Service {
-        match self {
-            Backup::Mysql => Service::MysqlBackup,
-            Backup::Results | Backup::Videos => Service::RsyncBackup,
-        }
-    }
-
-    /// Whether it copies tracking data (the backups exposure is measured on).
-    pub const fn holds_frames(self) -> bool {
-        matches!(self, Backup::Mysql | Backup::Results)
-    }
-}
 
 /// `health.state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -108,7 +82,7 @@ pub struct Health {
     /// of them never succeeded).
     pub last_success: Option<f64>,
     /// Which backups the device needs.
-    pub expected: Vec<Backup>,
+    pub expected: Vec<BackupKind>,
     /// Plain sentences a person acts on.
     pub reasons: Vec<String>,
 }
@@ -347,7 +321,7 @@ fn activity(device: Option<&Sighting>, mysql: &Side, rsync: &Side) -> Activity {
 }
 
 /// The backups the device needs: what the node's device entry says, else what the daemons hold.
-pub fn expected(device: Option<&Sighting>, mysql: &Side, rsync: &Side) -> Vec<Backup> {
+pub fn expected(device: Option<&Sighting>, mysql: &Side, rsync: &Side) -> Vec<BackupKind> {
     let known = |report: Option<DatabaseReport>, held: bool| match report {
         Some(DatabaseReport::Present) => true,
         Some(DatabaseReport::Absent) => false,
@@ -355,15 +329,15 @@ pub fn expected(device: Option<&Sighting>, mysql: &Side, rsync: &Side) -> Vec<Ba
     };
     let mut out = Vec::new();
     if known(device.map(|d| d.mariadb), mysql.entry.is_some()) {
-        out.push(Backup::Mysql);
+        out.push(BackupKind::Mysql);
     }
     let rs = rsync.entry.as_ref();
     if known(device.map(|d| d.sqlite), rs.is_some_and(|e| e.has_results)) {
-        out.push(Backup::Results);
+        out.push(BackupKind::Results);
     }
     let recording = device.and_then(|d| d.reported.as_deref()) == Some("recording");
     if recording || rs.is_some_and(|e| e.video_files > 0) {
-        out.push(Backup::Videos);
+        out.push(BackupKind::Videos);
     }
     out
 }
@@ -397,7 +371,7 @@ pub struct Context<'a> {
     pub thresholds: &'a Thresholds,
 }
 
-fn side_of<'s>(backup: Backup, mysql: &'s Side, rsync: &'s Side) -> &'s Side {
+fn side_of<'s>(backup: BackupKind, mysql: &'s Side, rsync: &'s Side) -> &'s Side {
     match backup.service() {
         Service::MysqlBackup => mysql,
         Service::RsyncBackup => rsync,
@@ -405,7 +379,11 @@ fn side_of<'s>(backup: Backup, mysql: &'s Side, rsync: &'s Side) -> &'s Side {
 }
 
 /// The daemons of the expected backups, each once.
-fn daemons<'s>(expected: &[Backup], mysql: &'s Side, rsync: &'s Side) -> Vec<(Service, &'s Side)> {
+fn daemons<'s>(
+    expected: &[BackupKind],
+    mysql: &'s Side,
+    rsync: &'s Side,
+) -> Vec<(Service, &'s Side)> {
     let mut out: Vec<(Service, &Side)> = Vec::new();
     for b in expected {
         if !out.iter().any(|(s, _)| *s == b.service()) {
@@ -416,7 +394,7 @@ fn daemons<'s>(expected: &[Backup], mysql: &'s Side, rsync: &'s Side) -> Vec<(Se
 }
 
 /// The oldest newest frame over the expected backups that hold frames, with its experiment.
-fn copied(expected: &[Backup], mysql: &Side, rsync: &Side) -> (Option<f64>, Option<String>) {
+fn copied(expected: &[BackupKind], mysql: &Side, rsync: &Side) -> (Option<f64>, Option<String>) {
     let mut best: Option<(f64, Option<String>)> = None;
     let mut experiment = None;
     for b in expected.iter().filter(|b| b.holds_frames()) {

@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::merge::Service;
+
 /// One kind of backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -31,6 +33,19 @@ impl BackupKind {
             BackupKind::Results => "results",
             BackupKind::Videos => "videos",
         }
+    }
+
+    /// The daemon that makes this backup.
+    pub const fn service(self) -> Service {
+        match self {
+            BackupKind::Mysql => Service::MysqlBackup,
+            BackupKind::Results | BackupKind::Videos => Service::RsyncBackup,
+        }
+    }
+
+    /// Whether it copies tracking data (the backups exposure is measured on).
+    pub const fn holds_frames(self) -> bool {
+        matches!(self, BackupKind::Mysql | BackupKind::Results)
     }
 }
 

@@ -32,7 +32,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use etho_model::device::{is_valid_device_name, is_valid_machine_id};
-use etho_model::health::{Backup, HealthState};
+use etho_model::health::HealthState;
+use etho_model::kind::BackupKind;
 use etho_model::merge::{OverallStatus, UnifiedDevice, UnifiedStatus};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -89,7 +90,7 @@ pub struct HealthSnapshot {
     /// Seconds of data only on the device, when known.
     pub exposure_s: Option<f64>,
     /// The last successful job's end, per backup the device needs (only those that succeeded).
-    pub last_success: Vec<(Backup, f64)>,
+    pub last_success: Vec<(BackupKind, f64)>,
     /// The health's reasons (for chat alerts).
     pub reasons: Vec<String>,
 }
@@ -160,15 +161,6 @@ fn label_name(id: &str, name: &str) -> String {
         name.to_string()
     } else {
         format!("DEVICE_{}", &id[..8])
-    }
-}
-
-/// The wire word of a backup (the `kind` label, as the daemons' metrics spell it).
-const fn kind_word(backup: Backup) -> &'static str {
-    match backup {
-        Backup::Mysql => "mysql",
-        Backup::Results => "results",
-        Backup::Videos => "videos",
     }
 }
 
@@ -321,7 +313,7 @@ fn encode_health(
             let labels = [
                 ("device_id", id),
                 ("device_name", name),
-                ("kind", kind_word(*backup)),
+                ("kind", backup.as_str()),
             ];
             ConstGauge::new(*at).encode(family.encode_family(&labels)?)?;
         }
@@ -389,7 +381,7 @@ mod tests {
             reasons: Vec::new(),
             health,
         };
-        let health = |state, exposure_s, last_success: &[(Backup, f64)]| {
+        let health = |state, exposure_s, last_success: &[(BackupKind, f64)]| {
             Some(HealthSnapshot {
                 state,
                 exposure_s,
@@ -409,8 +401,8 @@ mod tests {
                         HealthState::Safe,
                         Some(12.5),
                         &[
-                            (Backup::Mysql, 1_752_137_416.0),
-                            (Backup::Results, 1_752_137_340.5),
+                            (BackupKind::Mysql, 1_752_137_416.0),
+                            (BackupKind::Results, 1_752_137_340.5),
                         ],
                     ),
                 ),
@@ -420,7 +412,7 @@ mod tests {
                     health(
                         HealthState::AtRisk,
                         Some(7200.0),
-                        &[(Backup::Mysql, 1_752_130_000.0)],
+                        &[(BackupKind::Mysql, 1_752_130_000.0)],
                     ),
                 ),
                 device(
@@ -544,7 +536,7 @@ mod tests {
                 exposure_s: Some(f64::NAN),
                 newest_copied_at: None,
                 last_success: None,
-                expected: vec![Backup::Mysql, Backup::Results, Backup::Videos],
+                expected: vec![BackupKind::Mysql, BackupKind::Results, BackupKind::Videos],
                 reasons: Vec::new(),
             });
         }
@@ -562,6 +554,6 @@ mod tests {
         assert_eq!((d.id.as_str(), d.name.as_str()), (good, "DEVICE_01234567"));
         let h = d.health.as_ref().unwrap();
         assert_eq!(h.exposure_s, None, "a non-finite exposure is not exported");
-        assert_eq!(h.last_success, vec![(Backup::Mysql, 100.0)]);
+        assert_eq!(h.last_success, vec![(BackupKind::Mysql, 100.0)]);
     }
 }

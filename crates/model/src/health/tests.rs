@@ -358,35 +358,35 @@ fn expected_backups_come_from_the_node_else_from_the_daemons() {
         video_files: 3,
         ..results.clone()
     };
-    type Row = (&'static str, Side, Side, Option<Sighting>, Vec<Backup>);
+    type Row = (&'static str, Side, Side, Option<Sighting>, Vec<BackupKind>);
     let rows: Vec<Row> = vec![
         (
             "MariaDB tracker",
             none(),
             none(),
             Some(tracker()),
-            vec![Backup::Mysql],
+            vec![BackupKind::Mysql],
         ),
         (
             "SQLite tracker with videos",
             none(),
             side(both.clone()),
             Some(sqlite.clone()),
-            vec![Backup::Results, Backup::Videos],
+            vec![BackupKind::Results, BackupKind::Videos],
         ),
         (
             "the node says no MariaDB: a leftover mirror entry does not count",
             side(entry(None, None)),
             side(results.clone()),
             Some(sqlite),
-            vec![Backup::Results],
+            vec![BackupKind::Results],
         ),
         (
             "unknown to the node: what the daemons hold",
             side(entry(None, None)),
             side(both),
             None,
-            vec![Backup::Mysql, Backup::Results, Backup::Videos],
+            vec![BackupKind::Mysql, BackupKind::Results, BackupKind::Videos],
         ),
         (
             "the node does not know the databases yet",
@@ -397,7 +397,7 @@ fn expected_backups_come_from_the_node_else_from_the_daemons() {
                 sqlite: DatabaseReport::Unknown,
                 ..tracker()
             }),
-            vec![Backup::Mysql],
+            vec![BackupKind::Mysql],
         ),
         (
             "a recorder with nothing copied yet",
@@ -409,7 +409,7 @@ fn expected_backups_come_from_the_node_else_from_the_daemons() {
                 sqlite: DatabaseReport::Absent,
                 ..tracker()
             }),
-            vec![Backup::Videos],
+            vec![BackupKind::Videos],
         ),
     ];
     for (what, m, r, d, want) in rows {
@@ -462,7 +462,7 @@ fn reasons_name_the_device_and_quote_the_daemon() {
     };
     let h = run(&case("failing", none(), Some(sqlite)).rsync(side(failing)));
     assert_eq!(h.state, HealthState::Stale);
-    assert_eq!(h.expected, [Backup::Results]);
+    assert_eq!(h.expected, [BackupKind::Results]);
     assert_eq!(
         h.reasons,
         ["rsync-backup has failed 3 times (last success 6 min ago): rsync failed with code 5: @ERROR: access denied"]
