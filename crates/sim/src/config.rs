@@ -71,47 +71,80 @@ pub const HOSTILE_NAME: &str = "../../ETHOSCOPE_666'; DROP DATABASE mysql; --";
 /// The id a [`Fault::HostileId`] device reports.
 pub const HOSTILE_ID: &str = "../../../../etc/passwd";
 
+/// Why a `--fault` kind is not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FaultParseError {
+    /// A fault that takes a number was given none.
+    #[error("fault {kind} needs :{what}")]
+    MissingArgument {
+        /// The fault.
+        kind: String,
+        /// What the number is (`SECONDS`, `MILLISECONDS`).
+        what: &'static str,
+    },
+    /// The number is not finite and non-negative.
+    #[error("fault {kind}: {arg:?} is not a non-negative number")]
+    BadNumber {
+        /// The fault.
+        kind: String,
+        /// What was given.
+        arg: String,
+    },
+    /// A fault without argument was given one.
+    #[error("fault {kind} takes no argument")]
+    UnexpectedArgument {
+        /// The fault.
+        kind: String,
+    },
+    /// No such fault.
+    #[error(
+        "unknown fault {0:?} (offline, offline-after:SECS, slow:MS, busy, hostile-name, \
+         hostile-id, bad-json, kill-writer:SECS, rsync-denied)"
+    )]
+    Unknown(String),
+}
+
 impl FromStr for Fault {
-    type Err = String;
+    type Err = FaultParseError;
 
     /// `offline`, `offline-after:SECS`, `slow:MILLIS`, `busy`, `hostile-name`, `hostile-id`,
     /// `bad-json`, `kill-writer:SECS`, `rsync-denied`.
-    fn from_str(s: &str) -> Result<Fault, String> {
+    fn from_str(s: &str) -> Result<Fault, FaultParseError> {
         let (kind, arg) = match s.split_once(':') {
             Some((k, a)) => (k, Some(a)),
             None => (s, None),
         };
-        let number = |what: &str| -> Result<f64, String> {
-            let a = arg.ok_or_else(|| format!("fault {kind} needs :{what}"))?;
+        let number = |what: &'static str| -> Result<f64, FaultParseError> {
+            let a = arg.ok_or_else(|| FaultParseError::MissingArgument {
+                kind: kind.to_string(),
+                what,
+            })?;
             a.parse::<f64>()
                 .ok()
                 .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| format!("fault {kind}: {a:?} is not a non-negative number"))
+                .ok_or_else(|| FaultParseError::BadNumber {
+                    kind: kind.to_string(),
+                    arg: a.to_string(),
+                })
         };
         let no_arg = |f: Fault| match arg {
             None => Ok(f),
-            Some(_) => Err(format!("fault {kind} takes no argument")),
+            Some(_) => Err(FaultParseError::UnexpectedArgument {
+                kind: kind.to_string(),
+            }),
         };
+        let seconds = |v: f64| Duration::from_secs_f64(v);
         match kind {
             "offline" => no_arg(Fault::Offline),
-            "offline-after" => Ok(Fault::OfflineAfter(Duration::from_secs_f64(number(
-                "SECONDS",
-            )?))),
-            "slow" => Ok(Fault::Slow(Duration::from_secs_f64(
-                number("MILLISECONDS")? / 1000.0,
-            ))),
+            "offline-after" => Ok(Fault::OfflineAfter(seconds(number("SECONDS")?))),
+            "slow" => Ok(Fault::Slow(seconds(number("MILLISECONDS")? / 1000.0))),
             "busy" => no_arg(Fault::Busy),
             "hostile-name" => no_arg(Fault::HostileName),
             "hostile-id" => no_arg(Fault::HostileId),
             "bad-json" => no_arg(Fault::BadJson),
-            "kill-writer" => Ok(Fault::KillWriter(Duration::from_secs_f64(number(
-                "SECONDS",
-            )?))),
+            "kill-writer" => Ok(Fault::KillWriter(seconds(number("SECONDS")?))),
             "rsync-denied" => no_arg(Fault::RsyncDenied),
-            _ => Err(format!(
-                "unknown fault {kind:?} (offline, offline-after:SECS, slow:MS, busy, hostile-name, \
-                 hostile-id, bad-json, kill-writer:SECS, rsync-denied)"
-            )),
+            _ => Err(FaultParseError::Unknown(kind.to_string())),
         }
     }
 }
@@ -237,20 +270,23 @@ pub enum MariaDbTarget {
     Url(String),
 }
 
+/// `--mariadb` is not `auto`, `none` or a URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--mariadb must be auto, none or a mysql:// URL, not {0:?}")]
+pub struct MariaDbTargetError(String);
+
 impl FromStr for MariaDbTarget {
-    type Err = String;
+    type Err = MariaDbTargetError;
 
     /// `auto`, `none`, or a `mysql://` URL.
-    fn from_str(s: &str) -> Result<MariaDbTarget, String> {
+    fn from_str(s: &str) -> Result<MariaDbTarget, MariaDbTargetError> {
         match s {
             "auto" => Ok(MariaDbTarget::Auto),
             "none" => Ok(MariaDbTarget::None),
             url if url.starts_with("mysql://") || url.starts_with("mariadb://") => Ok(
                 MariaDbTarget::Url(url.replacen("mariadb://", "mysql://", 1)),
             ),
-            other => Err(format!(
-                "--mariadb must be auto, none or a mysql:// URL, not {other:?}"
-            )),
+            other => Err(MariaDbTargetError(other.to_string())),
         }
     }
 }
@@ -329,10 +365,19 @@ mod tests {
         assert!("slow:-1".parse::<Fault>().is_err());
         assert!("slow:NaN".parse::<Fault>().is_err());
         assert!("busy:3".parse::<Fault>().is_err());
+        assert_eq!(
+            "melt".parse::<Fault>(),
+            Err(FaultParseError::Unknown("melt".into()))
+        );
         assert!("melt"
             .parse::<Fault>()
             .unwrap_err()
-            .contains("unknown fault"));
+            .to_string()
+            .starts_with("unknown fault \"melt\" (offline,"));
+        assert_eq!(
+            "slow".parse::<Fault>().unwrap_err().to_string(),
+            "fault slow needs :MILLISECONDS"
+        );
     }
 
     #[test]
