@@ -36,6 +36,14 @@ use crate::kind::BackupKind;
 use crate::merge::Service;
 use crate::status::{experiment_start, round_tenths, ProgressStatus};
 
+/// The SQL for the `t` of the last row (largest `id`) of an ROI table of an ethoscope SQLite
+/// file, given the table's quoted name: one lookup of the largest rowid and one by rowid, never a
+/// scan (rows are written in time order, so it is the largest `t`). Both daemons read
+/// `newest_copied_at` from their copies with it.
+pub fn last_frame_sql(quoted_table: &str) -> String {
+    format!("SELECT t FROM {quoted_table} WHERE id = (SELECT max(id) FROM {quoted_table})")
+}
+
 /// `health.state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -25,6 +25,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use etho_model::health::last_frame_sql;
 use nix::fcntl::{Flock, FlockArg, OFlag};
 use rusqlite::types::Value as Lite;
 use rusqlite::{Connection, OpenFlags};
@@ -112,13 +113,6 @@ pub struct Finished {
     /// The newest tracked frame the file holds (`METADATA.date_time` plus the last ROI row's
     /// `t`), epoch seconds; `None` without ROI rows.
     pub newest_frame_at: Option<f64>,
-}
-
-/// The `t` of the last row (largest `id`) of ROI table `table`: one lookup of the largest rowid
-/// and one by rowid, never a scan (rows are written in time order, so it is the largest `t`).
-pub fn last_frame_sql(table: &str) -> String {
-    let t = sqlite_quote(table);
-    format!("SELECT t FROM {t} WHERE id = (SELECT max(id) FROM {t})")
 }
 
 /// Messages from the remote side. Plans are named by their index in the list sent with
@@ -832,7 +826,7 @@ impl Writer {
             }
             let t: Option<i64> = self
                 .conn
-                .query_row(&last_frame_sql(&plan.name), [], |r| {
+                .query_row(&last_frame_sql(&sqlite_quote(&plan.name)), [], |r| {
                     r.get::<_, Option<f64>>(0)
                 })
                 .map(|t| t.map(|t| t as i64))
@@ -1041,7 +1035,10 @@ mod tests {
         ));
         let conn = Connection::open(&db).unwrap();
         let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", last_frame_sql("ROI_1")))
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                last_frame_sql("\"ROI_1\"")
+            ))
             .unwrap()
             .query_map([], |r| r.get::<_, String>(3))
             .unwrap()

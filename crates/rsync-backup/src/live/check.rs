@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use etho_model::health::last_frame_sql;
 use rusqlite::{Connection, OpenFlags};
 use tokio_util::sync::CancellationToken;
 
@@ -43,11 +44,6 @@ pub struct Inspection {
     pub tables: BTreeMap<String, TableStats>,
     /// `METADATA.date_time` as the device wrote it (epoch seconds as text).
     pub date_time: Option<String>,
-}
-
-/// The `t` of the row with the largest id: a lookup of the largest rowid, then one by rowid.
-pub fn last_t_sql(quoted_table: &str) -> String {
-    format!("SELECT t FROM {quoted_table} WHERE id = (SELECT max(id) FROM {quoted_table})")
 }
 
 /// Why a copy was refused.
@@ -277,7 +273,7 @@ fn table_stats(conn: &Connection) -> rusqlite::Result<Inspection> {
         };
         if stats.max_id.is_some() && has("t") && etho_model::status::is_roi_table(&name) {
             stats.last_t = conn
-                .query_row(&last_t_sql(&quoted), [], |r| r.get::<_, Option<f64>>(0))
+                .query_row(&last_frame_sql(&quoted), [], |r| r.get::<_, Option<f64>>(0))
                 .map(|t| t.map(|t| t as i64))
                 .or_else(|e| match e {
                     rusqlite::Error::QueryReturnedNoRows => Ok(None),
@@ -425,7 +421,10 @@ mod tests {
         // The last frame is a rowid lookup, not a scan.
         let plan: Vec<String> = open_immutable(&p)
             .unwrap()
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", last_t_sql("\"ROI_1\"")))
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                last_frame_sql("\"ROI_1\"")
+            ))
             .unwrap()
             .query_map([], |r| r.get::<_, String>(3))
             .unwrap()
