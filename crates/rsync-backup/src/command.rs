@@ -184,7 +184,7 @@ pub fn chmod_spec(umask: u32) -> String {
     format!("--chmod={}", parts.join(","))
 }
 
-/// Flags every pass shares (then [`chmod_spec`]).
+/// Flags of a tree's pass (then [`finish`]'s).
 const COMMON: [&str; 10] = [
     "-rlpt",
     "-v",
@@ -226,25 +226,21 @@ pub fn rsync_args(
     paths: &TransferPaths,
 ) -> Result<Vec<OsString>, CommandError> {
     let mut args: Vec<OsString> = COMMON.iter().map(OsString::from).collect();
-    args.push(chmod_spec(config.umask).into());
     if paths.itemize_unchanged {
         args.push("-ii".into());
     }
-    args.push(format!("--timeout={}", config.io_timeout.as_secs().max(1)).into());
     args.push(dir_arg("--partial-dir", &paths.partial));
     args.push(dir_arg("--temp-dir", &paths.temp));
     args.push(dir_slash("--compare-dest", &paths.archive));
     if let Some(stubs) = &paths.stubs {
         args.push(dir_slash("--compare-dest", stubs));
     }
-    transport_args(
-        config,
-        paths.transport,
-        paths.host_key_alias.as_deref(),
-        &mut args,
-    )?;
-    source_and_dest(&mut args, &paths.source, &paths.staging);
-    Ok(args)
+    let device = Device {
+        source: &paths.source,
+        transport: paths.transport,
+        host_key_alias: paths.host_key_alias.as_deref(),
+    };
+    finish(config, device, &paths.staging, args)
 }
 
 /// A re-read pass of a few files of a tree.
@@ -286,18 +282,40 @@ pub fn reread_args(
     .iter()
     .map(OsString::from)
     .collect();
-    args.push(chmod_spec(config.umask).into());
-    args.push(format!("--timeout={}", config.io_timeout.as_secs().max(1)).into());
     args.push(dir_arg("--files-from", &paths.list));
     args.push(dir_arg("--temp-dir", &paths.temp));
     args.push(dir_slash("--compare-dest", &paths.basis));
-    transport_args(
-        config,
-        paths.transport,
-        paths.host_key_alias.as_deref(),
-        &mut args,
-    )?;
-    source_and_dest(&mut args, &paths.source, &paths.dest);
+    let device = Device {
+        source: &paths.source,
+        transport: paths.transport,
+        host_key_alias: paths.host_key_alias.as_deref(),
+    };
+    finish(config, device, &paths.dest, args)
+}
+
+/// Where a pass reads from.
+#[derive(Debug, Clone, Copy)]
+struct Device<'a> {
+    /// rsync source (`rsync://…/` or `host:path/`).
+    source: &'a str,
+    /// How it is reached.
+    transport: Transport,
+    /// The name its ssh host key is pinned under.
+    host_key_alias: Option<&'a str>,
+}
+
+/// What every pass ends with, in one place so that no pass can miss one: the archive's mode
+/// policy ([`chmod_spec`]), the I/O timeout, how the device is reached, and `-- SOURCE DEST/`.
+fn finish(
+    config: &RsyncBackupConfig,
+    device: Device<'_>,
+    dest: &Path,
+    mut args: Vec<OsString>,
+) -> Result<Vec<OsString>, CommandError> {
+    args.push(chmod_spec(config.umask).into());
+    args.push(format!("--timeout={}", config.io_timeout.as_secs().max(1)).into());
+    transport_args(config, device.transport, device.host_key_alias, &mut args)?;
+    source_and_dest(&mut args, device.source, dest);
     Ok(args)
 }
 
